@@ -1,0 +1,1 @@
+"""Images and labels: everything about data, nothing about models."""

@@ -1,0 +1,145 @@
+"""CTC decoding: greedy and prefix beam search, with length and charset constraints inside the search.
+
+Inputs are log-probabilities of shape (T, C) per image (class 0 = blank). Confidences are
+probabilities in [0, 1]: per character the highest frame probability of that character on the
+decoded path, and for the whole string the product of those.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+NEG = -1e30
+
+
+@dataclass
+class Decoded:
+    """A decoded string as class indices with per-character confidences."""
+
+    indices: list[int]
+    char_confidences: list[float] = field(default_factory=list)
+    confidence: float = 1.0
+
+
+def _as_numpy(logp: Any) -> np.ndarray:
+    if hasattr(logp, "detach"):
+        logp = logp.detach().float().cpu().numpy()
+    return np.asarray(logp, dtype=np.float32)
+
+
+def allowed_mask(num_classes: int, allowed: Sequence[int] | None) -> np.ndarray | None:
+    """Boolean (C,) mask of classes the search may emit (blank always allowed)."""
+    if allowed is None:
+        return None
+    mask = np.zeros(num_classes, dtype=bool)
+    mask[0] = True
+    mask[list(allowed)] = True
+    return mask
+
+
+def greedy_decode(logp: Any, mask: np.ndarray | None = None) -> Decoded:
+    """Best path: argmax per frame, collapse repeats, drop blanks. (T, C) -> Decoded."""
+    lp = _as_numpy(logp)
+    if mask is not None:
+        lp = np.where(mask[None, :], lp, NEG)
+    best = lp.argmax(1)  # (T,)
+    probs = np.exp(lp[np.arange(len(best)), best])
+    indices, confs = [], []
+    prev = 0
+    for k, p in zip(best.tolist(), probs.tolist()):
+        if k != 0 and k != prev:
+            indices.append(k)
+            confs.append(p)
+        elif k != 0 and k == prev:
+            confs[-1] = max(confs[-1], p)
+        prev = k
+    return Decoded(indices, confs, float(np.prod(confs)) if confs else float(probs.prod()))
+
+
+def _logadd(a: float, b: float) -> float:
+    if a < b:
+        a, b = b, a
+    if b <= NEG:
+        return a
+    return a + math.log1p(math.exp(b - a))
+
+
+def beam_decode(
+    logp: Any,
+    beam: int = 8,
+    length: int | None = None,
+    mask: np.ndarray | None = None,
+    prune: float = -12.0,
+) -> Decoded:
+    """CTC prefix beam search over (T, C) log-probabilities.
+
+    length: only strings of exactly this many characters (prefixes that grow past it, or can no
+    longer reach it in the frames left, leave the beam). mask: classes allowed (blank included).
+    The confidence is the probability of the string summed over all its alignments.
+    """
+    lp = _as_numpy(logp)
+    t_max, n_cls = lp.shape
+    if mask is not None:
+        lp = np.where(mask[None, :], lp, NEG)
+    # prefix -> [log p ending in blank, log p ending in non-blank, char confidences, best path]
+    beams: dict[tuple[int, ...], list] = {(): [0.0, NEG, [], 0.0]}
+    for t in range(t_max):
+        row = lp[t]
+        cands = [c for c in range(1, n_cls) if row[c] > prune]
+        if not cands:
+            cands = [int(row[1:].argmax()) + 1]
+        nxt: dict[tuple[int, ...], list] = {}
+
+        def add(p: tuple[int, ...], which: int, logp: float, confs: list[float], nxt: dict = nxt) -> None:
+            e = nxt.get(p)
+            if e is None:
+                e = nxt[p] = [NEG, NEG, confs, logp]
+            e[which] = _logadd(e[which], logp)
+            if logp > e[3]:  # confidences follow the most probable alignment
+                e[2], e[3] = confs, logp
+
+        left = t_max - t - 1  # frames after this one
+        for prefix, (pb, pnb, confs, _) in beams.items():
+            total = _logadd(pb, pnb)
+            add(prefix, 0, total + row[0], confs)  # a blank keeps the prefix
+            if prefix and pnb > NEG / 2:  # the last char again, without a blank between
+                last = prefix[-1]
+                add(prefix, 1, pnb + row[last], confs[:-1] + [max(confs[-1], math.exp(row[last]))])
+            for c in cands:
+                new = prefix + (c,)
+                if length is not None and len(new) > length:
+                    continue
+                p_new = (pb if prefix and prefix[-1] == c else total) + row[c]
+                add(new, 1, p_new, confs + [math.exp(row[c])])
+        if length is not None:  # prefixes that can no longer reach the length
+            nxt = {p: v for p, v in nxt.items() if length - len(p) <= left}
+        ranked = sorted(nxt.items(), key=lambda kv: _logadd(kv[1][0], kv[1][1]), reverse=True)
+        beams = dict(ranked[:beam]) if ranked else beams
+    final = [(p, v) for p, v in beams.items() if length is None or len(p) == length]
+    if not final:  # constraint unreachable: fall back to the best unconstrained beam
+        final = list(beams.items())
+    prefix, (pb, pnb, confs, _) = max(final, key=lambda kv: _logadd(kv[1][0], kv[1][1]))
+    return Decoded(list(prefix), [float(c) for c in confs], float(math.exp(_logadd(pb, pnb))))
+
+
+def decode_batch(
+    logp: Any,
+    lengths: Sequence[int] | None = None,
+    beam: int = 1,
+    length: int | None = None,
+    allowed: Sequence[int] | None = None,
+) -> list[Decoded]:
+    """Decode a batch (B, T, C) of log-probabilities; lengths gives valid frames per item."""
+    lp = _as_numpy(logp)
+    b, t, c = lp.shape
+    mask = allowed_mask(c, allowed)
+    lens = [t] * b if lengths is None else [int(x) for x in lengths]
+    if beam <= 1 and length is None:
+        return [greedy_decode(lp[i, : lens[i]], mask=mask) for i in range(b)]
+    k = max(beam, 8) if length is not None else beam
+    return [beam_decode(lp[i, : lens[i]], beam=k, length=length, mask=mask) for i in range(b)]

@@ -1,0 +1,137 @@
+"""Metrics for read text against the truth: sequence and character accuracy, CER, confusions."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+def align(truth: str, pred: str) -> tuple[int, int, list[tuple[str, str]]]:
+    """Levenshtein alignment: (edit distance, truth chars matched, substitution pairs)."""
+    n, m = len(truth), len(pred)
+    d = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n + 1):
+        d[i][0] = i
+    for j in range(m + 1):
+        d[0][j] = j
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            cost = truth[i - 1] != pred[j - 1]
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+    i, j, matched, subs = n, m, 0, []
+    while i > 0 and j > 0:
+        if d[i][j] == d[i - 1][j - 1] + (truth[i - 1] != pred[j - 1]):
+            if truth[i - 1] == pred[j - 1]:
+                matched += 1
+            else:
+                subs.append((truth[i - 1], pred[j - 1]))
+            i, j = i - 1, j - 1
+        elif d[i][j] == d[i - 1][j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    return d[n][m], matched, subs
+
+
+@dataclass
+class Report:
+    """Evaluation figures for one set of images."""
+
+    n: int
+    sequence_accuracy: float
+    char_accuracy: float
+    cer: float
+    by_length: dict[str, dict[str, float]]
+    confusions: list[tuple[str, str, int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["confusions"] = [{"truth": t, "pred": p, "count": c} for t, p, c in self.confusions]
+        return d
+
+
+def fold(s: str, case_insensitive: bool) -> str:
+    return s.lower() if case_insensitive else s
+
+
+def score(truths: Sequence[str], preds: Sequence[str], case_insensitive: bool = False) -> Report:
+    """Compare predictions with the truth."""
+    if len(truths) != len(preds):
+        raise ValueError("truths and preds differ in length")
+    exact = edits = matched = total = 0
+    lengths: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    conf: Counter[tuple[str, str]] = Counter()
+    for t, p in zip(truths, preds):
+        t, p = fold(t, case_insensitive), fold(p, case_insensitive)
+        ok = t == p
+        exact += ok
+        lengths[len(t)][0] += 1
+        lengths[len(t)][1] += ok
+        dist, mat, subs = (0, len(t), []) if ok else align(t, p)
+        edits += dist
+        matched += mat
+        total += len(t)
+        conf.update(subs)
+    n = len(truths)
+    return Report(
+        n=n,
+        sequence_accuracy=exact / n if n else 0.0,
+        char_accuracy=matched / total if total else 0.0,
+        cer=edits / total if total else 0.0,
+        by_length={str(k): {"n": v[0], "sequence_accuracy": v[1] / v[0]} for k, v in sorted(lengths.items())},
+        confusions=[(a, b, c) for (a, b), c in conf.most_common(10)],
+    )
+
+
+def format_report(r: Report, split: str = "") -> str:
+    """A few human-readable lines."""
+    head = f"{split}: " if split else ""
+    lines = [
+        f"{head}n={r.n}  sequence accuracy {r.sequence_accuracy:.2%}  "
+        f"char accuracy {r.char_accuracy:.2%}  CER {r.cer:.4f}",
+        "by label length: " + ", ".join(
+            f"{k}: {v['sequence_accuracy']:.1%} (n={v['n']})" for k, v in r.by_length.items()),
+    ]
+    if r.confusions:
+        lines.append("most confused (truth->read): " + ", ".join(f"{t}->{p} x{c}" for t, p, c in r.confusions))
+    return "\n".join(lines)
+
+
+def evaluate_model(
+    recognizer: Any,
+    data: str,
+    beam: int = 1,
+    length: int | None = None,
+    charset: str | None = None,
+    label_regex: str | None = None,
+    label_sep: str | None = None,
+    case_insensitive: bool = False,
+    progress: bool = True,
+) -> tuple[Report, Any, list[str]]:
+    """Read every labelled image in a folder or CSV with a Recognizer; (report, images, predictions).
+
+    Raises CaptchaError if a label has a character outside the model's alphabet.
+    """
+    from .data.dataset import load_samples
+    from .data.labels import LabelRule, read_samples
+    from .errors import CaptchaError
+
+    rule = LabelRule(label_regex, label_sep) if (label_regex or label_sep) else None
+    samples = read_samples(data, rule)
+    alphabet = recognizer.alphabet
+    def known(c: str) -> bool:
+        folded = (c.lower(), c.upper()) if case_insensitive else ()
+        return c in alphabet.index or any(f in alphabet.index for f in folded)
+
+    for s in samples:
+        bad = {c for c in s.label if not known(c)}
+        if bad:
+            raise CaptchaError(f"{s.path}: label {s.label!r} has characters outside the model's alphabet: "
+                               f"{''.join(sorted(bad))}")
+    ds = load_samples(samples, recognizer.preprocess, "reading", progress)
+    if not len(ds):
+        raise CaptchaError(f"{data}: no readable images")
+    preds = [p.text for p in recognizer.predict_arrays(ds.images, beam, length, charset)]
+    return score(ds.labels, preds, case_insensitive), ds, preds

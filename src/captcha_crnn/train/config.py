@@ -1,0 +1,53 @@
+"""Training configuration as a dataclass; every field is also a `captcha-crnn train` flag."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """Defaults chosen by measurement on captcha_v2 (see benchmarks/train_captcha_v2.py)."""
+
+    data: str = ""
+    out: str = "runs/model"
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    warmup: float = 0.15  # fraction of the run spent warming up
+    clip: float = 5.0
+    max_minutes: float | None = None
+    patience: int = 15
+    seed: int = 0
+    device: str = "auto"
+    # data
+    val: float = 0.1
+    test: float = 0.1
+    val_data: str | None = None
+    test_data: str | None = None
+    label_regex: str | None = None
+    label_sep: str | None = None
+    # preprocessing ("auto" = from the data)
+    height: int = 32
+    width: int | str | None = "auto"
+    channels: int = 1
+    # model
+    preset: str = "small"
+    backbone: str = "plain"
+    rnn: str = "gru"
+    augment: float = 1.0
+    dropout: float = 0.1
+    # run
+    resume: bool = False
+    checkpoint_minutes: float = 5.0
+    progress: bool = True
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
