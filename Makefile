@@ -5,16 +5,18 @@ BIN := $(VENV)/bin
 # The CPU build of PyTorch (a bare `torch` would pull GBs of CUDA packages).
 TORCH := torch==2.13.0
 
-.PHONY: install test lint demo models bench clean
+.PHONY: install test lint demo bench clean
 
 $(BIN)/captcha-crnn: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[test,onnx]"
 	touch $@
 
 install: $(BIN)/captcha-crnn
+
+demo: install
+	$(BIN)/captcha-crnn demo
 
 test: install
 	$(BIN)/ruff check src tests benchmarks

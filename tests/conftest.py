@@ -68,6 +68,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory, clean_dir: Path):
     from captcha_crnn.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(out=str(out), epochs=12, preset="tiny", label_sep="-", progress=False, seed=0,
-                      lr=5e-3, patience=50, augment=0.3)
+    cfg = TrainConfig(out=str(out), epochs=16, batch_size=8, preset="tiny", label_sep="-", progress=False,
+                      seed=0, lr=3e-3, patience=50, augment=0.3)
     return train(str(clean_dir), cfg)

@@ -219,13 +219,6 @@ def test_length_constraint_property_on_random_matrices():
         assert feasible(d.indices, t)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ctc.py beam_decode: when no prefix can reach `length` (fewer frames than "
-    "characters) every step empties `nxt` and the beams are kept from before the frame, so "
-    "the result is the initial empty string with confidence 1.0, not the best unconstrained "
-    "string the fallback comment promises",
-)
 def test_length_constraint_unreachable_falls_back():
     lp = frames([1, 2], 3)
     d = beam_decode(lp, beam=8, length=5)  # 2 frames cannot hold 5 characters
@@ -239,13 +232,6 @@ def test_length_constraint_unreachable_still_returns_a_decoded():
     assert 0.0 <= d.confidence <= 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ctc.py beam_decode: candidates below `prune` are never tried, and a prefix extended "
-    "by its own last character from a zero-probability blank state (log p = NEG) stays in the "
-    "beam, so length=3 over three confident 'a' frames returns the CTC-impossible 'aaa' "
-    "(confidence 0) instead of the reachable 'aba'",
-)
 def test_length_constraint_with_very_confident_frames():
     lp = frames([1, 1, 1], 3, p=1 - 2e-6)  # other classes at ~1e-6 (log ~ -13.8)
     d = beam_decode(lp, beam=8, length=3)

@@ -282,11 +282,6 @@ def test_width_none_always_multiple_of_four_within_limits(w, h):
     assert pre.min_width <= tw <= pre.max_width
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="images.py Preprocess.target_width rounds up to a multiple of 4 after clamping, "
-    "so a max_width that is not a multiple of 4 is exceeded (max_width=30 gives 32)",
-)
 def test_width_none_never_exceeds_max_width_not_multiple_of_four():
     pre = Preprocess(height=32, width=None, min_width=8, max_width=30)
     assert pre.target_width(1000, 32) <= 30

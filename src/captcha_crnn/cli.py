@@ -115,6 +115,27 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(a: argparse.Namespace) -> int:
+    from .data.synth import synthesize
+
+    lo, _, hi = a.length.partition("-")
+    w, _, h = a.size.partition("x")
+    try:
+        lengths, size = (int(lo), int(hi or lo)), (int(w), int(h))
+    except ValueError:
+        raise CaptchaError(f"bad --length {a.length!r} or --size {a.size!r} (expected 4-6 and 200x60)") from None
+    synthesize(a.out, a.n, a.charset, lengths, size, a.seed, a.fonts, a.workers)
+    print(f"wrote {a.n} captchas to {a.out}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(a.out, a.n, a.max_minutes, a.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to generate the CLI reference in the README)."""
     from .train.config import TrainConfig
@@ -176,6 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="model file, run folder or shipped model name")
     i.add_argument("--json", action="store_true", help="print the metadata as JSON")
     i.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("synth", help="generate labelled synthetic captchas offline")
+    s.add_argument("out", help="output folder")
+    s.add_argument("--n", type=int, default=1000, help="number of images")
+    s.add_argument("--length", default="4-6", help="label length or range, e.g. 4 or 4-6")
+    s.add_argument("--charset", default="0123456789abcdefghijkmnpqrstuvwxyz")
+    s.add_argument("--size", default="160x60", help="WIDTHxHEIGHT")
+    s.add_argument("--fonts", default=None, metavar="DIR", help="folder of .ttf/.otf fonts")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=2)
+    s.set_defaults(func=cmd_synth)
+
+    m = sub.add_parser("demo", help="synthesize captchas, train, evaluate and read (no data needed)")
+    m.add_argument("--out", default="runs/demo")
+    m.add_argument("--n", type=int, default=3000, help="training images to synthesize")
+    m.add_argument("--max-minutes", type=float, default=4.0, help="training time budget")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(func=cmd_demo)
     return p
 
 

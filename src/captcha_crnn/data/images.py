@@ -52,10 +52,10 @@ class Preprocess:
     def target_width(self, w: int, h: int) -> int:
         """Width after resizing an image of w x h pixels (a multiple of 4)."""
         if self.width is not None:
-            return self.width
+            return max(4, self.width // 4 * 4)
         tw = round(w * self.height / max(h, 1))
         tw = max(self.min_width, min(self.max_width, tw))
-        return (tw + 3) // 4 * 4
+        return max(4, min((tw + 3) // 4 * 4, self.max_width // 4 * 4))
 
 
 def describe(src: Any) -> str:

@@ -90,12 +90,15 @@ def beam_decode(
     beams: dict[tuple[int, ...], list] = {(): [0.0, NEG, [], 0.0]}
     for t in range(t_max):
         row = lp[t]
-        cands = [c for c in range(1, n_cls) if row[c] > prune]
+        floor = NEG / 2 if length is not None else prune  # a length constraint may need unlikely chars
+        cands = [c for c in range(1, n_cls) if row[c] > floor]
         if not cands:
             cands = [int(row[1:].argmax()) + 1]
         nxt: dict[tuple[int, ...], list] = {}
 
         def add(p: tuple[int, ...], which: int, logp: float, confs: list[float], nxt: dict = nxt) -> None:
+            if logp <= NEG / 2:  # impossible path (e.g. a repeat with no blank between)
+                return
             e = nxt.get(p)
             if e is None:
                 e = nxt[p] = [NEG, NEG, confs, logp]
@@ -117,7 +120,11 @@ def beam_decode(
                 p_new = (pb if prefix and prefix[-1] == c else total) + row[c]
                 add(new, 1, p_new, confs + [math.exp(row[c])])
         if length is not None:  # prefixes that can no longer reach the length
-            nxt = {p: v for p, v in nxt.items() if length - len(p) <= left}
+            feasible = {p: v for p, v in nxt.items() if length - len(p) <= left}
+            if feasible:
+                nxt = feasible
+            else:  # the length cannot be reached in these frames: search unconstrained
+                length = None
         ranked = sorted(nxt.items(), key=lambda kv: _logadd(kv[1][0], kv[1][1]), reverse=True)
         beams = dict(ranked[:beam]) if ranked else beams
     final = [(p, v) for p, v in beams.items() if length is None or len(p) == length]

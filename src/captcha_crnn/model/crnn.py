@@ -78,6 +78,7 @@ class CRNN(nn.Module):
         return torch.div(widths, 4, rounding_mode="floor").clamp(min=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[..., : max(4, x.shape[-1] // 4 * 4)]  # width a multiple of 4: T = W // 4 exactly
         f = self.backbone(x)  # (B, C', H/16, W/4)
         b, c, h, t = f.shape
         f = f.permute(0, 3, 1, 2).reshape(b, t, c * h)  # (B, T, C'*H/16)

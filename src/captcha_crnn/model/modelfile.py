@@ -83,9 +83,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         info = json.loads(meta[META_KEY])
     except json.JSONDecodeError:
         raise CaptchaError(f"{path}: model metadata is not valid JSON") from None
-    if info.get("format") != FORMAT:
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CaptchaError(f"{path}: not a captcha-crnn model file")
-    if int(info.get("version", 0)) > VERSION:
+    if not isinstance(info.get("version"), int):
+        raise CaptchaError(f"{path}: model metadata has no valid format version")
+    if info["version"] > VERSION:
         raise CaptchaError(f"{path}: model format version {info['version']} is newer than this library")
     return info
 
