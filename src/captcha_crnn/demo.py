@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def run_demo(out: str = "runs/demo", n: int = 3000, max_minutes: float = 4.0, seed: int = 0) -> dict:
+def run_demo(out: str = "runs/demo", n: int = 3000, max_minutes: float = 4.0, seed: int = 0, fresh: int = 200,
+             progress: bool = True) -> dict:
     """Everything a first-time user wants to see, with no data of their own. Returns a summary."""
     from .data.synth import synthesize
     from .evaluate import evaluate_model, format_report
@@ -15,13 +16,14 @@ def run_demo(out: str = "runs/demo", n: int = 3000, max_minutes: float = 4.0, se
 
     root = Path(out)
     charset, lengths, size = "0123456789", (4, 4), (120, 40)
-    print(f"1/4 generating {n} training captchas and 200 fresh ones into {root}/data ...")
-    synthesize(root / "data" / "train", n, charset, lengths, size, seed=seed)
-    synthesize(root / "data" / "fresh", 200, charset, lengths, size, seed=seed + 1)
+    print(f"1/4 generating {n} training captchas and {fresh} fresh ones into {root}/data ...")
+    synthesize(root / "data" / "train", n, charset, lengths, size, seed=seed, progress=progress)
+    synthesize(root / "data" / "fresh", fresh, charset, lengths, size, seed=seed + 1, progress=progress)
     print(f"2/4 training (at most {max_minutes} minutes) ...")
-    cfg = TrainConfig(out=str(root / "model"), max_minutes=max_minutes, epochs=60, label_sep="_", seed=seed)
+    cfg = TrainConfig(out=str(root / "model"), max_minutes=max_minutes, epochs=60, label_sep="_", seed=seed,
+                      progress=progress)
     res = train(str(root / "data" / "train"), cfg)
-    print("3/4 evaluating on the 200 fresh captchas ...")
+    print(f"3/4 evaluating on the {fresh} fresh captchas ...")
     rec = Recognizer.load(res.model_path)
     rep, ds, preds = evaluate_model(rec, str(root / "data" / "fresh"), label_sep="_", progress=False)
     print(format_report(rep, "fresh captchas"))
