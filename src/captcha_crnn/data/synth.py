@@ -10,12 +10,29 @@ from pathlib import Path
 DEFAULT_CHARSET = "0123456789abcdefghijkmnpqrstuvwxyz"
 
 
+class _SeededSecrets:
+    """Stands in for the `secrets` module the captcha package draws from, so a seed reproduces images."""
+
+    def __init__(self, seed: int):
+        self._rng = random.Random(seed)
+
+    def randbelow(self, n: int) -> int:
+        return self._rng.randrange(n)
+
+    def randbits(self, k: int) -> int:
+        return self._rng.getrandbits(k)
+
+    def choice(self, seq):  # noqa: ANN001, ANN201
+        return self._rng.choice(seq)
+
+
 def _render(job: tuple[str, str, int, int, int, list[str] | None]) -> None:
-    from captcha.image import ImageCaptcha
+    import captcha.image as ci
 
     path, text, w, h, seed, fonts = job
-    random.seed(seed)  # the captcha package draws its noise from the global `random`
-    ImageCaptcha(width=w, height=h, fonts=fonts).generate_image(text).save(path)
+    random.seed(seed)
+    ci.secrets = _SeededSecrets(seed)  # type: ignore[assignment]
+    ci.ImageCaptcha(width=w, height=h, fonts=fonts).generate_image(text).save(path)
 
 
 def labels_for(n: int, charset: str, lengths: tuple[int, int], seed: int) -> list[str]:
