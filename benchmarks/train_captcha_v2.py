@@ -18,10 +18,8 @@ import time
 from pathlib import Path
 
 from captcha_crnn.data.dataset import load_samples
-from captcha_crnn.data.labels import read_samples
-from captcha_crnn.data.split import split_items
 from captcha_crnn.train import TrainConfig, train
-from captcha_crnn.train.loop import evaluate_set
+from captcha_crnn.train.loop import evaluate_set, load_data
 
 THRESHOLDS = (0.95, 0.98, 0.99)
 
@@ -36,8 +34,7 @@ def parse_value(v: str):
 
 
 def run_seed(data: str, seed: int, overrides: dict) -> dict:
-    samples = sorted(read_samples(data), key=lambda s: s.path)
-    _, _, test = split_items(samples, seed, 0.1, 0.1)
+    _, _, test, _ = load_data(TrainConfig(data=data, seed=seed, **overrides))  # the split train() will make
     cache: dict = {}
     curve: list[dict] = []
 

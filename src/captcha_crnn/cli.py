@@ -47,11 +47,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     rep, ds, preds = evaluate_model(rec, a.data, a.beam, a.length, a.charset, a.label_regex, a.label_sep,
                                     progress=not a.json)
     if a.errors:
-        from .viz import gallery
+        from .viz import errors_gallery
 
-        wrong = [i for i, (t, p) in enumerate(zip(ds.labels, preds)) if t != p][:48]
-        gallery([ds.images[i] for i in wrong], [ds.labels[i] for i in wrong], [preds[i] for i in wrong],
-                a.errors, title=f"{len(wrong)} misread of {rep.n}")
+        errors_gallery(ds.images, ds.labels, preds, a.errors)
     if a.json:
         print(json.dumps({**rep.to_dict(), "data": a.data, "model": a.model, "skipped": len(ds.skipped)}))
     else:
@@ -138,6 +136,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to generate the CLI reference in the README)."""
+    from .data.synth import DEFAULT_CHARSET
     from .train.config import TrainConfig
 
     d = TrainConfig()
@@ -202,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="output folder")
     s.add_argument("--n", type=int, default=1000, help="number of images")
     s.add_argument("--length", default="4-6", help="label length or range, e.g. 4 or 4-6")
-    s.add_argument("--charset", default="0123456789abcdefghijkmnpqrstuvwxyz")
+    s.add_argument("--charset", default=DEFAULT_CHARSET)
     s.add_argument("--size", default="160x60", help="WIDTHxHEIGHT")
     s.add_argument("--fonts", default=None, metavar="DIR", help="folder of .ttf/.otf fonts")
     s.add_argument("--seed", type=int, default=0)

@@ -12,7 +12,7 @@ def run_demo(out: str = "runs/demo", n: int = 3000, max_minutes: float = 4.0, se
     from .evaluate import evaluate_model, format_report
     from .infer import Recognizer
     from .train import TrainConfig, train
-    from .viz import gallery
+    from .viz import errors_gallery, gallery
 
     root = Path(out)
     charset, lengths, size = "0123456789", (4, 4), (120, 40)
@@ -28,9 +28,7 @@ def run_demo(out: str = "runs/demo", n: int = 3000, max_minutes: float = 4.0, se
     rep, ds, preds = evaluate_model(rec, str(root / "data" / "fresh"), label_sep="_", progress=False)
     print(format_report(rep, "fresh captchas"))
     samples = gallery(ds.images[:16], ds.labels[:16], preds[:16], root / "samples.png", "sample predictions")
-    wrong = [i for i, (t, p) in enumerate(zip(ds.labels, preds)) if t != p][:24]
-    errors = gallery([ds.images[i] for i in wrong], [ds.labels[i] for i in wrong], [preds[i] for i in wrong],
-                     root / "errors.png", f"{len(wrong)} misread")
+    errors, _ = errors_gallery(ds.images, ds.labels, preds, root / "errors.png", limit=24)
     print("4/4 reading a few fresh captchas:")
     for path, truth in list(zip(ds.paths, ds.labels))[:5]:
         p = rec.predict(path)

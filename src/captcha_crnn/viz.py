@@ -73,3 +73,13 @@ def gallery(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)
+
+
+def errors_gallery(
+    images: Sequence[np.ndarray], truths: Sequence[str], preds: Sequence[str], path: str | Path, limit: int = 48
+) -> tuple[Path, int]:
+    """A gallery of the misread images only (at most `limit`); returns the path and how many are drawn."""
+    wrong = [i for i, (t, p) in enumerate(zip(truths, preds)) if t != p][:limit]
+    out = gallery([images[i] for i in wrong], [truths[i] for i in wrong], [preds[i] for i in wrong], path,
+                  title=f"{len(wrong)} misread of {len(truths)}")
+    return out, len(wrong)
