@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of PyTorch (a bare `torch` would pull GBs of CUDA packages).
 TORCH := torch==2.13.0
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench readme models clean
 
 $(BIN)/captcha-crnn: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,11 +19,19 @@ demo: install
 	$(BIN)/captcha-crnn demo
 
 test: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+
+# Regenerate the CLI reference in README.md from the argument parser (tests fail when it is stale).
+readme: install
+	$(BIN)/python scripts/cli_reference.py
+
+# Rebuild the shipped models in src/captcha_crnn/zoo (needs ../shared/datasets).
+models: install
+	$(BIN)/python scripts/train_models.py
 
 bench: install
 	$(BIN)/python benchmarks/train_captcha_v2.py

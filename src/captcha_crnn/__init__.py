@@ -21,7 +21,9 @@ def __getattr__(name: str) -> Any:  # heavy imports (torch) only when used
 
         return getattr(recognizer, name)
     if name in ("TrainConfig", "train"):
-        from . import train as _train
+        import importlib
 
-        return getattr(_train, name)
+        # `captcha_crnn.train` is the training subpackage; it is also callable as the train() function.
+        pkg = importlib.import_module(".train", __name__)
+        return pkg if name == "train" else pkg.TrainConfig
     raise AttributeError(name)

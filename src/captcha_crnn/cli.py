@@ -44,8 +44,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .infer import Recognizer
 
     rec = Recognizer.load(a.model)
+    case = a.case or rec.info.get("training", {}).get("config", {}).get("case", "sensitive")
     rep, ds, preds = evaluate_model(rec, a.data, a.beam, a.length, a.charset, a.label_regex, a.label_sep,
-                                    progress=not a.json)
+                                    case_insensitive=case == "insensitive", progress=not a.json)
     if a.errors:
         from .viz import errors_gallery
 
@@ -60,20 +61,19 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from .data.images import load_image
     from .data.labels import list_images
     from .infer import Recognizer
 
-    rec = Recognizer.load(a.model)
+    rec = Recognizer.load(a.model, engine=a.engine, threads=a.threads)
     paths = list_images(a.images)
     arrays, ok, failed = [], [], 0
-    for p in paths:
-        try:
-            arrays.append(load_image(p, rec.preprocess))
-            ok.append(p)
-        except CaptchaError as e:
-            print(f"error: {e}", file=sys.stderr)
+    for p, arr in zip(paths, rec.load_arrays(paths, errors="return")):  # decoded on a thread pool
+        if isinstance(arr, CaptchaError):
+            print(f"error: {arr}", file=sys.stderr)
             failed += 1
+        else:
+            arrays.append(arr)
+            ok.append(p)
     preds = rec.predict_arrays(arrays, a.beam, a.length, a.charset, a.batch_size)
     if a.json:
         print(json.dumps([{"path": str(p), **pr.to_dict(), "source": str(p)} for p, pr in zip(ok, preds)]))
@@ -81,6 +81,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
         for p, pr in zip(ok, preds):
             print(f"{p}\t{pr.text}\t{pr.confidence:.4f}")
     return 1 if failed else 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .infer.export import export_onnx
+
+    out = export_onnx(a.model, a.onnx, int8=a.int8)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB{', int8' if a.int8 else ''})")
+    return 0
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -113,6 +121,19 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(a: argparse.Namespace) -> int:
+    from .infer.zoo import format_cards, zoo_cards
+
+    cards = zoo_cards()
+    if a.json:
+        print(json.dumps(cards))
+    elif not cards:
+        print("no shipped models in this installation (build them with `make models`)")
+    else:
+        print(format_cards(cards))
+    return 0
+
+
 def cmd_synth(a: argparse.Namespace) -> int:
     from .data.synth import synthesize
 
@@ -131,6 +152,26 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(a.out, a.n, a.max_minutes, a.seed)
+    return 0
+
+
+def cmd_download(a: argparse.Namespace) -> int:
+    from .data.download import download_dataset
+
+    chk = download_dataset(a.dataset, a.dir, url=a.url, zip_file=a.zip, progress=not a.quiet)
+    for w in chk.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(json.dumps(chk.to_dict()) if a.json else chk.summary())
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .service import ServiceConfig, serve
+
+    cfg = ServiceConfig(max_body_bytes=a.max_body, max_pixels=a.max_pixels, max_batch=a.max_batch,
+                        max_wait_ms=a.max_wait_ms, timeout_s=a.timeout)
+    serve(a.models, a.host, a.port, a.workers, a.api_key, cfg, threads=a.threads, engine=a.engine,
+          log_level=a.log_level, access_log=a.access_log)
     return 0
 
 
@@ -168,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rnn", choices=["gru", "lstm"], default=d.rnn)
     t.add_argument("--dropout", type=float, default=d.dropout)
     t.add_argument("--augment", type=float, default=d.augment, help="augmentation strength (0 = off)")
+    t.add_argument("--case", choices=["sensitive", "insensitive"], default=d.case,
+                   help="insensitive: fold labels to lower case and compare case-blind (default sensitive)")
+    t.add_argument("--init", default=d.init, metavar="MODEL",
+                   help="warm start from this model (path or shipped name); 'auto' (default): the shipped "
+                        "synthetic model when installed; 'none': from scratch")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -180,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data", help="folder of labelled images or a CSV")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--errors", default=None, metavar="PNG", help="draw misread images into this file")
+    e.add_argument("--case", choices=["sensitive", "insensitive"], default=None,
+                   help="compare case-blind or not (default: as the model was trained)")
     _add_decode(e)
     _add_labels(e)
     e.set_defaults(func=cmd_eval)
@@ -188,14 +236,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model", help="model file, run folder or shipped model name")
     r.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     r.add_argument("--json", action="store_true", help="print a JSON list")
-    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
+    r.add_argument("--engine", choices=["auto", "onnx", "torch"], default="auto",
+                   help="onnx (ONNX Runtime), torch, or auto: onnx when onnxruntime is installed (default)")
+    r.add_argument("--threads", type=int, default=None, help="threads for the engine and image decoding "
+                   "(default: all cores)")
     _add_decode(r)
     r.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="export a model to ONNX (with its metadata; optionally int8)")
+    x.add_argument("model", help="model file, run folder or shipped model name")
+    x.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    x.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of the linear layers")
+    x.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="show a model: layers, alphabet, preprocessing, training, metrics")
     i.add_argument("model", help="model file, run folder or shipped model name")
     i.add_argument("--json", action="store_true", help="print the metadata as JSON")
     i.set_defaults(func=cmd_info)
+
+    ms = sub.add_parser("models", help="list the shipped models (model cards), usable by name as MODEL")
+    ms.add_argument("--json", action="store_true", help="print the cards as a JSON list")
+    ms.set_defaults(func=cmd_models)
 
     s = sub.add_parser("synth", help="generate labelled synthetic captchas offline")
     s.add_argument("out", help="output folder")
@@ -214,6 +276,38 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-minutes", type=float, default=4.0, help="training time budget")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_demo)
+
+    w = sub.add_parser("download", help="fetch, unpack and check a public labelled captcha set")
+    w.add_argument("dataset", choices=["captcha_v2"], help="captcha_v2: 1040 PNGs, 200x50, 5-character labels")
+    w.add_argument("dir", help="folder to unpack the images into (created; label = file stem)")
+    w.add_argument("--url", default=None, help="download from this address instead of the set's own")
+    w.add_argument("--zip", default=None, metavar="FILE", help="unpack this already-downloaded zip (no network)")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.add_argument("--json", action="store_true", help="print the check as one JSON object")
+    w.set_defaults(func=cmd_download)
+
+    v = sub.add_parser("serve", help="HTTP service and web page: POST /v1/read, GET /v1/models, /metrics, /")
+    v.add_argument("models", nargs="*", metavar="MODEL",
+                   help="model files, run folders, shipped names or NAME=PATH (default: the shipped models); "
+                        "requests choose one with ?model=NAME (name: shipped name, file stem or folder name)")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    v.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    v.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require Authorization: Bearer KEY or X-API-Key: KEY on /v1/* and /metrics "
+                        "(or set CAPTCHA_CRNN_API_KEY)")
+    v.add_argument("--engine", choices=["auto", "onnx", "torch"], default="auto", help="inference engine")
+    v.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="inference threads per worker (default: cores / workers - 1, at least 1)")
+    v.add_argument("--max-batch", type=int, default=64, metavar="N", help="most images per forward pass (default 64)")
+    v.add_argument("--max-wait-ms", type=float, default=2.0, metavar="MS",
+                   help="longest a batch waits for images already on their way (default 2)")
+    v.add_argument("--max-body", type=int, default=8 * 1024 * 1024, metavar="BYTES", help="request body limit (413)")
+    v.add_argument("--max-pixels", type=int, default=4_000_000, metavar="N", help="pixels per image limit (413)")
+    v.add_argument("--timeout", type=float, default=10.0, metavar="S", help="request timeout in seconds (504)")
+    v.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    v.add_argument("--access-log", action="store_true", help="log every request (slower)")
+    v.set_defaults(func=cmd_serve)
     return p
 
 

@@ -45,6 +45,7 @@ class Report:
     cer: float
     by_length: dict[str, dict[str, float]]
     confusions: list[tuple[str, str, int]]
+    case_insensitive: dict[str, float] | None = None  # the same figures ignoring case, where case matters
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -94,6 +95,10 @@ def format_report(r: Report, split: str = "") -> str:
         "by label length: " + ", ".join(
             f"{k}: {v['sequence_accuracy']:.1%} (n={v['n']})" for k, v in r.by_length.items()),
     ]
+    if r.case_insensitive:
+        ci = r.case_insensitive
+        lines.append(f"ignoring case: sequence accuracy {ci['sequence_accuracy']:.2%}  "
+                     f"char accuracy {ci['char_accuracy']:.2%}  CER {ci['cer']:.4f}")
     if r.confusions:
         lines.append("most confused (truth->read): " + ", ".join(f"{t}->{p} x{c}" for t, p, c in r.confusions))
     return "\n".join(lines)
@@ -134,4 +139,19 @@ def evaluate_model(
     if not len(ds):
         raise CaptchaError(f"{data}: no readable images")
     preds = [p.text for p in recognizer.predict_arrays(ds.images, beam, length, charset)]
-    return score(ds.labels, preds, case_insensitive), ds, preds
+    return score_both(ds.labels, preds, alphabet.chars, case_insensitive), ds, preds
+
+
+def has_both_cases(chars: str) -> bool:
+    """Whether some letter appears both in lower and in upper case."""
+    return any(c.islower() and c.upper() in chars for c in chars)
+
+
+def score_both(truths: Sequence[str], preds: Sequence[str], alphabet: str, case_insensitive: bool = False) -> Report:
+    """score(), plus the case-blind figures when the alphabet has letters of both cases."""
+    rep = score(truths, preds, case_insensitive)
+    if not case_insensitive and has_both_cases(alphabet):
+        ci = score(truths, preds, True)
+        rep.case_insensitive = {"sequence_accuracy": ci.sequence_accuracy, "char_accuracy": ci.char_accuracy,
+                                "cer": ci.cer}
+    return rep

@@ -61,6 +61,42 @@ def greedy_decode(logp: Any, mask: np.ndarray | None = None) -> Decoded:
     return Decoded(indices, confs, float(np.prod(confs)) if confs else float(probs.prod()))
 
 
+def greedy_decode_batch(
+    logp: Any, lengths: Sequence[int] | None = None, mask: np.ndarray | None = None
+) -> list[Decoded]:
+    """Best path for a whole batch (B, T, C) at once: one argmax, collapse and confidences in numpy.
+
+    Gives what greedy_decode gives on each item's first lengths[i] frames.
+    """
+    lp = _as_numpy(logp)
+    b, t, _ = lp.shape
+    if b == 0:
+        return []
+    if mask is not None:
+        lp = np.where(mask[None, None, :], lp, NEG)
+    best = lp.argmax(-1)  # (B, T)
+    probs = np.exp(np.take_along_axis(lp, best[..., None], -1)[..., 0])  # (B, T) float32
+    lens = np.full(b, t) if lengths is None else np.minimum(np.asarray(lengths, dtype=np.int64), t)
+    valid = np.arange(t)[None, :] < lens[:, None]
+    prev = np.concatenate([np.zeros((b, 1), best.dtype), best[:, :-1]], axis=1)
+    ink = (best != 0) & valid  # frames on a character (a repeat continues the character before)
+    start = ink & (best != prev)  # frames starting a new character
+    counts = start.sum(1).tolist()
+    chars = best[start].tolist()  # row-major: every row's characters in order
+    confs: list[float] = []
+    if chars:
+        ink_probs = probs[ink].astype(np.float64)
+        first = np.flatnonzero(start[ink])  # where each character's run starts among ink frames
+        confs = np.maximum.reduceat(ink_probs, first).tolist()
+    out, k = [], 0
+    for i, n in enumerate(counts):
+        cc = confs[k : k + n]
+        conf = float(np.prod(cc)) if n else float(probs[i, : lens[i]].prod())
+        out.append(Decoded(chars[k : k + n], cc, conf))
+        k += n
+    return out
+
+
 def _logadd(a: float, b: float) -> float:
     if a < b:
         a, b = b, a
@@ -147,6 +183,6 @@ def decode_batch(
     mask = allowed_mask(c, allowed)
     lens = [t] * b if lengths is None else [int(x) for x in lengths]
     if beam <= 1 and length is None:
-        return [greedy_decode(lp[i, : lens[i]], mask=mask) for i in range(b)]
+        return greedy_decode_batch(lp, lens, mask=mask)
     k = max(beam, 8) if length is not None else beam
     return [beam_decode(lp[i, : lens[i]], beam=k, length=length, mask=mask) for i in range(b)]

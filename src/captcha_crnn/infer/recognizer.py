@@ -1,19 +1,24 @@
-"""The public reading API: ``Recognizer.load(path_or_name).predict(images)``."""
+"""The public reading API: ``Recognizer.load(path_or_name, engine="auto").predict(images)``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data.images import ImageInput, describe, load_image
+from ..data.alphabet import Alphabet
+from ..data.images import ImageInput, Preprocess, describe
 from ..decode.ctc import decode_batch
 from ..errors import CaptchaError
-from ..model.modelfile import ModelBundle, load_bundle
-from ..model.run import log_probs
+from .batching import default_threads, load_many, stack_batch, width_batches
+from .engines import OnnxEngine, TorchEngine, check_metadata, onnx_for, pick_engine
+
+if TYPE_CHECKING:  # model/ imports torch, which reading an .onnx file does without
+    from ..model.modelfile import ModelBundle
 
 
 @dataclass
@@ -45,22 +50,83 @@ def resolve_model(name_or_path: str | Path) -> Path:
 
 
 class Recognizer:
-    """Reads captchas with a trained CRNN. Load with ``Recognizer.load(path)``."""
+    """Reads captchas with a trained CRNN. Load with ``Recognizer.load(path)``.
 
-    def __init__(self, bundle: ModelBundle, device: str = "cpu"):
-        self.bundle = bundle
+    The network runs on an engine (engines.py): ONNX Runtime by default when it is installed,
+    else eager PyTorch; both give the same text. ``Recognizer(bundle)`` runs a bundle in torch.
+    """
+
+    def __init__(
+        self,
+        bundle: ModelBundle | None = None,
+        device: str = "cpu",
+        engine: TorchEngine | OnnxEngine | None = None,
+        meta: dict[str, Any] | None = None,
+        path: Path | None = None,
+        threads: int | None = None,
+    ):
+        self._bundle = bundle
         self.device = device
-        self.alphabet = bundle.alphabet
-        self.preprocess = bundle.preprocess
+        self.path = path
+        self.threads = threads or default_threads()
+        if bundle is not None:
+            self.alphabet, self.preprocess, self._info = bundle.alphabet, bundle.preprocess, bundle.info
+        elif meta is not None:
+            self.alphabet, self.preprocess, self._info = _parse_meta(meta, str(path or "<model>"))
+        else:
+            raise ValueError("Recognizer needs a bundle or model metadata")
+        if engine is None:
+            if bundle is None:
+                raise ValueError("Recognizer without a bundle needs an engine")
+            engine = TorchEngine(bundle.model, device, threads)
+        self.engine = engine
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def load(cls, model: str | Path, device: str = "cpu") -> Recognizer:
-        """Load a model file, a run folder, or a shipped model by name."""
-        return cls(load_bundle(resolve_model(model), device=device), device=device)
+    def load(
+        cls, model: str | Path, device: str = "cpu", engine: str = "auto", threads: int | None = None
+    ) -> Recognizer:
+        """Load a model file (.safetensors or .onnx), a run folder, or a shipped model by name.
+
+        engine: "auto" (onnx when onnxruntime is importable and device is cpu, else torch), "onnx"
+        (a .safetensors model is exported to ONNX on load, cached by file hash) or "torch".
+        threads: threads for the engine and for decoding images (default: every core).
+        """
+        path = resolve_model(model)
+        kind = pick_engine(engine, device)
+        if path.suffix.lower() == ".onnx":
+            if kind != "onnx":
+                why = "needs onnxruntime" if engine == "auto" else f"runs with engine onnx, not {engine}"
+                raise CaptchaError(f"{path}: an ONNX model {why}")
+            eng = OnnxEngine(path, threads, source=str(path))
+            meta, _ = check_metadata(eng.metadata, str(path))
+            return cls(None, device, eng, meta, path, threads)
+        from ..model.modelfile import load_bundle, read_metadata
+
+        if kind == "torch":
+            return cls(load_bundle(path, device=device), device, None, None, path, threads)
+        meta = read_metadata(path)
+        eng = OnnxEngine(onnx_for(path, lambda: load_bundle(path)), threads, source=str(path))
+        return cls(None, device, eng, meta, path, threads)
+
+    @property
+    def bundle(self) -> ModelBundle:
+        """The torch model bundle (loaded on first use when the engine is onnx)."""
+        if self._bundle is None:
+            if self.path is None or self.path.suffix.lower() == ".onnx":
+                raise CaptchaError(f"{self.path}: an ONNX model has no torch weights")
+            from ..model.modelfile import load_bundle
+
+            self._bundle = load_bundle(self.path, device=self.device)
+        return self._bundle
 
     @property
     def info(self) -> dict[str, Any]:
-        return self.bundle.info
+        return self._info
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
 
     def _allowed(self, charset: str | None) -> list[int] | None:
         if charset is None:
@@ -70,6 +136,23 @@ class Recognizer:
             raise CaptchaError(f"charset has characters the model does not know: {''.join(sorted(unknown))}")
         return [self.alphabet.index[c] for c in set(charset)]
 
+    def _get_pool(self) -> ThreadPoolExecutor | None:
+        if self.threads <= 1:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="captcha-crnn-read")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the image-decoding threads (they are also stopped at exit)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def load_arrays(self, images: Sequence[ImageInput], errors: str = "raise") -> list[np.ndarray | CaptchaError]:
+        """Preprocess images in parallel to uint8 (C, H, W); errors="return" puts each error in its place."""
+        return load_many(images, self.preprocess, self._get_pool(), self.threads, errors)
+
     def predict_arrays(
         self,
         arrays: Sequence[np.ndarray],
@@ -78,16 +161,21 @@ class Recognizer:
         charset: str | None = None,
         batch_size: int = 128,
     ) -> list[Prediction]:
-        """Read already-preprocessed uint8 (C, H, W) arrays."""
-        if not arrays:
+        """Read already-preprocessed uint8 (C, H, W) arrays, batch_size at a time."""
+        if not len(arrays):
             return []
+        if batch_size < 1:
+            raise CaptchaError(f"batch size must be at least 1, got {batch_size}")
         allowed = self._allowed(charset)
-        lps = log_probs(self.bundle.model, arrays, batch_size, self.device)
-        preds = []
-        for lp in lps:
-            d = decode_batch(lp[None], beam=beam, length=length, allowed=allowed)[0]
-            preds.append(Prediction(self.alphabet.decode(d.indices), d.confidence, d.char_confidences))
-        return preds
+        decode: Callable[[list[int]], str] = self.alphabet.decode
+        out: list[Prediction | None] = [None] * len(arrays)
+        for idx in width_batches([a.shape[-1] for a in arrays], batch_size):
+            x, widths = stack_batch([arrays[i] for i in idx])
+            lp = self.engine.run(x)  # (B, T, classes)
+            lens = np.maximum(widths // 4, 1)
+            for i, d in zip(idx, decode_batch(lp, lens, beam=beam, length=length, allowed=allowed)):
+                out[i] = Prediction(decode(d.indices), d.confidence, d.char_confidences)
+        return out  # type: ignore[return-value]
 
     def predict(
         self,
@@ -99,13 +187,34 @@ class Recognizer:
     ) -> Prediction | list[Prediction]:
         """Read one image or a list of them (paths, bytes, PIL images, numpy arrays).
 
-        A list gives a list of Predictions in the same order; a single image gives one.
+        A list gives a list of Predictions in the same order; a single image gives one. Images are
+        decoded on a thread pool and read batch_size at a time.
         beam: beam width (1 = greedy); length: exactly this many characters; charset: only these.
         """
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        arrays = [load_image(im, self.preprocess) for im in items]
-        preds = self.predict_arrays(arrays, beam, length, charset, batch_size)
-        for p, src in zip(preds, items):
-            p.source = describe(src)
+        self._allowed(charset)  # a bad charset fails before any image is decoded
+        preds: list[Prediction] = []
+        step = max(1, batch_size) * 8  # images decoded at once: batches of similar widths, bounded memory
+        for s in range(0, len(items), step):
+            part = items[s : s + step]
+            arrays = self.load_arrays(part)
+            got = self.predict_arrays(arrays, beam, length, charset, batch_size)  # type: ignore[arg-type]
+            for p, src in zip(got, part):
+                p.source = describe(src)
+            preds.extend(got)
         return preds[0] if single else preds
+
+
+def _parse_meta(meta: dict[str, Any], source: str) -> tuple[Alphabet, Preprocess, dict[str, Any]]:
+    """Alphabet, preprocessing and info from model-file metadata (as ModelBundle would hold them)."""
+    try:
+        alphabet = Alphabet(meta["alphabet"])
+        pre = Preprocess.from_dict(meta["preprocess"])
+        num_classes = int(meta["model"]["num_classes"])
+    except Exception as e:
+        raise CaptchaError(f"{source}: model metadata is damaged or inconsistent ({e})") from None
+    if alphabet.num_classes != num_classes:
+        raise CaptchaError(f"{source}: alphabet size does not match the model's classes")
+    info = {k: v for k, v in meta.items() if k not in ("format", "version", "alphabet", "preprocess", "model")}
+    return alphabet, pre, info

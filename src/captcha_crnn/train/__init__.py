@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 from .config import TrainConfig
@@ -15,3 +17,15 @@ def __getattr__(name: str) -> Any:  # the loop imports torch; the config does no
 
         return getattr(loop, name)
     raise AttributeError(name)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets `from captcha_crnn import train; train(data, cfg)` call the training function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from .loop import train as _train
+
+        return _train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -29,6 +29,7 @@ class TrainConfig:
     test_data: str | None = None
     label_regex: str | None = None
     label_sep: str | None = None
+    case: str = "sensitive"  # sensitive | insensitive (labels folded to lower case)
     # preprocessing ("auto" = from the data)
     height: int = 32
     width: int | str | None = "auto"
@@ -39,6 +40,8 @@ class TrainConfig:
     rnn: str = "gru"
     augment: float = 1.0
     dropout: float = 0.1
+    shortcut: bool = False
+    init: str | None = "auto"  # warm start: "auto" = the shipped `synthetic` model when present, a path, or None
     # run
     resume: bool = False
     checkpoint_minutes: float = 5.0

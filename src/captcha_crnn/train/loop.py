@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from ..data.labels import LabelRule, Sample, read_samples
 from ..data.split import split_items
 from ..decode.ctc import decode_batch
 from ..errors import CaptchaError
-from ..evaluate import Report, score
+from ..evaluate import Report, score_both
 from ..model.crnn import CRNN, preset
 from ..model.modelfile import ModelBundle, save_bundle
 from ..model.run import log_probs
@@ -114,6 +114,26 @@ def usable(ds: ImageSet, alphabet: Alphabet, name: str) -> ImageSet:
     return out
 
 
+def init_weights(model: CRNN, alphabet: Alphabet, init: str | None) -> str:
+    """Warm-start `model` from `init` ("auto": the shipped synthetic model if present); describe what happened."""
+    from ..infer.zoo import zoo_path
+    from .warmstart import warm_start
+
+    if init in (None, "", "none"):
+        return "random (from scratch)"
+    source = init
+    if init == "auto":
+        if zoo_path("synthetic") is None:
+            return "random (from scratch; no shipped synthetic model to start from)"
+        source = "synthetic"
+    try:
+        return f"warm start from {source}: " + warm_start(model, alphabet, source)
+    except CaptchaError as e:
+        if init == "auto":
+            return f"random (from scratch; {e})"
+        raise
+
+
 def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str) -> tuple[float, Report, list[str]]:
     """(mean CTC loss, report, predictions) of the model on a loaded set."""
     lps = log_probs(model, ds.images, 256, device)
@@ -124,7 +144,7 @@ def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str) -> 
             tgt = torch.tensor(alphabet.encode(lab))
             losses.append(F.ctc_loss(torch.from_numpy(lp)[:, None], tgt[None], [lp.shape[0]], [len(tgt)],
                                      blank=0, reduction="sum", zero_infinity=True).item() / len(tgt))
-    return float(np.mean(losses)) if losses else float("nan"), score(ds.labels, preds), preds
+    return float(np.mean(losses)) if losses else float("nan"), score_both(ds.labels, preds, alphabet.chars), preds
 
 
 def load_data(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], list[Sample], str]:
@@ -140,6 +160,10 @@ def load_data(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], list[Sample
         te = read_samples(cfg.test_data, rule)
     if not va:
         raise CaptchaError(f"{cfg.data}: too few images for a validation split ({len(samples)})")
+    if cfg.case == "insensitive":
+        tr, va, te = ([replace(s, label=s.label.lower()) for s in part] for part in (tr, va, te))
+    elif cfg.case != "sensitive":
+        raise CaptchaError(f"--case must be sensitive or insensitive, not {cfg.case!r}")
     how = f"seeded split (seed {cfg.seed}, val {val_frac:.0%}, test {test_frac:.0%})"
     if cfg.val_data or cfg.test_data:
         how += f"; val from {cfg.val_data or 'split'}, test from {cfg.test_data or 'split'}"
@@ -177,8 +201,12 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
     log(f"alphabet ({len(alphabet)}): {alphabet.chars}")
 
     mcfg = preset(cfg.preset, num_classes=alphabet.num_classes, in_channels=pre.channels,
-                  height=pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout)
-    model = CRNN(mcfg).to(device)
+                  height=pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout,
+                  shortcut=cfg.shortcut)
+    model = CRNN(mcfg)
+    if not ckpt:
+        warm = init_weights(model, alphabet, cfg.init)
+    model = model.to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -188,6 +216,8 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
     total_steps = cfg.epochs * steps_per_epoch
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg.preset} {cfg.backbone}+{cfg.rnn}, {n_params / 1e6:.2f}M parameters, device {device}")
+    if not ckpt:
+        log(f"init: {warm}")
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"val_sequence_accuracy": -1.0, "val_loss": float("inf"), "epoch": 0}

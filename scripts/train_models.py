@@ -1,0 +1,60 @@
+"""Train the shipped models into src/captcha_crnn/zoo/ with the default `captcha-crnn train` settings.
+
+    python scripts/train_models.py [--only captcha_v2 henan_digits4 synthetic] [--data ../shared/datasets]
+
+Each model trains on its data's seeded 80/10/10 split (seed 0) and keeps its held-out test accuracy in
+its metadata, which `captcha-crnn models` shows as the model card. `make models` runs this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from captcha_crnn.data.synth import DEFAULT_CHARSET, synthesize
+from captcha_crnn.infer.zoo import ZOO_DIR, format_cards, zoo_cards
+from captcha_crnn.model.modelfile import load_bundle, save_bundle
+from captcha_crnn.train import TrainConfig, train
+
+MODELS = {
+    # name: (data below --data, a description for the card, TrainConfig overrides)
+    "captcha_v2": ("captcha_v2", "captcha_images_v2 (Keras captcha OCR example set), 936 images", {}),
+    "henan_digits4": ("henan_digits4/labels.csv", "henan_digits4: 8000 real 4-digit login captchas",
+                      {"max_minutes": 5.0}),
+    "synthetic": (None, f"10000 `captcha-crnn synth` defaults (4-6 of {len(DEFAULT_CHARSET)} chars, 160x60)",
+                  {"max_minutes": 8.0, "label_sep": "_"}),
+}
+
+
+def build(name: str, data_root: Path, work: Path) -> None:
+    rel, source, overrides = MODELS[name]
+    if rel is None:
+        data = work / "synthetic"
+        synthesize(data, 10000, DEFAULT_CHARSET, (4, 6), (160, 60), seed=0)
+    else:
+        data = data_root / rel
+    out = work / f"run_{name}"
+    res = train(str(data), TrainConfig(out=str(out), seed=0, **overrides))
+    b = load_bundle(res.model_path)
+    b.info.setdefault("training", {})["source"] = source
+    ZOO_DIR.mkdir(parents=True, exist_ok=True)
+    save_bundle(b, ZOO_DIR / f"{name}.safetensors")
+    shutil.copy(out / "curves.png", ZOO_DIR.parent.parent.parent / "docs" / f"curves_{name}.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/datasets", help="folder holding captcha_v2/ and henan_digits4/")
+    ap.add_argument("--only", nargs="+", choices=list(MODELS), default=list(MODELS))
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in a.only:
+            print(f"=== {name}")
+            build(name, Path(a.data), Path(tmp))
+    print(format_cards(zoo_cards()))
+
+
+if __name__ == "__main__":
+    main()

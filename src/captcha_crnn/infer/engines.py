@@ -1,0 +1,182 @@
+"""Inference engines: run the network on a float32 ink batch (B, C, H, W) -> log-probs (B, T, classes).
+
+``torch``: the CRNN in eager PyTorch. ``onnx``: an ONNX Runtime session (all graph optimisations,
+intra-op threads = every core unless told otherwise) over an .onnx file, or over a model exported
+from a .safetensors file on load (cached by file hash, see ``onnx_for``). ``auto``: onnx when
+onnxruntime is importable and the device is the CPU, else torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CaptchaError
+
+# Reading an .onnx file imports no torch, so model/ (which imports torch) is imported lazily and
+# these equal model/modelfile.py's FORMAT, VERSION and META_KEY (a test checks).
+FORMAT, VERSION, META_KEY = "captcha-crnn", 1, "captcha_crnn"
+ONNX_KEY = "captcha_crnn.onnx"  # metadata_props key: how the graph was made (names, quantisation)
+INPUT, OUTPUT = "image", "log_probs"
+ENGINES = ("auto", "onnx", "torch")
+_MEMO: dict[str, bytes] = {}  # file hash -> exported ONNX bytes, for this process
+
+
+def onnx_available() -> bool:
+    """Whether onnxruntime (and onnx, for exporting) can be imported."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pick_engine(engine: str, device: str = "cpu") -> str:
+    """The concrete engine ("onnx" or "torch") for a requested one."""
+    if engine not in ENGINES:
+        raise CaptchaError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "onnx" if device == "cpu" and onnx_available() else "torch"
+    if engine == "onnx":
+        if device != "cpu":
+            raise CaptchaError(f"engine onnx runs on the CPU only (device {device!r} asked)")
+        if not onnx_available():
+            raise CaptchaError("engine onnx needs onnxruntime: pip install onnxruntime")
+    return engine
+
+
+class TorchEngine:
+    """The CRNN in eager PyTorch."""
+
+    name = "torch"
+
+    def __init__(self, model: Any, device: str = "cpu", threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model.eval().to(device)
+        self.device = device
+        self.fixed_width: int | None = None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+
+class OnnxEngine:
+    """An ONNX Runtime session over an ONNX model (bytes or a file)."""
+
+    name = "onnx"
+
+    def __init__(self, model: bytes | str | Path, threads: int | None = None, source: str = "<onnx>"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        data = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own error types for bad files
+            raise CaptchaError(f"{source}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_name = self.session.get_outputs()[0].name
+        w = inp.shape[3] if len(inp.shape) == 4 else None
+        self.fixed_width: int | None = w if isinstance(w, int) else None
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if self.fixed_width is not None and x.shape[-1] != self.fixed_width:
+            raise CaptchaError(f"this ONNX model takes images {self.fixed_width} pixels wide, got {x.shape[-1]}")
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+def check_metadata(raw: dict[str, str], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model-file JSON, graph description) from ONNX metadata_props, validated like a model file's."""
+    if META_KEY not in raw:
+        raise CaptchaError(f"{source}: not a captcha-crnn ONNX model (no {META_KEY} metadata)")
+    try:
+        meta = json.loads(raw[META_KEY])
+        graph = json.loads(raw.get(ONNX_KEY, "{}"))
+    except json.JSONDecodeError:
+        raise CaptchaError(f"{source}: model metadata is not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(graph, dict):
+        raise CaptchaError(f"{source}: not a captcha-crnn ONNX model")
+    if not isinstance(meta.get("version"), int):
+        raise CaptchaError(f"{source}: model metadata has no valid format version")
+    if meta["version"] > VERSION:
+        raise CaptchaError(f"{source}: model format version {meta['version']} is newer than this library")
+    for k in ("alphabet", "preprocess", "model"):
+        if k not in meta:
+            raise CaptchaError(f"{source}: model metadata lacks {k!r}")
+    return meta, graph
+
+
+def onnx_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metadata of an .onnx model file without running it (needs the onnx package)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise CaptchaError(f"{path}: no such model file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise CaptchaError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+    return check_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
+
+
+def cache_dir() -> Path | None:
+    """Where exported ONNX models of .safetensors files are cached ($CAPTCHA_CRNN_CACHE; "" = off)."""
+    env = os.environ.get("CAPTCHA_CRNN_CACHE")
+    if env is not None:
+        return Path(env) if env else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "captcha-crnn" / "onnx"
+
+
+def onnx_for(path: Path, bundle_loader: Any) -> bytes:
+    """ONNX bytes for a .safetensors model file: from memory, the disk cache, or a fresh export.
+
+    The key is the file's SHA-256 with the exporter and torch versions, so a changed file or a new
+    exporter never reuses a stale graph. bundle_loader() gives the ModelBundle when an export is needed.
+    """
+    import torch
+
+    from ..model.modelfile import atomic_write
+    from .export import EXPORT_VERSION, export_bytes
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+    key = f"{digest}-e{EXPORT_VERSION}-torch{torch.__version__.split('+')[0]}"
+    if key in _MEMO:
+        return _MEMO[key]
+    cdir = cache_dir()
+    cached = cdir / f"{key}.onnx" if cdir else None
+    if cached is not None and cached.is_file():
+        try:
+            data = cached.read_bytes()
+        except OSError:
+            data = b""
+        if data:
+            _MEMO[key] = data
+            return data
+    data = export_bytes(bundle_loader())
+    if cached is not None:
+        try:
+            atomic_write(cached, lambda f: f.write(data))
+        except OSError:
+            pass  # a read-only cache only costs an export per process
+    _MEMO[key] = data
+    return data

@@ -1,0 +1,75 @@
+"""Prometheus metrics for the service: requests, errors, latency, batch sizes, inference time.
+
+Each app gets its own registry (so tests and several apps in one process do not collide). With
+``--workers N`` the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start, and
+``/metrics`` then sums the figures of all workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+disable_created_metrics()  # no *_created series: less noise for scrapers
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ROUTES = frozenset({"/", "/v1/read", "/v1/models", "/healthz", "/metrics", "/openapi.json"})
+
+
+class Metrics:
+    """The service's metrics on one registry; ``render()`` gives the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("captcha_crnn_http_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=r)
+        self.errors = Counter("captcha_crnn_http_errors", "HTTP responses with status >= 400",
+                              ["route", "status"], registry=r)
+        self.latency = Histogram("captcha_crnn_http_request_duration_seconds", "HTTP request latency",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("captcha_crnn_batch_size", "Images per model forward pass (micro-batching)",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("captcha_crnn_batch_seconds", "Forward pass + CTC decoding time per batch",
+                                       ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_seconds = Histogram("captcha_crnn_queue_wait_seconds", "Time an image waited for its batch",
+                                       ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.images = Counter("captcha_crnn_images", "Images read, by model and outcome",
+                              ["model", "outcome"], registry=r)
+        self.queue_depth = Gauge("captcha_crnn_queue_depth", "Images waiting for a batch", ["model"],
+                                 registry=r, multiprocess_mode="livesum")
+        self._http: dict[tuple[str, str, int], tuple] = {}
+
+    def observe_request(self, path: str, method: str, status: int, seconds: float) -> None:
+        route = path if path in ROUTES else "other"
+        key = (route, method, status)
+        children = self._http.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.latency.labels(route),
+                        self.errors.labels(route, str(status)) if status >= 400 else None)
+            if len(self._http) < 1000:
+                self._http[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if children[2] is not None:
+            children[2].inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) of the Prometheus text exposition."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg)
+            return generate_latest(reg), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

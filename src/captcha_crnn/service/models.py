@@ -1,0 +1,90 @@
+"""Which models a server holds, and the name each is chosen by."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CaptchaError
+
+
+@dataclass
+class ModelEntry:
+    """A loaded model and the name requests choose it by (``?model=NAME``)."""
+
+    name: str
+    recognizer: Any  # a Recognizer (anything with predict_arrays, alphabet, preprocess, info)
+    source: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """The public description served by ``GET /v1/models``."""
+        pre = self.recognizer.preprocess
+        return {
+            "name": self.name,
+            "alphabet": self.recognizer.alphabet.chars,
+            "input": {"height": pre.height, "width": pre.width, "channels": pre.channels},
+            "source": self.source,
+        }
+
+
+def model_name(spec: str) -> str:
+    """The name a model spec is served under: ``NAME=PATH`` -> NAME; shipped name; file stem; folder name."""
+    name, sep, path = spec.partition("=")
+    if sep and name and not Path(spec).exists():
+        return name
+    p = Path(spec)
+    if p.is_dir():
+        return p.resolve().name
+    if p.is_file():
+        return p.stem
+    return spec
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """(name, model path or shipped name) of one ``serve`` argument."""
+    name, sep, path = spec.partition("=")
+    if sep and name and path and not Path(spec).exists():
+        return name, path
+    return model_name(spec), spec
+
+
+def default_specs() -> list[str]:
+    """The shipped models, or a clear error when none are installed."""
+    from ..infer.zoo import zoo_names
+
+    names = zoo_names()
+    if not names:
+        raise CaptchaError(
+            "no model given and no shipped models are installed: pass model files, run folders or shipped "
+            "model names, e.g. `captcha-crnn serve runs/v2` or `captcha-crnn serve v2=runs/v2/model.safetensors`"
+        )
+    return names
+
+
+def load_models(specs: Sequence[str], **load_kwargs: Any) -> list[ModelEntry]:
+    """Load each spec (path, run folder, shipped name, or ``NAME=any of those``); no specs: the zoo.
+
+    The first model is the default for requests that name none (with no specs: ``captcha_v2``
+    when shipped, else the first shipped model).
+    """
+    from ..infer import Recognizer
+
+    given = list(specs)
+    specs = given or default_specs()
+    if not given and "captcha_v2" in specs:
+        specs.remove("captcha_v2")
+        specs.insert(0, "captcha_v2")
+    entries: list[ModelEntry] = []
+    seen: dict[str, str] = {}
+    for spec in specs:
+        name, path = split_spec(spec)
+        if not name or any(c in name for c in "/\\?#&") or len(name) > 100:
+            raise CaptchaError(f"{spec}: bad model name {name!r}; name it with NAME=PATH")
+        if name in seen:
+            raise CaptchaError(f"two models named {name!r} ({seen[name]} and {spec}); name them with NAME=PATH")
+        seen[name] = spec
+        rec = Recognizer.load(path, **load_kwargs)
+        entries.append(ModelEntry(name, rec, str(path)))
+    return entries

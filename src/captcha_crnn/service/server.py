@@ -1,0 +1,92 @@
+"""``captcha-crnn serve``: load the models, then run the app under uvicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from .app import ENV_CONFIG, ServiceConfig
+
+
+def default_threads(workers: int = 1) -> int:
+    """Inference threads per worker: the cores left after each worker's event loop (at least 1)."""
+    cores = os.cpu_count() or 2
+    return max(1, cores // max(1, workers) - 1)
+
+
+def set_threads(threads: int) -> None:
+    """Intra-op threads for torch (the onnx engine takes its threads from ``Recognizer.load``)."""
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    except ImportError:
+        pass
+
+
+def load_kwargs(engine: str = "auto", threads: int | None = None) -> dict[str, Any]:
+    """The ``Recognizer.load`` options this version of the library accepts."""
+    import inspect
+
+    from ..errors import CaptchaError
+    from ..infer import Recognizer
+
+    params = inspect.signature(Recognizer.load).parameters
+    kw: dict[str, Any] = {}
+    if "engine" in params:
+        kw["engine"] = engine
+    elif engine not in ("auto", "torch"):
+        raise CaptchaError(f"engine {engine!r} is not available in this version")
+    if "threads" in params and threads is not None:
+        kw["threads"] = threads
+    return kw
+
+
+def serve(
+    models: Sequence[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    api_key: str | None = None,
+    config: ServiceConfig | None = None,
+    threads: int | None = None,
+    engine: str = "auto",
+    log_level: str = "info",
+    access_log: bool = False,
+    **uvicorn_kwargs: Any,
+) -> None:
+    """Serve ``models`` (paths, run folders, shipped names, ``NAME=PATH``; none: the zoo) until stopped."""
+    import uvicorn
+
+    from .models import load_models
+
+    cfg = replace(config or ServiceConfig(), api_key=api_key or os.environ.get("CAPTCHA_CRNN_API_KEY") or None)
+    workers = max(1, int(workers))
+    threads = threads or default_threads(workers)
+    set_threads(threads)
+    entries = load_models(models, **load_kwargs(engine, threads))  # fail here, clearly, before binding the port
+    names = ", ".join(e.name for e in entries)
+    auth = " (API key required)" if cfg.api_key else ""
+    print(f"captcha-crnn: serving {names} on http://{host}:{port}/ (POST /v1/read){auth}", file=sys.stderr)
+    common = dict(host=host, port=port, log_level=log_level, access_log=access_log, timeout_keep_alive=30,
+                  **uvicorn_kwargs)
+    if workers == 1:
+        from .app import create_app
+
+        uvicorn.run(create_app(entries, cfg), **common)
+        return
+    # Several worker processes: each loads the models itself from the environment.
+    specs = [f"{e.name}={e.source}" for e in entries]
+    del entries
+    conf = {k: v for k, v in cfg.to_dict().items() if k != "api_key"}
+    os.environ[ENV_CONFIG] = json.dumps({"models": specs, "config": conf, "threads": threads, "engine": engine})
+    if cfg.api_key:
+        os.environ["CAPTCHA_CRNN_API_KEY"] = cfg.api_key  # inherited, not on the command line of workers
+    with tempfile.TemporaryDirectory(prefix="captcha-crnn-metrics-") as d:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", d)
+        uvicorn.run("captcha_crnn.service.app:app_from_env", factory=True, workers=workers, **common)
