@@ -24,7 +24,7 @@ MODELS = {
     "henan_digits4": ("henan_digits4/labels.csv", "henan_digits4: 8000 real 4-digit login captchas",
                       {"max_minutes": 5.0}),
     "synthetic": (None, f"10000 `captcha-crnn synth` defaults (4-6 of {len(DEFAULT_CHARSET)} chars, 160x60)",
-                  {"max_minutes": 8.0, "label_sep": "_"}),
+                  {"max_minutes": 8.0, "label_sep": "_", "init": None}),
 }
 
 

@@ -32,6 +32,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields and k != "data"})
     cfg.progress = not a.quiet
+    if cfg.channels != "auto":
+        cfg.channels = int(cfg.channels)
+    if cfg.augment != "auto":
+        try:
+            cfg.augment = float(cfg.augment)
+        except ValueError:
+            raise CaptchaError(f"--augment: expected a number or auto, got {cfg.augment!r}") from None
     r = train(a.data, cfg)
     if a.json:
         print(json.dumps({"model": str(r.model_path), "best": r.best,
@@ -203,12 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--height", type=int, default=d.height, help="input height, a multiple of 16")
     t.add_argument("--width", default=d.width,
                    help="input width: a number, 'variable' (keep aspect, pad) or 'auto' (from the data)")
-    t.add_argument("--channels", type=int, choices=[1, 3], default=d.channels, help="1 grey, 3 colour")
-    t.add_argument("--preset", choices=["tiny", "small", "base"], default=d.preset, help="model size")
+    t.add_argument("--channels", choices=["1", "3", "auto"], default=d.channels,
+                   help="1 grey, 3 colour, auto: colour when the images carry colour (default)")
+    t.add_argument("--preset", choices=["tiny", "small", "base", "auto"], default=d.preset,
+                   help="model size; auto: small, base from 50 000 images (default)")
     t.add_argument("--backbone", choices=["plain", "resnet"], default=d.backbone)
     t.add_argument("--rnn", choices=["gru", "lstm"], default=d.rnn)
     t.add_argument("--dropout", type=float, default=d.dropout)
-    t.add_argument("--augment", type=float, default=d.augment, help="augmentation strength (0 = off)")
+    t.add_argument("--augment", default=d.augment,
+                   help="augmentation strength (0 = off); auto: 1.0 under 5000 images, else 0.5 (default)")
     t.add_argument("--case", choices=["sensitive", "insensitive"], default=d.case,
                    help="insensitive: fold labels to lower case and compare case-blind (default sensitive)")
     t.add_argument("--init", default=d.init, metavar="MODEL",

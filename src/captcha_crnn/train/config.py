@@ -12,14 +12,14 @@ class TrainConfig:
 
     data: str = ""
     out: str = "runs/model"
-    epochs: int = 60
+    epochs: int = 30
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-2
     warmup: float = 0.15  # fraction of the run spent warming up
     clip: float = 5.0
     max_minutes: float | None = None
-    patience: int = 15
+    patience: int = 10
     seed: int = 0
     device: str = "auto"
     # data
@@ -33,12 +33,12 @@ class TrainConfig:
     # preprocessing ("auto" = from the data)
     height: int = 32
     width: int | str | None = "auto"
-    channels: int = 1
+    channels: int | str = "auto"  # 1 grey, 3 colour, auto: colour when the data has colour
     # model
-    preset: str = "small"
+    preset: str = "auto"  # tiny | small | base | auto (from the data size)
     backbone: str = "plain"
     rnn: str = "gru"
-    augment: float = 1.0
+    augment: float | str = "auto"  # strength; auto: 1.0 for small sets, 0.5 for large
     dropout: float = 0.1
     shortcut: bool = False
     init: str | None = "auto"  # warm start: "auto" = the shipped `synthetic` model when present, a path, or None

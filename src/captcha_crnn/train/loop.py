@@ -27,6 +27,7 @@ from ..evaluate import Report, score_both
 from ..model.crnn import CRNN, preset
 from ..model.modelfile import ModelBundle, save_bundle
 from ..model.run import log_probs
+from .autoconfig import resolve
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .schedule import lr_at
@@ -182,6 +183,9 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
 
     ckpt = load_checkpoint(out / CHECKPOINT) if cfg.resume else None
     tr, va, te, how = load_data(cfg)
+    cfg, notes = resolve(cfg, tr)
+    if notes:
+        log("auto config: " + "; ".join(notes))
     if ckpt:
         pre = Preprocess.from_dict(ckpt["preprocess"])
         alphabet = Alphabet(ckpt["alphabet"])
@@ -263,7 +267,7 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
             idx = order[i : i + cfg.batch_size]
             u8, widths = train_set.batch(idx)
             x = torch.from_numpy(to_ink(u8))  # (B, C, H, W)
-            x = augment(x, cfg.augment, gen).to(device)
+            x = augment(x, float(cfg.augment), gen).to(device)
             targets, target_lens = ctc_targets([train_set.labels[j] for j in idx], alphabet)
             elapsed = time.perf_counter() - t0 - hook_time
             progress = max(step / total_steps, elapsed / budget if budget else 0.0)

@@ -1,0 +1,49 @@
+"""Automatic configuration from the training data: colour, model size and augmentation strength.
+
+Every choice is printed before training and stored in the model file (the resolved TrainConfig);
+a flag given on the command line overrides it. The input size and the CTC time resolution are
+chosen in loop.choose_preprocess from the image sizes and the longest label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..data.images import open_image, to_mode
+from ..data.labels import Sample
+from ..errors import CaptchaError
+from .config import TrainConfig
+
+COLOUR_PIXELS = 0.02  # share of strongly coloured pixels above which colour is kept
+BIG_DATA = 50_000  # images from which the larger model pays for itself
+SMALL_DATA = 5_000  # images below which augmentation runs at full strength
+
+
+def colour_share(samples: list[Sample], k: int = 48) -> float:
+    """Mean share of pixels whose channels differ by more than 40 levels, over up to k images."""
+    shares = []
+    for s in samples[:: max(1, len(samples) // k)][:k]:
+        try:
+            rgb = np.asarray(to_mode(open_image(s.path), 3), dtype=np.int16)
+        except CaptchaError:
+            continue
+        shares.append(float(((rgb.max(-1) - rgb.min(-1)) > 40).mean()))
+    return float(np.mean(shares)) if shares else 0.0
+
+
+def resolve(cfg: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, list[str]]:
+    """Replace every "auto" field of cfg by a choice made from the training samples; say why."""
+    notes, changes = [], {}
+    if cfg.channels == "auto":
+        share = colour_share(samples)
+        changes["channels"] = 3 if share > COLOUR_PIXELS else 1
+        notes.append(f"{'colour' if changes['channels'] == 3 else 'grey'} ({share:.1%} coloured pixels)")
+    if cfg.preset == "auto":
+        changes["preset"] = "base" if len(samples) >= BIG_DATA else "small"
+        notes.append(f"model {changes['preset']} ({len(samples)} training images)")
+    if cfg.augment == "auto":
+        changes["augment"] = 1.0 if len(samples) < SMALL_DATA else 0.5
+        notes.append(f"augmentation {changes['augment']}")
+    return replace(cfg, **changes), notes
