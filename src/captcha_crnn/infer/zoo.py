@@ -25,9 +25,9 @@ def model_card(path: str | Path, name: str | None = None) -> dict[str, Any]:
 
     path = Path(path)
     meta = read_metadata(path)
-    pre, info = meta.get("preprocess", {}), meta  # training info and metrics are top-level keys
-    tr = info.get("training", {})
-    test = info.get("metrics", {}).get("test") or {}
+    pre = meta.get("preprocess", {})
+    tr = meta.get("training", {})  # training info and metrics are top-level keys of the metadata
+    test = meta.get("metrics", {}).get("test") or {}
     width = pre.get("width")
     return {
         "name": name or path.stem,

@@ -25,7 +25,6 @@ class CRNNConfig:
     hidden: int = 128
     rnn_layers: int = 2
     dropout: float = 0.1
-    shortcut: bool = False  # add a linear map of the conv features to the RNN output (faster CTC start)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -70,7 +69,6 @@ class CRNN(nn.Module):
         rnn_cls = {"gru": nn.GRU, "lstm": nn.LSTM}[cfg.rnn]
         self.rnn = rnn_cls(cfg.hidden, cfg.hidden, num_layers=cfg.rnn_layers, bidirectional=True,
                            batch_first=True, dropout=cfg.dropout if cfg.rnn_layers > 1 else 0.0)
-        self.skip = nn.Linear(cfg.hidden, 2 * cfg.hidden) if cfg.shortcut else None
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(2 * cfg.hidden, cfg.num_classes)
 
@@ -85,8 +83,6 @@ class CRNN(nn.Module):
         b, c, h, t = f.shape
         f = f.permute(0, 3, 1, 2).reshape(b, t, c * h)  # (B, T, C'*H/16)
         f = self.proj(f)  # (B, T, hidden)
-        r, _ = self.rnn(f)  # (B, T, 2*hidden)
-        if self.skip is not None:
-            r = r + self.skip(f)  # (B, T, 2*hidden): per-frame features reach the classifier directly
-        logits = self.head(self.drop(r))  # (B, T, num_classes)
+        f, _ = self.rnn(f)  # (B, T, 2*hidden)
+        logits = self.head(self.drop(f))  # (B, T, num_classes)
         return logits.float().log_softmax(-1)

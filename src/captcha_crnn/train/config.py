@@ -40,7 +40,6 @@ class TrainConfig:
     rnn: str = "gru"
     augment: float | str = "auto"  # strength; auto: 1.0 for small sets, 0.5 for large
     dropout: float = 0.1
-    shortcut: bool = False
     init: str | None = "auto"  # warm start: "auto" = the shipped `synthetic` model when present, a path, or None
     # run
     resume: bool = False

@@ -205,8 +205,7 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
     log(f"alphabet ({len(alphabet)}): {alphabet.chars}")
 
     mcfg = preset(cfg.preset, num_classes=alphabet.num_classes, in_channels=pre.channels,
-                  height=pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout,
-                  shortcut=cfg.shortcut)
+                  height=pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout)
     model = CRNN(mcfg)
     if not ckpt:
         warm = init_weights(model, alphabet, cfg.init)

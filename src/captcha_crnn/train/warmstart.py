@@ -36,7 +36,7 @@ def warm_start(model: CRNN, alphabet: Alphabet, source: str) -> str:
     from ..model.modelfile import load_bundle
 
     src = load_bundle(resolve_model(source))
-    keys = ("backbone", "widths", "depth", "rnn", "hidden", "rnn_layers", "shortcut")
+    keys = ("backbone", "widths", "depth", "rnn", "hidden", "rnn_layers")
     a, b = src.model.cfg.to_dict(), model.cfg.to_dict()
     diff = [k for k in keys if a[k] != b[k]]
     if diff:
