@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm start from this model (path or shipped name); 'auto' (default): the shipped "
                         "synthetic model when installed; 'none': from scratch")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes, metavar="M",
+                   help=f"also checkpoint every M minutes within an epoch (default {d.checkpoint_minutes:g}; "
+                        "0: at epoch ends only)")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--json", action="store_true", help="print a JSON summary at the end")

@@ -28,7 +28,7 @@ from ..model.crnn import CRNN, preset
 from ..model.modelfile import ModelBundle, save_bundle
 from ..model.run import log_probs
 from .autoconfig import resolve
-from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig
 from .schedule import lr_at
 
@@ -171,8 +171,266 @@ def load_data(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], list[Sample
     return tr, va, te, how
 
 
+@dataclass
+class Data:
+    """The loaded sets of a run and how their pixels and labels are encoded."""
+
+    train: ImageSet
+    val: ImageSet
+    test: list[Sample]
+    pre: Preprocess
+    alphabet: Alphabet
+    how: str
+
+
+def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> tuple[TrainConfig, Data]:
+    """Split, resolve the auto settings, decode the train and val images; a checkpoint fixes the encoding."""
+    tr, va, te, how = load_data(cfg)
+    cfg, notes = resolve(cfg, tr)
+    if notes:
+        log("auto config: " + "; ".join(notes))
+    pre = Preprocess.from_dict(ckpt["preprocess"]) if ckpt else choose_preprocess(cfg, tr)
+    log(f"data: {cfg.data}: {len(tr)} train, {len(va)} val, {len(te)} test images; {how}")
+    log(f"input: height {pre.height}, width {pre.width or 'aspect-preserving, padded'}, "
+        f"{'grey' if pre.channels == 1 else 'colour'}")
+    train_set = load_samples(tr, pre, "loading train", cfg.progress)
+    val_set = load_samples(va, pre, "loading val", cfg.progress)
+    alphabet = Alphabet(ckpt["alphabet"]) if ckpt else Alphabet.from_labels(train_set.labels)
+    train_set = usable(train_set, alphabet, "train")
+    if len(train_set) == 0:
+        raise CaptchaError(f"{cfg.data}: no usable training images")
+    val_set = usable(val_set, alphabet, "val")
+    log(f"alphabet ({len(alphabet)}): {alphabet.chars}")
+    return cfg, Data(train_set, val_set, te, pre, alphabet, how)
+
+
+def build_model(cfg: TrainConfig, data: Data, warm: bool) -> tuple[CRNN, str]:
+    """The CRNN for this data, warm-started when `warm` (not when resuming); with a description of its init."""
+    mcfg = preset(cfg.preset, num_classes=data.alphabet.num_classes, in_channels=data.pre.channels,
+                  height=data.pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout)
+    model = CRNN(mcfg)
+    return model, init_weights(model, data.alphabet, cfg.init) if warm else "from the checkpoint"
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices and kernels only (not on biases and norms)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def rng_state(aug_gen: torch.Generator, device: str) -> dict[str, torch.Tensor]:
+    """This process's random states: augmentation, torch's global generator (dropout), CUDA's."""
+    state = {"aug": aug_gen.get_state(), "torch": torch.get_rng_state()}
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], aug_gen: torch.Generator, device: str) -> None:
+    """Restore what rng_state saved."""
+    aug_gen.set_state(state["aug"])
+    torch.set_rng_state(state["torch"])
+    if device.startswith("cuda") and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@dataclass
+class RunState:
+    """Where a run stands: with the weights, optimizer and random states, what a checkpoint holds."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches done within epoch `epoch` (0 at an epoch boundary)
+    step: int = 0  # optimizer steps taken
+    order: list[int] | None = None  # epoch `epoch`'s permutation of the training set, once drawn
+    losses: list[float] = field(default_factory=list)  # epoch `epoch`'s batch losses so far
+    elapsed: float = 0.0  # training seconds (schedule, budget) when this state was taken
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"val_sequence_accuracy": -1.0, "val_loss": float("inf"), "epoch": 0})
+
+
+class Clock:
+    """Training seconds: wall time since the run first started, less time spent in epoch hooks."""
+
+    def __init__(self, before: float = 0.0):
+        self.t0 = time.perf_counter() - before
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def pause(self, seconds: float) -> None:
+        self.t0 += seconds
+
+
+class Run:
+    """One training run's moving parts; `loop()` trains until a stop condition and returns why it stopped."""
+
+    def __init__(self, cfg: TrainConfig, data: Data, model: CRNN, device: str, out: Path,
+                 on_epoch: EpochHook | None = None):
+        self.cfg, self.data, self.model, self.device, self.out = cfg, data, model, device, out
+        self.on_epoch = on_epoch
+        self.opt = make_optimizer(model, cfg)
+        self.order_gen = torch.Generator().manual_seed(cfg.seed)  # epoch permutations
+        self.aug_gen = torch.Generator().manual_seed(cfg.seed * 65_537 + 1)  # augmentation
+        self.batch_size = cfg.batch_size
+        self.steps_per_epoch = (len(data.train) + self.batch_size - 1) // self.batch_size
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+        self.st = RunState()
+        self.info = {"training": {"data": cfg.data, "split": data.how, "seed": cfg.seed,
+                                  "train_images": len(data.train), "val_images": len(data.val),
+                                  "config": cfg.to_dict()}}
+
+    # checkpoints ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly here (tensors and plain values only)."""
+        st = self.st
+        return {
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "generator": self.order_gen.get_state(), "rng": [rng_state(self.aug_gen, self.device)],
+            "epoch": st.epoch, "batch": st.batch, "step": st.step, "elapsed": st.elapsed,
+            "order": torch.tensor(st.order if st.order is not None else [], dtype=torch.long),
+            "losses": list(st.losses), "history": json.dumps(st.history), "best": json.dumps(st.best),
+            "alphabet": self.data.alphabet.chars, "preprocess": self.data.pre.to_dict(),
+            "config": json.dumps(self.cfg.to_dict()),
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by state_dict (or by an epoch-only older version)."""
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.order_gen.set_state(ckpt["generator"])
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"][0], self.aug_gen, self.device)
+        else:  # older checkpoints: one generator for order and augmentation, saved at epoch ends
+            self.aug_gen.set_state(ckpt["generator"])
+            torch.set_rng_state(ckpt["torch_rng"])
+        batch = int(ckpt.get("batch", 0))
+        order = ckpt["order"].tolist() if "order" in ckpt and ckpt["order"].numel() else None
+        if order is not None and len(order) != len(self.data.train):
+            log("warning: the training set changed since the checkpoint; restarting its epoch")
+            batch, order = 0, None
+        self.st = RunState(epoch=int(ckpt["epoch"]), batch=batch, step=int(ckpt["step"]), order=order,
+                           losses=[float(v) for v in ckpt.get("losses", [])],
+                           elapsed=float(ckpt["elapsed"]), history=json.loads(ckpt["history"]),
+                           best=json.loads(ckpt["best"]))
+        where = f"epoch {self.st.epoch + 1}, batch {batch}" if batch else f"the end of epoch {self.st.epoch}"
+        log(f"resumed from {self.out / CHECKPOINT} at {where} (step {self.st.step})")
+
+    def save(self) -> None:
+        """Write the checkpoint atomically (temporary file, fsync, rename)."""
+        self.st.elapsed = self.clock.elapsed()
+        save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+        self.last_save = self.st.elapsed
+
+    def bundle(self) -> ModelBundle:
+        info = {**self.info, "metrics": {"val": self.st.best}}
+        return ModelBundle(self.model, self.data.alphabet, self.data.pre, info)
+
+    # the loop ------------------------------------------------------------------------------------
+    def loop(self) -> str:
+        """Train epoch after epoch from the current state; return the reason for stopping."""
+        from tqdm import tqdm
+
+        self.clock = Clock(self.st.elapsed)
+        self.last_save = self.st.elapsed
+        self.bar = tqdm(total=self.total_steps, initial=self.st.step, desc="training", unit="step",
+                        disable=not self.cfg.progress, file=sys.stderr, dynamic_ncols=True)
+        try:
+            while not (reason := self.stop_reason()):
+                self.train_epoch()
+                self.end_epoch()
+        finally:
+            self.bar.close()
+        return reason
+
+    def stop_reason(self) -> str:
+        """Why training should stop now (empty: go on). Checked between epochs, resumed runs included."""
+        st, cfg = self.st, self.cfg
+        if st.epoch >= cfg.epochs:
+            return "epochs done"
+        if st.batch == 0 and st.epoch - st.best["epoch"] >= cfg.patience:
+            return f"early stop: no val improvement for {cfg.patience} epochs"
+        if self.budget and self.clock.elapsed() > self.budget:
+            return f"time budget of {cfg.max_minutes} min spent"
+        return ""
+
+    def train_epoch(self) -> None:
+        """Train on epoch `st.epoch` from batch `st.batch`; checkpoint every cfg.checkpoint_minutes."""
+        st, train_set = self.st, self.data.train
+        self.model.train()
+        if st.order is None:
+            st.order = torch.randperm(len(train_set), generator=self.order_gen).tolist()
+        every = self.cfg.checkpoint_minutes * 60 if self.cfg.checkpoint_minutes else None
+        for b in range(st.batch, self.steps_per_epoch):
+            elapsed = self.clock.elapsed()
+            if self.budget and elapsed > self.budget:
+                break
+            if every and elapsed - self.last_save >= every:
+                self.save()  # mid-epoch: the permutation and batch index come along
+            idx = st.order[b * self.batch_size : (b + 1) * self.batch_size]
+            progress = max(st.step / self.total_steps, elapsed / self.budget if self.budget else 0.0)
+            loss = self.train_step(idx, lr_at(progress, self.cfg.lr, self.cfg.warmup))
+            st.batch, st.step = b + 1, st.step + 1
+            st.losses.append(loss)
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=st.epoch + 1, loss=f"{loss:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}")
+
+    def train_step(self, idx: list[int], lr: float) -> float:
+        """One optimizer step on the training images `idx`; returns the batch's mean CTC loss."""
+        ds, alphabet = self.data.train, self.data.alphabet
+        u8, widths = ds.batch(idx)  # (B, C, H, W) uint8, (B,)
+        x = torch.from_numpy(to_ink(u8)).to(self.device)  # (B, C, H, W) float ink
+        x = augment(x, float(self.cfg.augment), self.aug_gen)
+        targets, target_lens = ctc_targets([ds.labels[j] for j in idx], alphabet)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
+            logp = self.model(x)  # (B, T, classes)
+        in_lens = CRNN.output_lengths(torch.from_numpy(widths))
+        loss = F.ctc_loss(logp.float().transpose(0, 1), targets, in_lens, target_lens,
+                          blank=0, reduction="mean", zero_infinity=True)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        self.opt.step()
+        return loss.item()
+
+    def end_epoch(self) -> None:
+        """Validate, record, keep the best model, call the hook, checkpoint at the epoch boundary."""
+        st, data = self.st, self.data
+        val_loss, rep, preds = evaluate_set(self.model, data.val, data.alphabet, self.device)
+        elapsed = self.clock.elapsed()
+        rec = {"epoch": st.epoch + 1, "step": st.step, "time_s": round(elapsed, 2),
+               "train_loss": float(np.mean(st.losses)) if st.losses else float("nan"), "val_loss": val_loss,
+               "val_sequence_accuracy": rep.sequence_accuracy, "val_char_accuracy": rep.char_accuracy,
+               "val_cer": rep.cer, "lr": self.opt.param_groups[0]["lr"]}
+        st.history.append(rec)
+        improved = (rep.sequence_accuracy, -val_loss) > (st.best["val_sequence_accuracy"], -st.best["val_loss"])
+        if improved:
+            st.best = {"val_sequence_accuracy": rep.sequence_accuracy, "val_char_accuracy": rep.char_accuracy,
+                       "val_cer": rep.cer, "val_loss": val_loss, "epoch": st.epoch + 1}
+            save_bundle(self.bundle(), self.out / "model.safetensors")
+        shown = ", ".join(f"{t}->{p}{'' if t == p else ' x'}" for t, p in list(zip(data.val.labels, preds))[:3])
+        log(f"epoch {st.epoch + 1:3d}/{self.cfg.epochs}  train loss {rec['train_loss']:.4f}  "
+            f"val loss {val_loss:.4f}  val acc {rep.sequence_accuracy:6.2%}  CER {rep.cer:.4f}  "
+            f"{elapsed:5.0f}s{' *' if improved else '  '}  {shown}")
+        if self.on_epoch:
+            h0 = time.perf_counter()
+            self.on_epoch(rec, self.bundle())
+            self.clock.pause(time.perf_counter() - h0)
+        st.epoch, st.batch, st.order, st.losses = st.epoch + 1, 0, None, []
+        self.save()
+
+
 def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None = None) -> TrainResult:
-    """Train a CRNN on a folder or CSV of labelled images; writes model.safetensors and more to cfg.out."""
+    """Train a CRNN on a folder or CSV of labelled images; writes model.safetensors and more to cfg.out.
+
+    With cfg.resume, continues from cfg.out/checkpoint.pt, mid-epoch if that is where it was written,
+    with the same split, weights, optimizer, schedule position, time spent and random states.
+    """
     cfg = cfg or TrainConfig()
     cfg.data = str(data)
     out = Path(cfg.out)
@@ -182,141 +440,20 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
     torch.manual_seed(cfg.seed)
 
     ckpt = load_checkpoint(out / CHECKPOINT) if cfg.resume else None
-    tr, va, te, how = load_data(cfg)
-    cfg, notes = resolve(cfg, tr)
-    if notes:
-        log("auto config: " + "; ".join(notes))
     if ckpt:
-        pre = Preprocess.from_dict(ckpt["preprocess"])
-        alphabet = Alphabet(ckpt["alphabet"])
-    else:
-        pre = choose_preprocess(cfg, tr)
-    log(f"data: {data}: {len(tr)} train, {len(va)} val, {len(te)} test images; {how}")
-    log(f"input: height {pre.height}, width {pre.width or 'aspect-preserving, padded'}, "
-        f"{'grey' if pre.channels == 1 else 'colour'}")
-    train_set = load_samples(tr, pre, "loading train", cfg.progress)
-    val_set = load_samples(va, pre, "loading val", cfg.progress)
-    if not ckpt:
-        alphabet = Alphabet.from_labels(s for s in train_set.labels)
-    train_set = usable(train_set, alphabet, "train")
-    if len(train_set) == 0:
-        raise CaptchaError(f"{data}: no usable training images")
-    val_set = usable(val_set, alphabet, "val")
-    log(f"alphabet ({len(alphabet)}): {alphabet.chars}")
-
-    mcfg = preset(cfg.preset, num_classes=alphabet.num_classes, in_channels=pre.channels,
-                  height=pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout)
-    model = CRNN(mcfg)
-    if not ckpt:
-        warm = init_weights(model, alphabet, cfg.init)
-    model = model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    steps_per_epoch = (len(train_set) + cfg.batch_size - 1) // cfg.batch_size
-    total_steps = cfg.epochs * steps_per_epoch
+        remove_stale_temporaries(out)
+    cfg, data_ = prepare_data(cfg, ckpt)
+    model, init = build_model(cfg, data_, warm=ckpt is None)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg.preset} {cfg.backbone}+{cfg.rnn}, {n_params / 1e6:.2f}M parameters, device {device}")
-    if not ckpt:
-        log(f"init: {warm}")
-
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"val_sequence_accuracy": -1.0, "val_loss": float("inf"), "epoch": 0}
-    start_epoch, step, elapsed_before = 0, 0, 0.0
+    log(f"init: {init}")
+    run = Run(cfg, data_, model.to(device), device, out, on_epoch)
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
-        elapsed_before = float(ckpt["elapsed"])
-        history, best = json.loads(ckpt["history"]), json.loads(ckpt["best"])
-        log(f"resumed from {out / CHECKPOINT} after epoch {start_epoch}")
-
-    info = {"training": {"data": str(data), "split": how, "seed": cfg.seed, "train_images": len(train_set),
-                         "val_images": len(val_set), "config": cfg.to_dict()}}
-
-    def bundle() -> ModelBundle:
-        return ModelBundle(model, alphabet, pre, {**info, "metrics": {"val": best}})
-
-    def checkpoint(epoch: int, elapsed: float) -> None:
-        save_checkpoint(out / CHECKPOINT, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "epoch": epoch, "step": step, "elapsed": elapsed,
-            "history": json.dumps(history), "best": json.dumps(best), "alphabet": alphabet.chars,
-            "preprocess": pre.to_dict(), "config": json.dumps(cfg.to_dict()),
-        })
-
-    from tqdm import tqdm
-
-    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-    t0 = time.perf_counter() - elapsed_before
-    hook_time = 0.0
-    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not cfg.progress,
-               file=sys.stderr, dynamic_ncols=True)
-    use_amp = device == "cuda"
-    stop_reason = "epochs done"
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        order = torch.randperm(len(train_set), generator=gen).tolist()
-        losses = []
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            u8, widths = train_set.batch(idx)
-            x = torch.from_numpy(to_ink(u8))  # (B, C, H, W)
-            x = augment(x, float(cfg.augment), gen).to(device)
-            targets, target_lens = ctc_targets([train_set.labels[j] for j in idx], alphabet)
-            elapsed = time.perf_counter() - t0 - hook_time
-            progress = max(step / total_steps, elapsed / budget if budget else 0.0)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(progress, cfg.lr, cfg.warmup)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                logp = model(x)  # (B, T, C)
-            in_lens = CRNN.output_lengths(torch.from_numpy(widths))
-            loss = F.ctc_loss(logp.float().transpose(0, 1), targets, in_lens, target_lens,
-                              blank=0, reduction="mean", zero_infinity=True)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-            if budget and time.perf_counter() - t0 - hook_time > budget:
-                break
-        val_loss, rep, preds = evaluate_set(model, val_set, alphabet, device)
-        elapsed = time.perf_counter() - t0 - hook_time
-        rec = {"epoch": epoch + 1, "step": step, "time_s": round(elapsed, 2),
-               "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": val_loss,
-               "val_sequence_accuracy": rep.sequence_accuracy, "val_char_accuracy": rep.char_accuracy,
-               "val_cer": rep.cer, "lr": opt.param_groups[0]["lr"]}
-        history.append(rec)
-        improved = (rep.sequence_accuracy, -val_loss) > (best["val_sequence_accuracy"], -best["val_loss"])
-        if improved:
-            best = {"val_sequence_accuracy": rep.sequence_accuracy, "val_char_accuracy": rep.char_accuracy,
-                    "val_cer": rep.cer, "val_loss": val_loss, "epoch": epoch + 1}
-            save_bundle(bundle(), out / "model.safetensors")
-        samples = ", ".join(f"{t}->{p}{'' if t == p else ' x'}" for t, p in list(zip(val_set.labels, preds))[:3])
-        log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {rec['train_loss']:.4f}  val loss {val_loss:.4f}  "
-            f"val acc {rep.sequence_accuracy:6.2%}  CER {rep.cer:.4f}  {elapsed:5.0f}s{' *' if improved else '  '}"
-            f"  {samples}")
-        if on_epoch:
-            h0 = time.perf_counter()
-            on_epoch(rec, bundle())
-            hook_time += time.perf_counter() - h0
-        checkpoint(epoch + 1, elapsed)
-        if epoch + 1 - best["epoch"] >= cfg.patience:
-            stop_reason = f"early stop: no val improvement for {cfg.patience} epochs"
-            break
-        if budget and elapsed > budget:
-            stop_reason = f"time budget of {cfg.max_minutes} min spent"
-            break
-    bar.close()
-    log(f"{stop_reason}; best val sequence accuracy {best['val_sequence_accuracy']:.2%} at epoch {best['epoch']}")
-    return finish(out, cfg, te, pre, alphabet, history, best, info, device)
+        run.load_state_dict(ckpt)
+    reason = run.loop()
+    st = run.st
+    log(f"{reason}; best val sequence accuracy {st.best['val_sequence_accuracy']:.2%} at epoch {st.best['epoch']}")
+    return finish(out, cfg, data_.test, data_.pre, data_.alphabet, st.history, st.best, run.info, device)
 
 
 def finish(out: Path, cfg: TrainConfig, te: list[Sample], pre: Preprocess, alphabet: Alphabet,
