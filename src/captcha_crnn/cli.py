@@ -10,11 +10,30 @@ from collections.abc import Callable, Sequence
 from . import __version__
 from .errors import CaptchaError
 
+MAX_BEAM = 256  # wider beams cost seconds per image and read no better
+
+
+def count(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from lo to hi (a clear usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {v}" if hi else
+                                             f"must be at least {lo}, got {v}")
+        return v
+
+    return parse
+
 
 def _add_decode(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding")
-    g.add_argument("--beam", type=int, default=1, metavar="K", help="beam width (1 = greedy, the default)")
-    g.add_argument("--length", type=int, default=None, metavar="N", help="read exactly N characters")
+    g.add_argument("--beam", type=count(1, MAX_BEAM), default=1, metavar="K",
+                   help="beam width (1 = greedy, the default)")
+    g.add_argument("--length", type=count(1), default=None, metavar="N", help="read exactly N characters")
     g.add_argument("--charset", default=None, metavar="CHARS", help="read only these characters")
 
 
@@ -39,7 +58,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             cfg.augment = float(cfg.augment)
         except ValueError:
             raise CaptchaError(f"--augment: expected a number or auto, got {cfg.augment!r}") from None
-    r = train(a.data, cfg)
+    r = train(a.data, cfg.validate())
     if a.json:
         print(json.dumps({"model": str(r.model_path), "best": r.best,
                           "test": r.test.to_dict() if r.test else None}))
@@ -62,6 +81,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(json.dumps({**rep.to_dict(), "data": a.data, "model": a.model, "skipped": len(ds.skipped)}))
     else:
         print(format_report(rep, a.data))
+        if ds.skipped:
+            print(f"skipped {len(ds.skipped)} unreadable images (not scored)")
         if a.errors:
             print(f"errors gallery: {a.errors}")
     return 0
@@ -73,6 +94,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     rec = Recognizer.load(a.model, engine=a.engine, threads=a.threads)
     paths = list_images(a.images)
+    if not paths:
+        raise CaptchaError(f"{' '.join(a.images)}: no images found")
     arrays, ok, failed = [], [], 0
     for p, arr in zip(paths, rec.load_arrays(paths, errors="return")):  # decoded on a thread pool
         if isinstance(arr, CaptchaError):
@@ -249,10 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model", help="model file, run folder or shipped model name")
     r.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     r.add_argument("--json", action="store_true", help="print a JSON list")
-    r.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
+    r.add_argument("--batch-size", type=count(1), default=128, help="images per forward pass (default 128)")
     r.add_argument("--engine", choices=["auto", "onnx", "torch"], default="auto",
                    help="onnx (ONNX Runtime), torch, or auto: onnx when onnxruntime is installed (default)")
-    r.add_argument("--threads", type=int, default=None, help="threads for the engine and image decoding "
+    r.add_argument("--threads", type=count(1), default=None, help="threads for the engine and image decoding "
                    "(default: all cores)")
     _add_decode(r)
     r.set_defaults(func=cmd_predict)
@@ -332,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(a)
     except CaptchaError as e:
-        print(f"captcha-crnn: error: {e}", file=sys.stderr)
+        print(f"captcha-crnn: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("captcha-crnn: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,13 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from ..errors import CaptchaError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# Pillow formats that are read (JPEG includes MPO), whatever a file's suffix says: a PNG named .jpg
+# loads. Others (EPS, which Pillow hands to Ghostscript, PSD, ...) are refused, so no user bytes
+# reach an outside program.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "TGA", "ICO")
+# What Pillow raises on a damaged or hostile file (its plugins are not consistent about it).
+PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, struct.error,
+              ZeroDivisionError, OverflowError, MemoryError)
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -46,8 +54,21 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        """From a model file's metadata; ValueError names a missing, mistyped or out-of-range field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"preprocessing must be a JSON object, not {type(d).__name__}")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(**known).validate()
+
+    def validate(self) -> Preprocess:
+        """Check every field's type and range (ValueError naming the field); return self."""
+        for name in ("height", "channels", "min_width", "max_width", "max_pixels", "max_bytes"):
+            _positive_int(name, getattr(self, name))
+        if self.width is not None:
+            _positive_int("width", self.width)
+        if self.channels not in (1, 3):
+            raise ValueError(f"preprocessing: channels must be 1 or 3, not {self.channels}")
+        return self
 
     def target_width(self, w: int, h: int) -> int:
         """Width after resizing an image of w x h pixels (a multiple of 4)."""
@@ -56,6 +77,11 @@ class Preprocess:
         tw = round(w * self.height / max(h, 1))
         tw = max(self.min_width, min(self.max_width, tw))
         return max(4, min((tw + 3) // 4 * 4, self.max_width // 4 * 4))
+
+
+def _positive_int(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"preprocessing: {name} must be a positive integer, not {v!r}")
 
 
 def describe(src: Any) -> str:
@@ -72,47 +98,78 @@ def describe(src: Any) -> str:
 
 
 def open_image(src: ImageInput, pre: Preprocess | None = None) -> Image.Image:
-    """Open any supported input as a PIL image (first frame), raising CaptchaError on failure."""
+    """Open any supported input as a PIL image (first frame), raising CaptchaError on failure.
+
+    Limits (pre.max_bytes on encoded input, pre.max_pixels on the image's size) are checked before
+    any pixel is decoded, so a decompression bomb costs a header read. The format is sniffed from
+    the bytes, never from the file name.
+    """
     pre = pre or Preprocess()
     name = describe(src)
     if isinstance(src, Image.Image):
+        _check_pixels(src.size, pre, name)
         return src
     if isinstance(src, np.ndarray):
-        return _from_array(src, name)
+        im = _from_array(src, name)
+        _check_pixels(im.size, pre, name)
+        return im
+    data = _read_bytes(src, pre, name)
+    try:
+        with warnings.catch_warnings():
+            # our own max_pixels check below decides; Pillow's chatter about damaged files is not shown
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            _check_pixels(im.size, pre, name)
+            im.seek(0)
+            im.load()
+    except CaptchaError:
+        raise
+    except UnidentifiedImageError:
+        raise CaptchaError(f"{name}: not a readable image (no supported image format)") from None
+    except Image.DecompressionBombError as e:
+        raise CaptchaError(f"{name}: image too large ({e})") from None
+    except PIL_ERRORS as e:
+        raise CaptchaError(f"{name}: corrupt or truncated image ({_one_line(e)})") from None
+    return im
+
+
+def _read_bytes(src: Any, pre: Preprocess, name: str) -> bytes:
+    """The encoded bytes of a path or bytes-like input, within pre.max_bytes."""
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if not path.is_file():
-            raise CaptchaError(f"{name}: no such file")
+            raise CaptchaError(f"{name}: {'not a file' if path.exists() else 'no such file'}")
         size = path.stat().st_size
         if size == 0:
             raise CaptchaError(f"{name}: empty file (0 bytes)")
         if size > pre.max_bytes:
             raise CaptchaError(f"{name}: file too large ({size} bytes > {pre.max_bytes})")
-        data = path.read_bytes()
-    elif isinstance(src, (bytes, bytearray, memoryview)):
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise CaptchaError(f"{name}: cannot read file ({e.strerror or e})") from None
+    if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
         if not data:
             raise CaptchaError(f"{name}: empty input (0 bytes)")
         if len(data) > pre.max_bytes:
             raise CaptchaError(f"{name}: input too large ({len(data)} bytes > {pre.max_bytes})")
-    else:
-        raise CaptchaError(f"{name}: not an image (expected a path, bytes, PIL image or array)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > pre.max_pixels:
-                raise CaptchaError(f"{name}: image too large ({w}x{h} > {pre.max_pixels} pixels)")
-            im.seek(0)
-            im.load()
-    except CaptchaError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise CaptchaError(f"{name}: not a readable image") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise CaptchaError(f"{name}: corrupt or truncated image ({e})") from None
-    return im
+        return data
+    raise CaptchaError(f"{name}: not an image (expected a path, bytes, PIL image or array)")
+
+
+def _check_pixels(size: tuple[int, ...], pre: Preprocess, name: str) -> None:
+    w, h = (int(x) for x in size)
+    if w * h > pre.max_pixels:
+        raise CaptchaError(f"{name}: image too large ({w}x{h} > {pre.max_pixels} pixels)")
+    if w < 1 or h < 1:
+        raise CaptchaError(f"{name}: image has no pixels ({w}x{h})")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:200]
 
 
 def _from_array(a: np.ndarray, name: str) -> Image.Image:
@@ -123,7 +180,9 @@ def _from_array(a: np.ndarray, name: str) -> Image.Image:
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or a.size == 0:
         raise CaptchaError(f"{name}: array must be (H, W), (H, W, 3|4) or (C, H, W)")
     if a.dtype != np.uint8:
-        a = np.asarray(a, dtype=np.float64)
+        if a.dtype.kind not in "biuf":
+            raise CaptchaError(f"{name}: array must hold numbers (bool, int or float), not {a.dtype}")
+        a = np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         if a.max(initial=0) <= 1.0:
             a = a * 255.0
         a = np.clip(a, 0, 255).astype(np.uint8)
@@ -131,16 +190,30 @@ def _from_array(a: np.ndarray, name: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a), mode=mode)
 
 
-def to_mode(im: Image.Image, channels: int) -> Image.Image:
-    """Composite onto white and convert to L (channels=1) or RGB (channels=3)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+def to_mode(im: Image.Image, channels: int, name: str | None = None) -> Image.Image:
+    """Composite onto white and convert to L (channels=1) or RGB (channels=3).
+
+    A mode Pillow cannot convert raises CaptchaError naming `name` (default: a description of im).
+    """
+    try:
+        return _to_mode(im, channels)
+    except PIL_ERRORS as e:
+        raise CaptchaError(f"{name or describe(im)}: cannot convert image mode {im.mode} ({_one_line(e)})") from None
+
+
+def _to_mode(im: Image.Image, channels: int) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
         hi = a.max(initial=0)
         scale = 255.0 / 65535.0 if hi > 255 else 1.0
-        im = Image.fromarray(np.clip(a * scale, 0, 255).astype(np.uint8), mode="L")
+        im = Image.fromarray(np.clip(np.nan_to_num(a * scale), 0, 255).astype(np.uint8), mode="L")
+    if im.mode == "LAB":
+        im = _lab_to_rgb(im) if channels == 3 else im.getchannel("L")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if im.mode in ("La", "PA"):
+        im = im.convert("LA" if im.mode == "La" else "RGBA")
+    if im.mode in ("RGBA", "LA", "RGBa"):
         im = im.convert("RGBA")
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, im)
@@ -148,14 +221,33 @@ def to_mode(im: Image.Image, channels: int) -> Image.Image:
     return im if im.mode == target else im.convert(target)
 
 
+def _lab_to_rgb(im: Image.Image) -> Image.Image:
+    """CIELAB to sRGB through LittleCMS, or the lightness as grey where Pillow lacks it."""
+    try:
+        from PIL import ImageCms
+
+        t = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+        out = ImageCms.applyTransform(im, t)
+    except Exception:  # no LittleCMS in this Pillow build (ImportError, PyCMSError, ...)
+        out = None
+    return out if out is not None else im.getchannel("L").convert("RGB")
+
+
 def load_image(src: ImageInput, pre: Preprocess) -> np.ndarray:
-    """Load and preprocess one image to uint8 (C, H, W) at the model's height and width."""
-    im = to_mode(open_image(src, pre), pre.channels)
+    """Load and preprocess one image to uint8 (C, H, W) at the model's height and width.
+
+    Every failure (unreadable, damaged, too large, an unconvertible mode) is a CaptchaError naming src.
+    """
+    name = describe(src)
+    im = to_mode(open_image(src, pre), pre.channels, name)
     w, h = im.size
     tw = pre.target_width(w, h)
-    if (w, h) != (tw, pre.height):
-        im = im.resize((tw, pre.height), Image.BILINEAR)
-    a = np.asarray(im, dtype=np.uint8)
+    try:
+        if (w, h) != (tw, pre.height):
+            im = im.resize((tw, pre.height), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.uint8)
+    except PIL_ERRORS as e:
+        raise CaptchaError(f"{name}: cannot resize image ({_one_line(e)})") from None
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
@@ -163,10 +255,15 @@ def image_size(src: ImageInput) -> tuple[int, int]:
     """(width, height) of an image without decoding its pixels."""
     if isinstance(src, (str, os.PathLike)):
         try:
-            with Image.open(src) as im:
-                return im.size
-        except (OSError, ValueError, SyntaxError) as e:
-            raise CaptchaError(f"{src}: not a readable image ({e})") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+                with Image.open(src, formats=IMAGE_FORMATS) as im:
+                    return im.size
+        except Image.DecompressionBombError as e:
+            raise CaptchaError(f"{src}: image too large ({e})") from None
+        except PIL_ERRORS as e:
+            raise CaptchaError(f"{src}: not a readable image ({_one_line(e)})") from None
     return open_image(src).size
 
 

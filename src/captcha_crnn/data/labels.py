@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,13 @@ class LabelRule:
 
     regex: str | None = None
     sep: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.regex:
+            try:
+                re.compile(self.regex)
+            except re.error as e:
+                raise CaptchaError(f"--label-regex {self.regex!r} is not a valid regular expression ({e})") from None
 
     def label_of(self, path: Path) -> str | None:
         stem = path.stem
@@ -62,7 +71,10 @@ def list_images(paths: list[str] | str, recursive: bool = False) -> list[Path]:
 
 
 def read_folder(folder: str | Path, rule: LabelRule | None = None) -> list[Sample]:
-    """Samples from a folder of images whose names carry their labels."""
+    """Samples from a folder of images whose names carry their labels.
+
+    Files whose name gives no label are skipped with one warning that counts them.
+    """
     rule = rule or LabelRule()
     folder = Path(folder)
     if not folder.is_dir():
@@ -76,12 +88,57 @@ def read_folder(folder: str | Path, rule: LabelRule | None = None) -> list[Sampl
         (samples.append(Sample(str(f), label)) if label else unlabeled.append(f.name))
     if not samples:
         raise CaptchaError(f"{folder}: no file name gave a label (e.g. {unlabeled[0]})")
+    if unlabeled:
+        warn(f"{folder}: skipped {len(unlabeled)} of {len(files)} images whose name gave no label "
+             f"(e.g. {unlabeled[0]})")
     return samples
 
 
+def warn(msg: str) -> None:
+    """One warning line on stderr (bad rows and files are reported, counted and skipped)."""
+    print(f"warning: {msg}", file=sys.stderr)
+
+
 def read_csv(csv_path: str | Path) -> list[Sample]:
-    """Samples from a CSV with header filename,label (paths relative to the CSV's folder)."""
+    """Samples from a CSV with header filename,label (paths relative to the CSV's folder).
+
+    A file named twice is an error naming both lines (which label is right cannot be guessed).
+    Rows with an empty file name or an empty label are skipped with one counted warning; rows
+    naming missing files are kept here and skipped, counted, when the images are loaded.
+    """
     csv_path = Path(csv_path)
+    rows = _csv_rows(csv_path)
+    header = [h.strip().lower() for h in rows[0]]
+    if "filename" not in header or "label" not in header:
+        raise CaptchaError(f"{csv_path}: header must have columns 'filename' and 'label'")
+    fi, li = header.index("filename"), header.index("label")
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    empty: list[int] = []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) <= max(fi, li):
+            raise CaptchaError(f"{csv_path}: line {n} has {len(row)} columns, expected {len(header)}")
+        name, label = row[fi].strip(), row[li]
+        if not name or not label:
+            empty.append(n)
+            continue
+        key = os.path.normpath(name)
+        if key in seen:
+            raise CaptchaError(f"{csv_path}: line {n}: duplicate file name {name} (first on line {seen[key]}); "
+                               "keep one row per image")
+        seen[key] = n
+        samples.append(Sample(str(csv_path.parent / name), label))
+    if empty:
+        warn(f"{csv_path}: skipped {len(empty)} rows with an empty file name or label (line {empty[0]}"
+             f"{', ...' if len(empty) > 1 else ''})")
+    if not samples:
+        raise CaptchaError(f"{csv_path}: no rows after the header" if not empty else f"{csv_path}: no usable rows")
+    return samples
+
+
+def _csv_rows(csv_path: Path) -> list[list[str]]:
     if not csv_path.is_file():
         raise CaptchaError(f"{csv_path}: no such file")
     try:
@@ -91,25 +148,7 @@ def read_csv(csv_path: str | Path) -> list[Sample]:
         raise CaptchaError(f"{csv_path}: cannot read CSV ({e})") from None
     if not rows:
         raise CaptchaError(f"{csv_path}: empty CSV")
-    header = [h.strip().lower() for h in rows[0]]
-    if "filename" not in header or "label" not in header:
-        raise CaptchaError(f"{csv_path}: header must have columns 'filename' and 'label'")
-    fi, li = header.index("filename"), header.index("label")
-    samples, seen = [], set()
-    for n, row in enumerate(rows[1:], start=2):
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) <= max(fi, li):
-            raise CaptchaError(f"{csv_path}: line {n} has {len(row)} columns, expected {len(header)}")
-        name, label = row[fi].strip(), row[li]
-        path = csv_path.parent / name
-        if str(path) in seen:
-            raise CaptchaError(f"{csv_path}: line {n}: duplicate file name {name}")
-        seen.add(str(path))
-        samples.append(Sample(str(path), label))
-    if not samples:
-        raise CaptchaError(f"{csv_path}: no rows after the header")
-    return samples
+    return rows
 
 
 def read_samples(source: str | Path, rule: LabelRule | None = None) -> list[Sample]:

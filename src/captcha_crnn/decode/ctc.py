@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import CaptchaError
+
 NEG = -1e30
 
 
@@ -177,7 +179,14 @@ def decode_batch(
     length: int | None = None,
     allowed: Sequence[int] | None = None,
 ) -> list[Decoded]:
-    """Decode a batch (B, T, C) of log-probabilities; lengths gives valid frames per item."""
+    """Decode a batch (B, T, C) of log-probabilities; lengths gives valid frames per item.
+
+    A beam below 1 or a length below 1 is a CaptchaError (they come from users' options).
+    """
+    if isinstance(beam, bool) or not isinstance(beam, (int, np.integer)) or beam < 1:
+        raise CaptchaError(f"beam must be a whole number of at least 1, got {beam!r}")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1):
+        raise CaptchaError(f"length must be a whole number of at least 1, got {length!r}")
     lp = _as_numpy(logp)
     b, t, c = lp.shape
     mask = allowed_mask(c, allowed)

@@ -92,6 +92,8 @@ class Recognizer:
         (a .safetensors model is exported to ONNX on load, cached by file hash) or "torch".
         threads: threads for the engine and for decoding images (default: every core).
         """
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise CaptchaError(f"threads must be a whole number of at least 1, got {threads!r}")
         path = resolve_model(model)
         kind = pick_engine(engine, device)
         if path.suffix.lower() == ".onnx":
@@ -100,7 +102,9 @@ class Recognizer:
                 raise CaptchaError(f"{path}: an ONNX model {why}")
             eng = OnnxEngine(path, threads, source=str(path))
             meta, _ = check_metadata(eng.metadata, str(path))
-            return cls(None, device, eng, meta, path, threads)
+            rec = cls(None, device, eng, meta, path, threads)
+            _check_onnx_input(eng, rec.preprocess, str(path))
+            return rec
         from ..model.modelfile import load_bundle, read_metadata
 
         if kind == "torch":
@@ -131,6 +135,8 @@ class Recognizer:
     def _allowed(self, charset: str | None) -> list[int] | None:
         if charset is None:
             return None
+        if not charset:
+            raise CaptchaError("charset is empty: give the characters to read, or no charset")
         unknown = self.alphabet.unknown(charset)
         if unknown:
             raise CaptchaError(f"charset has characters the model does not know: {''.join(sorted(unknown))}")
@@ -206,15 +212,30 @@ class Recognizer:
         return preds[0] if single else preds
 
 
+def _check_onnx_input(eng: OnnxEngine, pre: Preprocess, source: str) -> None:
+    """CaptchaError unless the graph takes (B, channels, height, W) input, as its metadata says."""
+    shape = list(eng.session.get_inputs()[0].shape)
+    want = (pre.channels, pre.height)
+    if len(shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(shape[1:3], want)):
+        raise CaptchaError(f"{source}: the ONNX graph takes input {shape}, its metadata says "
+                           f"{pre.channels} channel(s) of height {pre.height}")
+
+
 def _parse_meta(meta: dict[str, Any], source: str) -> tuple[Alphabet, Preprocess, dict[str, Any]]:
     """Alphabet, preprocessing and info from model-file metadata (as ModelBundle would hold them)."""
     try:
         alphabet = Alphabet(meta["alphabet"])
         pre = Preprocess.from_dict(meta["preprocess"])
-        num_classes = int(meta["model"]["num_classes"])
+        arch = meta["model"]
+        num_classes = int(arch["num_classes"])
+        takes = (int(arch.get("in_channels", 1)), int(arch.get("height", 32)))
     except Exception as e:
-        raise CaptchaError(f"{source}: model metadata is damaged or inconsistent ({e})") from None
+        msg = " ".join(str(e).split())[:200]
+        raise CaptchaError(f"{source}: model metadata is damaged or inconsistent ({msg})") from None
     if alphabet.num_classes != num_classes:
         raise CaptchaError(f"{source}: alphabet size does not match the model's classes")
+    if (pre.channels, pre.height) != takes:
+        raise CaptchaError(f"{source}: model metadata is inconsistent: preprocessing gives {pre.channels} "
+                           f"channel(s) of height {pre.height}, the network takes {takes[0]} of height {takes[1]}")
     info = {k: v for k, v in meta.items() if k not in ("format", "version", "alphabet", "preprocess", "model")}
     return alphabet, pre, info

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..errors import CaptchaError
+
 
 @dataclass
 class TrainConfig:
@@ -53,3 +55,55 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def validate(self) -> TrainConfig:
+        """Check every option's range; CaptchaError names the option (as its command-line flag)."""
+        _at_least("epochs", self.epochs, 1)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("patience", self.patience, 1)
+        _at_least("height", self.height, 16)
+        if self.height % 16:
+            _bad("height", self.height, "a multiple of 16")
+        if self.threads is not None:
+            _at_least("threads", self.threads, 1)
+        for name in ("lr", "clip") + (("max_minutes",) if self.max_minutes is not None else ()):
+            if not _number(getattr(self, name)) or getattr(self, name) <= 0:
+                _bad(name, getattr(self, name), "a number above 0")
+        if not _number(self.checkpoint_minutes) or self.checkpoint_minutes < 0:
+            _bad("checkpoint_minutes", self.checkpoint_minutes, "a number of at least 0")
+        for name in ("val", "test", "dropout", "warmup"):
+            if not _number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                _bad(name, getattr(self, name), "a number from 0 up to (not including) 1")
+        if self.val + self.test >= 1:
+            _bad("val", self.val, f"small enough to leave training images beside --test {self.test}")
+        if not _number(self.weight_decay) or self.weight_decay < 0:
+            _bad("weight_decay", self.weight_decay, "a number of at least 0")
+        self._check_choices()
+        return self
+
+    def _check_choices(self) -> None:
+        w = self.width
+        if w not in ("auto", "variable", None) and not (str(w).isdigit() and int(w) >= 4):
+            _bad("width", w, "a number of at least 4, 'variable' or 'auto'")
+        if self.channels not in ("auto", 1, 3, "1", "3"):
+            _bad("channels", self.channels, "1, 3 or auto")
+        if self.augment != "auto" and (not _number(self.augment) or self.augment < 0):
+            _bad("augment", self.augment, "a number of at least 0 or auto")
+        for name, choices in (("preset", ("tiny", "small", "base", "auto")), ("backbone", ("plain", "resnet")),
+                              ("rnn", ("gru", "lstm")), ("case", ("sensitive", "insensitive")),
+                              ("device", ("auto", "cpu", "cuda"))):
+            if getattr(self, name) not in choices:
+                _bad(name, getattr(self, name), " or ".join(choices))
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
+
+
+def _bad(name: str, value: Any, want: str) -> None:
+    raise CaptchaError(f"--{name.replace('_', '-')} must be {want}, not {value!r}")
+
+
+def _at_least(name: str, value: Any, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        _bad(name, value, f"a whole number of at least {lo}")
