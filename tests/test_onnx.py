@@ -112,6 +112,19 @@ def test_dynamic_batch_gives_the_same_per_image(exported, images) -> None:
     assert one.text == r.predict(images[:9], batch_size=4)[0].text
 
 
+def test_parallel_lanes_read_the_same_as_one_thread(exported, images) -> None:
+    """Batches spread over single-threaded lanes give the same text as one batch on one session."""
+    many = (list(images) * 4)[:40]
+    r2 = Recognizer.load(exported["fp32"], threads=2)
+    r1 = Recognizer.load(exported["fp32"], threads=1)
+    assert r2.engine.lanes == 2 and r1.engine.lanes == 1
+    x, _ = stack_batch([load_image(p, r2.preprocess) for p in images[:5]])
+    np.testing.assert_allclose(r2.engine.run_lane(x), r2.engine.run(x), atol=1e-4)
+    p2, p1 = r2.predict(many, batch_size=7), r1.predict(many, batch_size=64)
+    assert [p.text for p in p2] == [p.text for p in p1]
+    assert [p.source for p in p2] == [str(p) for p in many]  # order kept
+
+
 def test_variable_width_model_exports_dynamic_width(tmp_path: Path, clean_dir: Path) -> None:
     src = variable_width_model(tmp_path / "var.safetensors")
     out = tmp_path / "var.onnx"

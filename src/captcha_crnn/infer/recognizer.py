@@ -14,7 +14,7 @@ from ..data.alphabet import Alphabet
 from ..data.images import ImageInput, Preprocess, describe
 from ..decode.ctc import decode_batch
 from ..errors import CaptchaError
-from .batching import default_threads, load_many, stack_batch, width_batches
+from .batching import PARALLEL_MIN, default_threads, load_many, stack_batch, width_batches
 from .engines import OnnxEngine, TorchEngine, check_metadata, onnx_for, pick_engine
 
 if TYPE_CHECKING:  # model/ imports torch, which reading an .onnx file does without
@@ -175,12 +175,25 @@ class Recognizer:
         allowed = self._allowed(charset)
         decode: Callable[[list[int]], str] = self.alphabet.decode
         out: list[Prediction | None] = [None] * len(arrays)
-        for idx in width_batches([a.shape[-1] for a in arrays], batch_size):
+        lanes = getattr(self.engine, "lanes", 1)
+        pool = self._get_pool() if lanes > 1 and len(arrays) >= 2 * PARALLEL_MIN else None
+        if pool is not None:  # every lane gets a batch: split so that no thread idles
+            batch_size = min(batch_size, -(-len(arrays) // lanes))
+        run = self.engine.run_lane if pool is not None else self.engine.run
+
+        def read(idx: list[int]) -> None:
             x, widths = stack_batch([arrays[i] for i in idx])
-            lp = self.engine.run(x)  # (B, T, classes)
+            lp = run(x)  # (B, T, classes)
             lens = np.maximum(widths // 4, 1)
             for i, d in zip(idx, decode_batch(lp, lens, beam=beam, length=length, allowed=allowed)):
                 out[i] = Prediction(decode(d.indices), d.confidence, d.char_confidences)
+
+        batches = width_batches([a.shape[-1] for a in arrays], batch_size)
+        if pool is None:
+            for idx in batches:
+                read(idx)
+        else:
+            list(pool.map(read, batches))
         return out  # type: ignore[return-value]
 
     def predict(
