@@ -42,7 +42,7 @@ def without_times(history: list[dict]) -> list[dict]:
 def reference(tmp_path_factory: pytest.TempPathFactory, clean_dir: Path):
     """The uninterrupted run every interrupted one is compared with."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    return train(str(clean_dir), TrainConfig(out=str(out), progress=False, checkpoint_minutes=0, **SETTINGS))
+    return train(str(clean_dir), TrainConfig(out=str(out), progress=False, checkpoint_minutes=1000, **SETTINGS))
 
 
 def wait_for_mid_epoch_checkpoint(proc: subprocess.Popen, path: Path, timeout: float = 40) -> None:
@@ -94,7 +94,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path: Path, clean_dir: Path, 
 def test_interrupted_and_resumed_in_process_gives_identical_weights(tmp_path: Path, clean_dir: Path,
                                                                     reference) -> None:
     out = tmp_path / "interrupted"
-    cfg = dict(out=str(out), progress=False, checkpoint_minutes=0, **SETTINGS)
+    cfg = dict(out=str(out), progress=False, checkpoint_minutes=1000, **SETTINGS)
 
     def interrupt(rec: dict, _bundle) -> None:
         if rec["epoch"] == 2:  # after validating epoch 2, before its checkpoint: back to the end of epoch 1

@@ -59,7 +59,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         except ValueError:
             raise CaptchaError(f"--augment: expected a number or auto, got {cfg.augment!r}") from None
     r = train(a.data, cfg.validate())
-    if a.json:
+    if a.json and r.rank == 0:  # under torchrun, one summary
         print(json.dumps({"model": str(r.model_path), "best": r.best,
                           "test": r.test.to_dict() if r.test else None}))
     return 0
@@ -249,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "synthetic model when installed; 'none': from scratch")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes, metavar="M",
-                   help=f"also checkpoint every M minutes within an epoch (default {d.checkpoint_minutes:g}; "
-                        "0: at epoch ends only)")
+                   help="also checkpoint every M minutes within an epoch, besides every epoch end "
+                        f"(default {d.checkpoint_minutes:g})")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--json", action="store_true", help="print a JSON summary at the end")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -27,9 +26,12 @@ from ..evaluate import Report, score_both
 from ..model.crnn import CRNN, preset
 from ..model.modelfile import ModelBundle, save_bundle
 from ..model.run import log_probs
+from . import distributed
 from .autoconfig import resolve
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig
+from .distributed import Dist
+from .ema import EMA
 from .schedule import lr_at
 
 EpochHook = Callable[[dict[str, Any], ModelBundle], None]
@@ -45,9 +47,15 @@ class TrainResult:
     best: dict[str, Any]
     test: Report | None
     config: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0  # in a distributed run, the process's rank (only rank 0 evaluates the test split)
+
+
+_LOG = {"on": True}  # off in the non-zero ranks of a distributed run: one process speaks
 
 
 def log(msg: str) -> None:
+    if not _LOG["on"]:
+        return
     from tqdm import tqdm
 
     tqdm.write(msg, file=sys.stderr)
@@ -135,17 +143,38 @@ def init_weights(model: CRNN, alphabet: Alphabet, init: str | None) -> str:
         raise
 
 
-def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str) -> tuple[float, Report, list[str]]:
-    """(mean CTC loss, report, predictions) of the model on a loaded set."""
+def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str) -> tuple[list[float], list[str]]:
+    """Per image: CTC loss per character (nan where the label cannot be scored) and the greedy reading."""
     lps = log_probs(model, ds.images, 256, device)
     preds = [alphabet.decode(decode_batch(lp[None])[0].indices) for lp in lps]
     losses = []
     for lp, lab in zip(lps, ds.labels):
+        loss = float("nan")
         if lab and not alphabet.unknown(lab):
             tgt = torch.tensor(alphabet.encode(lab))
-            losses.append(F.ctc_loss(torch.from_numpy(lp)[:, None], tgt[None], [lp.shape[0]], [len(tgt)],
-                                     blank=0, reduction="sum", zero_infinity=True).item() / len(tgt))
-    return float(np.mean(losses)) if losses else float("nan"), score_both(ds.labels, preds, alphabet.chars), preds
+            loss = F.ctc_loss(torch.from_numpy(lp)[:, None], tgt[None], [lp.shape[0]], [len(tgt)],
+                              blank=0, reduction="sum", zero_infinity=True).item() / len(tgt)
+        losses.append(loss)
+    return losses, preds
+
+
+def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
+                 d: Dist | None = None) -> tuple[float, Report, list[str]]:
+    """(mean CTC loss, report, predictions) of the model on a loaded set.
+
+    In a distributed run each rank reads every world-th image and all ranks get the same figures.
+    """
+    d = d or Dist()
+    idx = list(range(d.rank, len(ds), d.world))
+    losses, preds = read_set(model, ds.subset(idx) if d.enabled else ds, alphabet, device)
+    if d.enabled:
+        parts = distributed.all_gather((idx, losses, preds), d)
+        losses, preds = [float("nan")] * len(ds), [""] * len(ds)
+        for part_idx, part_losses, part_preds in parts:
+            for i, loss, pred in zip(part_idx, part_losses, part_preds):
+                losses[i], preds[i] = loss, pred
+    scored = [v for v in losses if not np.isnan(v)]
+    return float(np.mean(scored)) if scored else float("nan"), score_both(ds.labels, preds, alphabet.chars), preds
 
 
 def load_data(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], list[Sample], str]:
@@ -265,31 +294,47 @@ class Clock:
 
 
 class Run:
-    """One training run's moving parts; `loop()` trains until a stop condition and returns why it stopped."""
+    """One training run's moving parts; `loop()` trains until a stop condition and returns why it stopped.
+
+    Distributed (d.world > 1): the model is wrapped in DistributedDataParallel, `cfg.batch_size` is
+    the global batch (each rank takes its share), every decision that depends on time uses rank 0's
+    clock, and only rank 0 writes files.
+    """
 
     def __init__(self, cfg: TrainConfig, data: Data, model: CRNN, device: str, out: Path,
-                 on_epoch: EpochHook | None = None):
+                 on_epoch: EpochHook | None = None, d: Dist | None = None):
         self.cfg, self.data, self.model, self.device, self.out = cfg, data, model, device, out
-        self.on_epoch = on_epoch
+        self.d = d = d or Dist()
+        self.on_epoch = on_epoch if d.main else None
+        self.net = distributed.wrap(model, d, device)  # what the training steps run
         self.opt = make_optimizer(model, cfg)
-        self.order_gen = torch.Generator().manual_seed(cfg.seed)  # epoch permutations
-        self.aug_gen = torch.Generator().manual_seed(cfg.seed * 65_537 + 1)  # augmentation
-        self.batch_size = cfg.batch_size
-        self.steps_per_epoch = (len(data.train) + self.batch_size - 1) // self.batch_size
+        self.ema = EMA(model, cfg.ema) if cfg.ema else None  # the weights evaluated and saved
+        self.order_gen = torch.Generator().manual_seed(cfg.seed)  # epoch permutations, alike on every rank
+        self.aug_gen = torch.Generator().manual_seed(cfg.seed * 65_537 + 1 + d.rank)  # augmentation, per rank
+        if d.enabled:
+            torch.manual_seed(cfg.seed * 65_537 + 1 + d.rank)  # dropout masks differ between ranks
+        self.batch_size = -(-cfg.batch_size // d.world)  # per rank
+        shard_len = -(-len(data.train) // d.world)
+        self.steps_per_epoch = -(-shard_len // self.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.budget = cfg.max_minutes * 60 if cfg.max_minutes else None
         self.st = RunState()
         self.info = {"training": {"data": cfg.data, "split": data.how, "seed": cfg.seed,
                                   "train_images": len(data.train), "val_images": len(data.val),
-                                  "config": cfg.to_dict()}}
+                                  "processes": d.world, "config": cfg.to_dict()}}
+
+    def now(self) -> float:
+        """Training seconds so far, by rank 0's clock on every rank."""
+        return distributed.broadcast_float(self.clock.elapsed(), self.d)
 
     # checkpoints ---------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly here (tensors and plain values only)."""
+    def state_dict(self, rngs: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """Everything needed to continue exactly here (tensors and plain values only); rngs: per rank."""
         st = self.st
         return {
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-            "generator": self.order_gen.get_state(), "rng": [rng_state(self.aug_gen, self.device)],
+            **({"ema": self.ema.state_dict()} if self.ema else {}),
+            "generator": self.order_gen.get_state(), "rng": rngs, "world_size": self.d.world,
             "epoch": st.epoch, "batch": st.batch, "step": st.step, "elapsed": st.elapsed,
             "order": torch.tensor(st.order if st.order is not None else [], dtype=torch.long),
             "losses": list(st.losses), "history": json.dumps(st.history), "best": json.dumps(st.best),
@@ -301,10 +346,13 @@ class Run:
         """Continue from a checkpoint written by state_dict (or by an epoch-only older version)."""
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
+        if self.ema:
+            self.ema.load_state_dict(ckpt.get("ema", ckpt["model"]))
         self.order_gen.set_state(ckpt["generator"])
-        if "rng" in ckpt:
-            set_rng_state(ckpt["rng"][0], self.aug_gen, self.device)
-        else:  # older checkpoints: one generator for order and augmentation, saved at epoch ends
+        same_layout = int(ckpt.get("world_size", 1)) == self.d.world
+        if "rng" in ckpt and same_layout:
+            set_rng_state(ckpt["rng"][self.d.rank], self.aug_gen, self.device)
+        elif "rng" not in ckpt:  # older checkpoints: one generator for order and augmentation, at epoch ends
             self.aug_gen.set_state(ckpt["generator"])
             torch.set_rng_state(ckpt["torch_rng"])
         batch = int(ckpt.get("batch", 0))
@@ -312,22 +360,32 @@ class Run:
         if order is not None and len(order) != len(self.data.train):
             log("warning: the training set changed since the checkpoint; restarting its epoch")
             batch, order = 0, None
+        if batch and not same_layout:
+            log(f"warning: the checkpoint was written by {ckpt['world_size']} processes, this run has "
+                f"{self.d.world}; restarting its epoch")
+            batch = 0
         self.st = RunState(epoch=int(ckpt["epoch"]), batch=batch, step=int(ckpt["step"]), order=order,
-                           losses=[float(v) for v in ckpt.get("losses", [])],
+                           losses=[float(v) for v in ckpt.get("losses", [])] if batch else [],
                            elapsed=float(ckpt["elapsed"]), history=json.loads(ckpt["history"]),
                            best=json.loads(ckpt["best"]))
         where = f"epoch {self.st.epoch + 1}, batch {batch}" if batch else f"the end of epoch {self.st.epoch}"
         log(f"resumed from {self.out / CHECKPOINT} at {where} (step {self.st.step})")
 
     def save(self) -> None:
-        """Write the checkpoint atomically (temporary file, fsync, rename)."""
-        self.st.elapsed = self.clock.elapsed()
-        save_checkpoint(self.out / CHECKPOINT, self.state_dict())
+        """Write the checkpoint atomically (temporary file, fsync, rename); every rank takes part."""
+        self.st.elapsed = self.now()
+        rngs = distributed.all_gather(rng_state(self.aug_gen, self.device), self.d)
+        if self.d.main:
+            save_checkpoint(self.out / CHECKPOINT, self.state_dict(rngs))
         self.last_save = self.st.elapsed
 
     def bundle(self) -> ModelBundle:
         info = {**self.info, "metrics": {"val": self.st.best}}
-        return ModelBundle(self.model, self.data.alphabet, self.data.pre, info)
+        return ModelBundle(self.kept(), self.data.alphabet, self.data.pre, info)
+
+    def kept(self) -> CRNN:
+        """The model that is validated and saved: the weight average when there is one."""
+        return self.ema.shadow if self.ema else self.model
 
     # the loop ------------------------------------------------------------------------------------
     def loop(self) -> str:
@@ -337,7 +395,7 @@ class Run:
         self.clock = Clock(self.st.elapsed)
         self.last_save = self.st.elapsed
         self.bar = tqdm(total=self.total_steps, initial=self.st.step, desc="training", unit="step",
-                        disable=not self.cfg.progress, file=sys.stderr, dynamic_ncols=True)
+                        disable=not (self.cfg.progress and self.d.main), file=sys.stderr, dynamic_ncols=True)
         try:
             while not (reason := self.stop_reason()):
                 self.train_epoch()
@@ -353,24 +411,25 @@ class Run:
             return "epochs done"
         if st.batch == 0 and st.epoch - st.best["epoch"] >= cfg.patience:
             return f"early stop: no val improvement for {cfg.patience} epochs"
-        if self.budget and self.clock.elapsed() > self.budget:
+        if self.budget and self.now() > self.budget:
             return f"time budget of {cfg.max_minutes} min spent"
         return ""
 
     def train_epoch(self) -> None:
         """Train on epoch `st.epoch` from batch `st.batch`; checkpoint every cfg.checkpoint_minutes."""
-        st, train_set = self.st, self.data.train
+        st = self.st
         self.model.train()
         if st.order is None:
-            st.order = torch.randperm(len(train_set), generator=self.order_gen).tolist()
+            st.order = torch.randperm(len(self.data.train), generator=self.order_gen).tolist()
+        mine = distributed.shard(st.order, self.d.rank, self.d.world)
         every = self.cfg.checkpoint_minutes * 60 if self.cfg.checkpoint_minutes else None
         for b in range(st.batch, self.steps_per_epoch):
-            elapsed = self.clock.elapsed()
+            elapsed = self.now()
             if self.budget and elapsed > self.budget:
                 break
             if every and elapsed - self.last_save >= every:
                 self.save()  # mid-epoch: the permutation and batch index come along
-            idx = st.order[b * self.batch_size : (b + 1) * self.batch_size]
+            idx = mine[b * self.batch_size : (b + 1) * self.batch_size]
             progress = max(st.step / self.total_steps, elapsed / self.budget if self.budget else 0.0)
             loss = self.train_step(idx, lr_at(progress, self.cfg.lr, self.cfg.warmup))
             st.batch, st.step = b + 1, st.step + 1
@@ -388,23 +447,27 @@ class Run:
         for g in self.opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
-            logp = self.model(x)  # (B, T, classes)
+            logp = self.net(x)  # (B, T, classes)
         in_lens = CRNN.output_lengths(torch.from_numpy(widths))
         loss = F.ctc_loss(logp.float().transpose(0, 1), targets, in_lens, target_lens,
                           blank=0, reduction="mean", zero_infinity=True)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # DDP: gradients averaged over the ranks here
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         self.opt.step()
+        if self.ema:
+            self.ema.update(self.model, self.st.step)
         return loss.item()
 
     def end_epoch(self) -> None:
         """Validate, record, keep the best model, call the hook, checkpoint at the epoch boundary."""
         st, data = self.st, self.data
-        val_loss, rep, preds = evaluate_set(self.model, data.val, data.alphabet, self.device)
-        elapsed = self.clock.elapsed()
+        distributed.average_buffers(self.kept(), self.d)
+        val_loss, rep, preds = evaluate_set(self.kept(), data.val, data.alphabet, self.device, self.d)
+        elapsed = self.now()
+        loss_sum, n = distributed.all_sum([float(np.sum(st.losses)), float(len(st.losses))], self.d)
         rec = {"epoch": st.epoch + 1, "step": st.step, "time_s": round(elapsed, 2),
-               "train_loss": float(np.mean(st.losses)) if st.losses else float("nan"), "val_loss": val_loss,
+               "train_loss": loss_sum / n if n else float("nan"), "val_loss": val_loss,
                "val_sequence_accuracy": rep.sequence_accuracy, "val_char_accuracy": rep.char_accuracy,
                "val_cer": rep.cer, "lr": self.opt.param_groups[0]["lr"]}
         st.history.append(rec)
@@ -412,7 +475,8 @@ class Run:
         if improved:
             st.best = {"val_sequence_accuracy": rep.sequence_accuracy, "val_char_accuracy": rep.char_accuracy,
                        "val_cer": rep.cer, "val_loss": val_loss, "epoch": st.epoch + 1}
-            save_bundle(self.bundle(), self.out / "model.safetensors")
+            if self.d.main:
+                save_bundle(self.bundle(), self.out / "model.safetensors")
         shown = ", ".join(f"{t}->{p}{'' if t == p else ' x'}" for t, p in list(zip(data.val.labels, preds))[:3])
         log(f"epoch {st.epoch + 1:3d}/{self.cfg.epochs}  train loss {rec['train_loss']:.4f}  "
             f"val loss {val_loss:.4f}  val acc {rep.sequence_accuracy:6.2%}  CER {rep.cer:.4f}  "
@@ -425,35 +489,67 @@ class Run:
         self.save()
 
 
+def shared_checkpoint(path: Path, d: Dist) -> dict[str, Any]:
+    """Rank 0 reads the checkpoint and hands it to every rank (no shared file system needed)."""
+    ckpt: dict[str, Any] | str = {}
+    if d.main:
+        try:
+            ckpt = load_checkpoint(path)
+        except CaptchaError as e:
+            ckpt = str(e)
+    ckpt = distributed.broadcast_object(ckpt, d)
+    if isinstance(ckpt, str):
+        raise CaptchaError(ckpt)
+    return ckpt
+
+
 def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None = None) -> TrainResult:
     """Train a CRNN on a folder or CSV of labelled images; writes model.safetensors and more to cfg.out.
 
     With cfg.resume, continues from cfg.out/checkpoint.pt, mid-epoch if that is where it was written,
     with the same split, weights, optimizer, schedule position, time spent and random states.
+    Launched by torchrun (RANK, WORLD_SIZE, ... in the environment), trains data-parallel across the
+    processes; only rank 0 logs, writes files and calls `on_epoch`.
     """
     cfg = cfg or TrainConfig()
     cfg.data = str(data)
+    d, device = distributed.setup(pick_device(cfg.device))
+    _LOG["on"] = d.main
+    try:
+        return _train(cfg, device, d, on_epoch)
+    finally:
+        _LOG["on"] = True
+        distributed.shutdown(d)
+
+
+def _train(cfg: TrainConfig, device: str, d: Dist, on_epoch: EpochHook | None) -> TrainResult:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or distributed.threads_per_process(d))
     torch.manual_seed(cfg.seed)
+    if not d.main:
+        cfg = replace(cfg, progress=False)
 
-    ckpt = load_checkpoint(out / CHECKPOINT) if cfg.resume else None
-    if ckpt:
+    ckpt = shared_checkpoint(out / CHECKPOINT, d) if cfg.resume else None
+    if ckpt and d.main:
         remove_stale_temporaries(out)
     cfg, data_ = prepare_data(cfg, ckpt)
     model, init = build_model(cfg, data_, warm=ckpt is None)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {cfg.preset} {cfg.backbone}+{cfg.rnn}, {n_params / 1e6:.2f}M parameters, device {device}")
+    log(f"model: {cfg.preset} {cfg.backbone}+{cfg.rnn}, {n_params / 1e6:.2f}M parameters, device {device}"
+        + (f", {d.world} processes (global batch {cfg.batch_size})" if d.enabled else ""))
     log(f"init: {init}")
-    run = Run(cfg, data_, model.to(device), device, out, on_epoch)
+    run = Run(cfg, data_, model.to(device), device, out, on_epoch, d)
     if ckpt:
         run.load_state_dict(ckpt)
     reason = run.loop()
     st = run.st
     log(f"{reason}; best val sequence accuracy {st.best['val_sequence_accuracy']:.2%} at epoch {st.best['epoch']}")
-    return finish(out, cfg, data_.test, data_.pre, data_.alphabet, st.history, st.best, run.info, device)
+    result = TrainResult(out, out / "model.safetensors", st.history, st.best, None, cfg.to_dict(), d.rank)
+    if d.main:
+        result = finish(out, cfg, data_.test, data_.pre, data_.alphabet, st.history, st.best, run.info, device)
+    distributed.barrier(d)  # the other ranks return once the model file is final
+    return result
 
 
 def finish(out: Path, cfg: TrainConfig, te: list[Sample], pre: Preprocess, alphabet: Alphabet,
