@@ -35,7 +35,7 @@ def model_card(path: str | Path, name: str | None = None) -> dict[str, Any]:
         "input": f"{width or 'variable'}x{pre.get('height')} {'grey' if pre.get('channels', 1) == 1 else 'RGB'}",
         "training_data": tr.get("source") or tr.get("data", ""),
         "train_images": tr.get("train_images"),
-        "held_out": tr.get("split", ""),
+        "held_out": tr.get("recipe") or tr.get("split", ""),
         "test_n": test.get("n"),
         "test_sequence_accuracy": test.get("sequence_accuracy"),
         "test_cer": test.get("cer"),

@@ -42,12 +42,14 @@ class TrainConfig:
     rnn: str = "gru"
     augment: float | str = "auto"  # strength; auto: 1.0 for small sets, 0.5 for large
     dropout: float = 0.1
+    ema: float = 0.99  # decay of the weight average that is validated and saved (0: the raw weights)
     init: str | None = "auto"  # warm start: "auto" = the shipped `synthetic` model when present, a path, or None
     # run
     resume: bool = False
     checkpoint_minutes: float = 5.0
     progress: bool = True
     threads: int | None = None
+    cache_dir: str | None = None  # decoded-image cache folder; None: OUT/cache; "memory": hold them in RAM
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +73,7 @@ class TrainConfig:
                 _bad(name, getattr(self, name), "a number above 0")
         if not _number(self.checkpoint_minutes) or self.checkpoint_minutes < 0:
             _bad("checkpoint_minutes", self.checkpoint_minutes, "a number of at least 0")
-        for name in ("val", "test", "dropout", "warmup"):
+        for name in ("val", "test", "dropout", "warmup", "ema"):
             if not _number(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
                 _bad(name, getattr(self, name), "a number from 0 up to (not including) 1")
         if self.val + self.test >= 1:
