@@ -93,5 +93,6 @@ def test_killed_torchrun_job_resumes_to_the_same_weights(two_process_run, tmp_pa
     r = subprocess.run(torchrun(clean_dir, out, "--resume"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert f"at epoch {int(ck['epoch']) + 1}, batch {int(ck['batch'])}" in r.stderr, r.stderr[-3000:]
-    a, b = load_checkpoint(ref / CHECKPOINT)["model"], load_checkpoint(out / CHECKPOINT)["model"]
-    assert [k for k in a if not torch.equal(a[k], b[k])] == [], r.stderr[-3000:]
+    for part in ("model", "ema"):  # the weights, and their average (what is saved)
+        a, b = load_checkpoint(ref / CHECKPOINT)[part], load_checkpoint(out / CHECKPOINT)[part]
+        assert [k for k in a if not torch.equal(a[k], b[k])] == [], (part, r.stderr[-3000:])

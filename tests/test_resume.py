@@ -25,7 +25,9 @@ FLAGS = ["--epochs", "3", "--batch-size", "16", "--preset", "small", "--label-se
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(out / CHECKPOINT)["model"]
+    """The weights and their moving average (what is validated and saved) at the end of a run."""
+    ck = load_checkpoint(out / CHECKPOINT)
+    return {**{f"model.{k}": v for k, v in ck["model"].items()}, **{f"ema.{k}": v for k, v in ck["ema"].items()}}
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -34,8 +36,11 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert torch.equal(a[k], b[k]), k
 
 
+TIMINGS = {"time_s", "train_s", "train_images", "images_per_s", "loader_busy_s", "loader_wait_s"}  # this process
+
+
 def without_times(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in h.items() if k != "time_s"} for h in history]
+    return [{k: v for k, v in h.items() if k not in TIMINGS} for h in history]
 
 
 @pytest.fixture(scope="module")

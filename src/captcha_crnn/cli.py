@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also checkpoint every M minutes within an epoch, besides every epoch end "
                         f"(default {d.checkpoint_minutes:g})")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    t.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where decoded images are cached on disk for training (default OUT/cache; reused while "
+                        "the data and preprocessing are unchanged); 'memory': hold them in RAM instead")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     _add_labels(t)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data.alphabet import Alphabet
 from ..data.augment import augment
-from ..data.dataset import ImageSet, load_samples
+from ..data.dataset import DiskImages, ImageSet, Prefetcher, cached_samples, load_samples
 from ..data.images import Preprocess, image_size, to_ink
 from ..data.labels import LabelRule, Sample, read_samples
 from ..data.split import split_items
@@ -104,8 +104,8 @@ def min_frames(label: str) -> int:
 def usable(ds: ImageSet, alphabet: Alphabet, name: str) -> ImageSet:
     """Drop (and report) samples that cannot be trained on: empty, unknown chars, too long."""
     keep, dropped = [], []
-    for i, (img, lab) in enumerate(zip(ds.images, ds.labels)):
-        t = img.shape[-1] // 4
+    for i, (width, lab) in enumerate(zip(ds.widths().tolist(), ds.labels)):
+        t = width // 4
         if not lab:
             dropped.append(f"{ds.paths[i]}: empty label")
         elif alphabet.unknown(lab):
@@ -212,7 +212,23 @@ class Data:
     how: str
 
 
-def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> tuple[TrainConfig, Data]:
+def load_set(samples: list[Sample], pre: Preprocess, cfg: TrainConfig, name: str, d: Dist | None = None) -> ImageSet:
+    """Decoded images of `samples`: through the on-disk cache (cfg.cache_dir, default OUT/cache), built by
+    the first process on each machine and reused when it exists; or held in memory (cache_dir "memory")."""
+    d = d or Dist()
+    threads = cfg.threads or distributed.threads_per_process(Dist(local_world=1))
+    if cfg.cache_dir == "memory":
+        return load_samples(samples, pre, f"loading {name}", cfg.progress, threads)
+    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
+    t0 = time.perf_counter()
+    ds = cached_samples(samples, pre, root, f"decoding {name}", cfg.progress, threads, build=d.local_rank == 0)
+    if isinstance(ds.images, DiskImages):
+        mb = int(ds.images.widths.sum()) * pre.channels * pre.height / 1e6
+        log(f"decoded {name} images: {len(ds)} ({mb:.1f} MB) in {ds.images.folder} ({time.perf_counter() - t0:.1f}s)")
+    return ds
+
+
+def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, d: Dist | None = None) -> tuple[TrainConfig, Data]:
     """Split, resolve the auto settings, decode the train and val images; a checkpoint fixes the encoding."""
     tr, va, te, how = load_data(cfg)
     cfg, notes = resolve(cfg, tr)
@@ -222,8 +238,8 @@ def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> tuple[TrainCo
     log(f"data: {cfg.data}: {len(tr)} train, {len(va)} val, {len(te)} test images; {how}")
     log(f"input: height {pre.height}, width {pre.width or 'aspect-preserving, padded'}, "
         f"{'grey' if pre.channels == 1 else 'colour'}")
-    train_set = load_samples(tr, pre, "loading train", cfg.progress)
-    val_set = load_samples(va, pre, "loading val", cfg.progress)
+    train_set = load_set(tr, pre, cfg, "train", d)
+    val_set = load_set(va, pre, cfg, "val", d)
     alphabet = Alphabet(ckpt["alphabet"]) if ckpt else Alphabet.from_labels(train_set.labels)
     train_set = usable(train_set, alphabet, "train")
     if len(train_set) == 0:
@@ -328,13 +344,22 @@ class Run:
         return distributed.broadcast_float(self.clock.elapsed(), self.d)
 
     # checkpoints ---------------------------------------------------------------------------------
-    def state_dict(self, rngs: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-        """Everything needed to continue exactly here (tensors and plain values only); rngs: per rank."""
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: random states, and the weight average's BatchNorm statistics
+        (each rank's follow its own shard)."""
+        buffers = {}
+        if self.ema and self.d.enabled:
+            buffers = {k: b.detach().cpu().clone() for k, b in self.kept().named_buffers() if b.is_floating_point()}
+        return {"rng": rng_state(self.aug_gen, self.device), "buffers": buffers}
+
+    def state_dict(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        """Everything needed to continue exactly here (tensors and plain values only); ranks: rank_state()s."""
         st = self.st
         return {
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             **({"ema": self.ema.state_dict()} if self.ema else {}),
-            "generator": self.order_gen.get_state(), "rng": rngs, "world_size": self.d.world,
+            "generator": self.order_gen.get_state(), "world_size": self.d.world,
+            "rng": [r["rng"] for r in ranks], "rank_buffers": [r["buffers"] for r in ranks],
             "epoch": st.epoch, "batch": st.batch, "step": st.step, "elapsed": st.elapsed,
             "order": torch.tensor(st.order if st.order is not None else [], dtype=torch.long),
             "losses": list(st.losses), "history": json.dumps(st.history), "best": json.dumps(st.best),
@@ -352,6 +377,10 @@ class Run:
         same_layout = int(ckpt.get("world_size", 1)) == self.d.world
         if "rng" in ckpt and same_layout:
             set_rng_state(ckpt["rng"][self.d.rank], self.aug_gen, self.device)
+            mine = ckpt.get("rank_buffers", [{}] * self.d.world)[self.d.rank]
+            for k, b in self.kept().named_buffers():
+                if k in mine:
+                    b.copy_(mine[k])
         elif "rng" not in ckpt:  # older checkpoints: one generator for order and augmentation, at epoch ends
             self.aug_gen.set_state(ckpt["generator"])
             torch.set_rng_state(ckpt["torch_rng"])
@@ -374,9 +403,9 @@ class Run:
     def save(self) -> None:
         """Write the checkpoint atomically (temporary file, fsync, rename); every rank takes part."""
         self.st.elapsed = self.now()
-        rngs = distributed.all_gather(rng_state(self.aug_gen, self.device), self.d)
+        ranks = distributed.all_gather(self.rank_state(), self.d)
         if self.d.main:
-            save_checkpoint(self.out / CHECKPOINT, self.state_dict(rngs))
+            save_checkpoint(self.out / CHECKPOINT, self.state_dict(ranks))
         self.last_save = self.st.elapsed
 
     def bundle(self) -> ModelBundle:
@@ -415,33 +444,48 @@ class Run:
             return f"time budget of {cfg.max_minutes} min spent"
         return ""
 
+    def fetch(self, idx: list[int]) -> tuple[list[int], torch.Tensor, np.ndarray]:
+        """A batch as the model takes it (runs in the loader thread): indices, float ink (B, C, H, W), widths."""
+        u8, widths = self.data.train.batch(idx)  # (B, C, H, W) uint8 from the cache, (B,)
+        x = torch.from_numpy(to_ink(u8))  # (B, C, H, W) float ink
+        return idx, x.pin_memory() if self.device.startswith("cuda") else x, widths
+
     def train_epoch(self) -> None:
-        """Train on epoch `st.epoch` from batch `st.batch`; checkpoint every cfg.checkpoint_minutes."""
+        """Train on epoch `st.epoch` from batch `st.batch`; checkpoint every cfg.checkpoint_minutes.
+
+        Batches are read and converted in a background thread a few steps ahead of the model.
+        """
         st = self.st
         self.model.train()
         if st.order is None:
             st.order = torch.randperm(len(self.data.train), generator=self.order_gen).tolist()
         mine = distributed.shard(st.order, self.d.rank, self.d.world)
-        every = self.cfg.checkpoint_minutes * 60 if self.cfg.checkpoint_minutes else None
-        for b in range(st.batch, self.steps_per_epoch):
-            elapsed = self.now()
-            if self.budget and elapsed > self.budget:
-                break
-            if every and elapsed - self.last_save >= every:
-                self.save()  # mid-epoch: the permutation and batch index come along
-            idx = mine[b * self.batch_size : (b + 1) * self.batch_size]
-            progress = max(st.step / self.total_steps, elapsed / self.budget if self.budget else 0.0)
-            loss = self.train_step(idx, lr_at(progress, self.cfg.lr, self.cfg.warmup))
-            st.batch, st.step = b + 1, st.step + 1
-            st.losses.append(loss)
-            self.bar.update(1)
-            self.bar.set_postfix(epoch=st.epoch + 1, loss=f"{loss:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}")
+        bs, every = self.batch_size, self.cfg.checkpoint_minutes * 60 if self.cfg.checkpoint_minutes else None
+        loader = Prefetcher(self.fetch, (mine[b * bs : (b + 1) * bs] for b in range(st.batch, self.steps_per_epoch)))
+        t0, images = time.perf_counter(), 0
+        try:
+            for b, (idx, x, widths) in enumerate(loader, start=st.batch):
+                elapsed = self.now()
+                if self.budget and elapsed > self.budget:
+                    break
+                if every and elapsed - self.last_save >= every:
+                    self.save()  # mid-epoch: the permutation and batch index come along
+                progress = max(st.step / self.total_steps, elapsed / self.budget if self.budget else 0.0)
+                loss = self.train_step(idx, x, widths, lr_at(progress, self.cfg.lr, self.cfg.warmup))
+                st.batch, st.step, images = b + 1, st.step + 1, images + len(idx)
+                st.losses.append(loss)
+                self.bar.update(1)
+                self.bar.set_postfix(epoch=st.epoch + 1, loss=f"{loss:.3f}",
+                                     lr=f"{self.opt.param_groups[0]['lr']:.1e}")
+        finally:
+            loader.close()
+        self.speed = {"train_s": time.perf_counter() - t0, "images": images,
+                      "loader_wait_s": loader.wait_s, "loader_busy_s": loader.busy_s}
 
-    def train_step(self, idx: list[int], lr: float) -> float:
-        """One optimizer step on the training images `idx`; returns the batch's mean CTC loss."""
+    def train_step(self, idx: list[int], x: torch.Tensor, widths: np.ndarray, lr: float) -> float:
+        """One optimizer step on the training images `idx` (ink x (B, C, H, W)); returns the mean CTC loss."""
         ds, alphabet = self.data.train, self.data.alphabet
-        u8, widths = ds.batch(idx)  # (B, C, H, W) uint8, (B,)
-        x = torch.from_numpy(to_ink(u8)).to(self.device)  # (B, C, H, W) float ink
+        x = x.to(self.device, non_blocking=True)
         x = augment(x, float(self.cfg.augment), self.aug_gen)
         targets, target_lens = ctc_targets([ds.labels[j] for j in idx], alphabet)
         for g in self.opt.param_groups:
@@ -465,11 +509,18 @@ class Run:
         distributed.average_buffers(self.kept(), self.d)
         val_loss, rep, preds = evaluate_set(self.kept(), data.val, data.alphabet, self.device, self.d)
         elapsed = self.now()
-        loss_sum, n = distributed.all_sum([float(np.sum(st.losses)), float(len(st.losses))], self.d)
+        sp = self.speed
+        loss_sum, n, images = distributed.all_sum([float(np.sum(st.losses)), float(len(st.losses)), sp["images"]],
+                                                  self.d)
         rec = {"epoch": st.epoch + 1, "step": st.step, "time_s": round(elapsed, 2),
                "train_loss": loss_sum / n if n else float("nan"), "val_loss": val_loss,
                "val_sequence_accuracy": rep.sequence_accuracy, "val_char_accuracy": rep.char_accuracy,
-               "val_cer": rep.cer, "lr": self.opt.param_groups[0]["lr"]}
+               "val_cer": rep.cer, "lr": self.opt.param_groups[0]["lr"],
+               # throughput of this epoch's training steps (all processes), and rank 0's loader:
+               # busy = time spent reading batches, wait = the part of it the model waited for
+               "train_images": int(images), "train_s": round(sp["train_s"], 3),
+               "images_per_s": round(images / sp["train_s"], 1) if sp["train_s"] else 0.0,
+               "loader_busy_s": round(sp["loader_busy_s"], 3), "loader_wait_s": round(sp["loader_wait_s"], 3)}
         st.history.append(rec)
         improved = (rep.sequence_accuracy, -val_loss) > (st.best["val_sequence_accuracy"], -st.best["val_loss"])
         if improved:
@@ -533,7 +584,7 @@ def _train(cfg: TrainConfig, device: str, d: Dist, on_epoch: EpochHook | None) -
     ckpt = shared_checkpoint(out / CHECKPOINT, d) if cfg.resume else None
     if ckpt and d.main:
         remove_stale_temporaries(out)
-    cfg, data_ = prepare_data(cfg, ckpt)
+    cfg, data_ = prepare_data(cfg, ckpt, d)
     model, init = build_model(cfg, data_, warm=ckpt is None)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg.preset} {cfg.backbone}+{cfg.rnn}, {n_params / 1e6:.2f}M parameters, device {device}"
@@ -562,7 +613,7 @@ def finish(out: Path, cfg: TrainConfig, te: list[Sample], pre: Preprocess, alpha
     b = load_bundle(model_path, device)
     test_rep = None
     if te:
-        test_set = load_samples(te, pre, "loading test", cfg.progress)
+        test_set = load_set(te, pre, cfg, "test")
         if len(test_set):
             _, test_rep, _ = evaluate_set(b.model, test_set, alphabet, device)
             log("test: " + f"n={test_rep.n}  sequence accuracy {test_rep.sequence_accuracy:.2%}  "
