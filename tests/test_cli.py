@@ -124,3 +124,14 @@ def test_bad_model_files(tmp_path: Path, clean_dir: Path, capsys) -> None:
 def test_module_entry_point(cmd: list[str]) -> None:
     r = subprocess.run([sys.executable, "-m", "captcha_crnn", *cmd], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "captcha-crnn" in r.stdout
+
+
+@pytest.mark.parametrize("flag,value,needle", [("--width", "wide", "number of pixels"),
+                                               ("--height", "40", "multiple of 16"),
+                                               ("--width", "3", "at least 16")])
+def test_bad_size_flags_are_usage_errors(flag: str, value: str, needle: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(tmp_path), flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert f"argument {flag}: " in err and needle in err

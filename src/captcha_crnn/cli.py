@@ -29,6 +29,30 @@ def count(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def _height(v: str) -> int:
+    """--height: a positive multiple of 16."""
+    try:
+        h = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 16, got {v!r}") from None
+    if h < 16 or h % 16:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 16 (16, 32, 48, ...), got {v}")
+    return h
+
+
+def _width(v: str) -> int | str:
+    """--width: a number of pixels (at least 16), 'variable' or 'auto'."""
+    if v in ("auto", "variable"):
+        return v
+    try:
+        w = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, 'variable' or 'auto', got {v!r}") from None
+    if w < 16:
+        raise argparse.ArgumentTypeError(f"expected at least 16 pixels, got {w}")
+    return w
+
+
 def _add_decode(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding")
     g.add_argument("--beam", type=count(1, MAX_BEAM), default=1, metavar="K",
@@ -230,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test", type=float, default=d.test, help="test fraction of the split")
     t.add_argument("--val-data", default=None, help="separate validation folder/CSV (no val split)")
     t.add_argument("--test-data", default=None, help="separate test folder/CSV (no test split)")
-    t.add_argument("--height", type=int, default=d.height, help="input height, a multiple of 16")
-    t.add_argument("--width", default=d.width,
+    t.add_argument("--height", type=_height, default=d.height, help="input height, a multiple of 16")
+    t.add_argument("--width", type=_width, default=d.width,
                    help="input width: a number, 'variable' (keep aspect, pad) or 'auto' (from the data)")
     t.add_argument("--channels", choices=["1", "3", "auto"], default=d.channels,
                    help="1 grey, 3 colour, auto: colour when the images carry colour (default)")
@@ -240,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", choices=["plain", "resnet"], default=d.backbone)
     t.add_argument("--rnn", choices=["gru", "lstm"], default=d.rnn)
     t.add_argument("--dropout", type=float, default=d.dropout)
+    t.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
+                   help="validate and keep a moving average of the weights with this decay (0: off)")
     t.add_argument("--augment", default=d.augment,
                    help="augmentation strength (0 = off); auto: 1.0 under 5000 images, else 0.5 (default)")
     t.add_argument("--case", choices=["sensitive", "insensitive"], default=d.case,
