@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageFilter, UnidentifiedImageError
 
 from ..errors import CaptchaError
 
@@ -38,12 +38,14 @@ class Preprocess:
     """How an image becomes model input. Stored in every model file.
 
     height: rows fed to the network. width: fixed width, or None to keep the aspect ratio
-    (then widths are padded per batch). channels: 1 (grey) or 3 (RGB).
+    (then widths are padded per batch). channels: 1 (grey) or 3 (RGB). crop: cut the image to the
+    box around its text first (``crop_to_ink``), for small text in wide blank margins.
     """
 
     height: int = 32
     width: int | None = 128
     channels: int = 1
+    crop: bool = False
     min_width: int = 16
     max_width: int = 1024
     max_pixels: int = 40_000_000
@@ -68,6 +70,8 @@ class Preprocess:
             _positive_int("width", self.width)
         if self.channels not in (1, 3):
             raise ValueError(f"preprocessing: channels must be 1 or 3, not {self.channels}")
+        if not isinstance(self.crop, bool):
+            raise ValueError(f"preprocessing: crop must be true or false, not {self.crop!r}")
         return self
 
     def target_width(self, w: int, h: int) -> int:
@@ -233,6 +237,31 @@ def _lab_to_rgb(im: Image.Image) -> Image.Image:
     return out if out is not None else im.getchannel("L").convert("RGB")
 
 
+INK_LEVEL = 24  # darker than white by more than this (in the palest channel) counts as ink
+
+
+def ink_box(im: Image.Image) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) around the text of an image on white, or None when it is blank.
+
+    Ink is any pixel darker than white by more than INK_LEVEL in some channel; a 3x3 minimum filter
+    then removes strokes one or two pixels thin (noise lines), so the box follows the glyphs.
+    """
+    a = np.asarray(im)
+    ink = (255 - (a.min(-1) if a.ndim == 3 else a)) > INK_LEVEL  # (H, W) bool
+    thick = Image.fromarray(ink.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3))
+    return thick.getbbox()
+
+
+def crop_to_ink(im: Image.Image, margin: float = 0.15) -> Image.Image:
+    """The image cut to its ink box plus a margin (a share of the box height); unchanged when blank."""
+    box = ink_box(im)
+    if box is None:
+        return im
+    left, top, right, bottom = box
+    m = max(2, round(margin * (bottom - top)))
+    return im.crop((max(0, left - m), max(0, top - m), min(im.width, right + m), min(im.height, bottom + m)))
+
+
 def load_image(src: ImageInput, pre: Preprocess) -> np.ndarray:
     """Load and preprocess one image to uint8 (C, H, W) at the model's height and width.
 
@@ -240,6 +269,8 @@ def load_image(src: ImageInput, pre: Preprocess) -> np.ndarray:
     """
     name = describe(src)
     im = to_mode(open_image(src, pre), pre.channels, name)
+    if pre.crop:
+        im = crop_to_ink(im)
     w, h = im.size
     tw = pre.target_width(w, h)
     try:

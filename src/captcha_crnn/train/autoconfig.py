@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..data.images import open_image, to_mode
+from ..data.images import crop_to_ink, open_image, to_mode
 from ..data.labels import Sample
 from ..errors import CaptchaError
 from .config import TrainConfig
@@ -19,6 +19,7 @@ from .config import TrainConfig
 COLOUR_PIXELS = 0.02  # share of strongly coloured pixels above which colour is kept
 BIG_DATA = 50_000  # images from which the larger model pays for itself
 SMALL_DATA = 5_000  # images below which augmentation runs at full strength
+CROP_BELOW = 0.5  # crop images to their text when the text box (with margin) is under this share of them
 
 
 def colour_share(samples: list[Sample], k: int = 48) -> float:
@@ -33,6 +34,19 @@ def colour_share(samples: list[Sample], k: int = 48) -> float:
     return float(np.mean(shares)) if shares else 0.0
 
 
+def text_share(samples: list[Sample], k: int = 48) -> float:
+    """Mean share of the image area that its text box (data/images.py: crop_to_ink) covers, over up to k images."""
+    shares = []
+    for s in samples[:: max(1, len(samples) // k)][:k]:
+        try:
+            im = to_mode(open_image(s.path), 3)
+        except CaptchaError:
+            continue
+        box = crop_to_ink(im)
+        shares.append(box.width * box.height / max(1, im.width * im.height))
+    return float(np.mean(shares)) if shares else 1.0
+
+
 def resolve(cfg: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, list[str]]:
     """Replace every "auto" field of cfg by a choice made from the training samples; say why."""
     notes, changes = [], {}
@@ -40,6 +54,10 @@ def resolve(cfg: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, list[
         share = colour_share(samples)
         changes["channels"] = 3 if share > COLOUR_PIXELS else 1
         notes.append(f"{'colour' if changes['channels'] == 3 else 'grey'} ({share:.1%} coloured pixels)")
+    if cfg.crop == "auto":
+        share = text_share(samples)
+        changes["crop"] = share < CROP_BELOW
+        notes.append(f"{'crop to the text' if changes['crop'] else 'no crop'} (text box {share:.0%} of the image)")
     if cfg.preset == "auto":
         changes["preset"] = "base" if len(samples) >= BIG_DATA else "small"
         notes.append(f"model {changes['preset']} ({len(samples)} training images)")

@@ -36,6 +36,7 @@ class TrainConfig:
     height: int = 32
     width: int | str | None = "auto"
     channels: int | str = "auto"  # 1 grey, 3 colour, auto: colour when the data has colour
+    crop: bool | str = "auto"  # cut each image to its text first; auto: when text fills under half the image
     # model
     preset: str = "auto"  # tiny | small | base | auto (from the data size)
     backbone: str = "plain"
@@ -89,6 +90,8 @@ class TrainConfig:
             _bad("width", w, "a number of at least 4, 'variable' or 'auto'")
         if self.channels not in ("auto", 1, 3, "1", "3"):
             _bad("channels", self.channels, "1, 3 or auto")
+        if self.crop not in ("auto", True, False):
+            _bad("crop", self.crop, "on, off or auto")
         if self.augment != "auto" and (not _number(self.augment) or self.augment < 0):
             _bad("augment", self.augment, "a number of at least 0 or auto")
         for name, choices in (("preset", ("tiny", "small", "base", "auto")), ("backbone", ("plain", "resnet")),
