@@ -77,6 +77,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg.progress = not a.quiet
     if cfg.channels != "auto":
         cfg.channels = int(cfg.channels)
+    cfg.crop = {"on": True, "off": False}.get(a.crop, "auto")
     if cfg.augment != "auto":
         try:
             cfg.augment = float(cfg.augment)
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--height", type=_height, default=d.height, help="input height, a multiple of 16")
     t.add_argument("--width", type=_width, default=d.width,
                    help="input width: a number, 'variable' (keep aspect, pad) or 'auto' (from the data)")
+    t.add_argument("--crop", choices=["on", "off", "auto"], default="auto",
+                   help="cut each image to the box around its text before resizing; auto: when the text "
+                        "covers under half of the image (default)")
     t.add_argument("--channels", choices=["1", "3", "auto"], default=d.channels,
                    help="1 grey, 3 colour, auto: colour when the images carry colour (default)")
     t.add_argument("--preset", choices=["tiny", "small", "base", "auto"], default=d.preset,

@@ -20,12 +20,12 @@ from ..data.dataset import DiskImages, ImageSet, Prefetcher, cached_samples, loa
 from ..data.images import Preprocess, image_size, to_ink
 from ..data.labels import LabelRule, Sample, read_samples
 from ..data.split import split_items
-from ..decode.ctc import decode_batch
+from ..decode.ctc import greedy_decode_batch
 from ..errors import CaptchaError
 from ..evaluate import Report, score_both
 from ..model.crnn import CRNN, preset
 from ..model.modelfile import ModelBundle, save_bundle
-from ..model.run import log_probs
+from ..model.run import width_batches
 from . import distributed
 from .autoconfig import resolve
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -70,11 +70,12 @@ def pick_device(name: str) -> str:
 
 
 def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
-    """Fixed width when every sampled image has one size, else aspect-preserving with padding."""
+    """Fixed width when every sampled image has one size (and no cropping), else aspect-preserving with padding."""
+    crop = bool(cfg.crop) and cfg.crop != "auto"
     if cfg.width not in ("auto", None, "variable"):
-        return Preprocess(height=cfg.height, width=int(cfg.width), channels=cfg.channels)
+        return Preprocess(height=cfg.height, width=int(cfg.width), channels=cfg.channels, crop=crop)
     if cfg.width == "variable":
-        return Preprocess(height=cfg.height, width=None, channels=cfg.channels)
+        return Preprocess(height=cfg.height, width=None, channels=cfg.channels, crop=crop)
     sizes = set()
     for s in samples[:: max(1, len(samples) // 200)]:
         try:
@@ -83,11 +84,11 @@ def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
             continue
     max_len = max(len(s.label) for s in samples)
     min_w = 4 * (2 * max_len + 1)  # room for every char and a blank between repeats
-    if len(sizes) == 1:
+    if len(sizes) == 1 and not crop:  # cropped boxes differ in size: keep their aspect ratio
         (w, h), = sizes
         tw = max(min_w, round(w * cfg.height / h))
         return Preprocess(height=cfg.height, width=(tw + 3) // 4 * 4, channels=cfg.channels)
-    return Preprocess(height=cfg.height, width=None, channels=cfg.channels, min_width=min_w)
+    return Preprocess(height=cfg.height, width=None, channels=cfg.channels, min_width=min_w, crop=crop)
 
 
 def ctc_targets(labels: list[str], alphabet: Alphabet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,18 +144,28 @@ def init_weights(model: CRNN, alphabet: Alphabet, init: str | None) -> str:
         raise
 
 
-def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str) -> tuple[list[float], list[str]]:
-    """Per image: CTC loss per character (nan where the label cannot be scored) and the greedy reading."""
-    lps = log_probs(model, ds.images, 256, device)
-    preds = [alphabet.decode(decode_batch(lp[None])[0].indices) for lp in lps]
-    losses = []
-    for lp, lab in zip(lps, ds.labels):
-        loss = float("nan")
-        if lab and not alphabet.unknown(lab):
-            tgt = torch.tensor(alphabet.encode(lab))
-            loss = F.ctc_loss(torch.from_numpy(lp)[:, None], tgt[None], [lp.shape[0]], [len(tgt)],
-                              blank=0, reduction="sum", zero_infinity=True).item() / len(tgt)
-        losses.append(loss)
+@torch.inference_mode()
+def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
+             batch_size: int = 64) -> tuple[list[float], list[str]]:
+    """Per image: CTC loss per character (nan where the label cannot be scored) and the greedy reading.
+
+    Batched by width: one forward, one greedy decode and one CTC loss call per batch.
+    """
+    model.eval()
+    losses, preds = [float("nan")] * len(ds), [""] * len(ds)
+    for idx in width_batches(ds.widths().tolist(), batch_size):
+        u8, widths = ds.batch(idx)  # (B, C, H, W) uint8, (B,)
+        lp = model(torch.from_numpy(to_ink(u8)).to(device)).float().cpu()  # (B, T, classes)
+        lens = CRNN.output_lengths(torch.from_numpy(widths))  # (B,) valid frames
+        for i, d in zip(idx, greedy_decode_batch(lp.numpy(), lens.tolist())):
+            preds[i] = alphabet.decode(d.indices)
+        ok = [k for k, i in enumerate(idx) if ds.labels[i] and not alphabet.unknown(ds.labels[i])]
+        if ok:
+            targets, target_lens = ctc_targets([ds.labels[idx[k]] for k in ok], alphabet)
+            nll = F.ctc_loss(lp[ok].transpose(0, 1), targets, lens[ok], target_lens, blank=0,
+                             reduction="none", zero_infinity=True)  # (B',) summed over each label
+            for k, v in zip(ok, (nll / target_lens).tolist()):
+                losses[idx[k]] = v
     return losses, preds
 
 
