@@ -1,8 +1,8 @@
 """Training throughput and memory: images/s with 1 and N processes, the loader's share, peak RSS.
 
     python benchmarks/train_throughput.py [--data DIR | --n 20000 --size 200x50] [--minutes 1]
-        [--procs 1 2] [--work bench_out/throughput] [--json bench_out/train_throughput.json]
-        [-- extra captcha-crnn train flags, e.g. --preset small --batch-size 64]
+        [--procs 1 2] [--batch-size 32] [--work bench_out/throughput] [--json bench_out/train_throughput.json]
+        [-- extra captcha-crnn train flags, e.g. --preset small --threads 1 --val 0.02]
 
 Without --data it synthesizes N captchas (`captcha-crnn synth`, all cores) into the work folder
 once. Each process count runs `captcha-crnn train` as a fresh run under a time budget (N > 1
@@ -12,6 +12,7 @@ cache, so the first run also pays for decoding the set (reported apart). From hi
 - images/s: training images per second of the epochs' step loops (all processes together);
 - loader busy: the share of that time the loader thread spent reading and converting batches,
   loader wait: the share the model actually waited for it (the rest overlaps with compute);
+  loader alone: images/s the loader delivers by itself (random batches from the cache, converted);
 - peak RSS: the highest sum of resident memory over the process tree (torchrun's agent and
   workers included), sampled every 0.2 s; memory shared between processes is counted once per
   process, so this overstates a multi-process run.
@@ -83,13 +84,37 @@ def make_data(work: Path, n: int, size: str) -> Path:
     return data
 
 
-def train_cmd(procs: int, data: Path, out: Path, cache: Path, minutes: float, extra: list[str]) -> list[str]:
+def train_cmd(procs: int, data: Path, out: Path, cache: Path, minutes: float, batch_size: int,
+              extra: list[str]) -> list[str]:
     launch = [sys.executable, "-m", "captcha_crnn"]
     if procs > 1:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
                   "-m", "captcha_crnn"]
     return [*launch, "train", str(data), "--out", str(out), "--cache-dir", str(cache), "--max-minutes", str(minutes),
-            "--epochs", "1000", "--patience", "1000", "--quiet", *extra]
+            "--epochs", "1000", "--patience", "1000", "--quiet", "--batch-size", str(batch_size), *extra]
+
+
+def loader_speed(log: Path, batch_size: int, seconds: float = 5.0) -> float:
+    """Images/s the loader alone delivers (random batches from the run's train cache, read and converted;
+    0 when the run held its images in memory)."""
+    import numpy as np
+
+    from captcha_crnn.data.dataset import DiskImages
+    from captcha_crnn.data.images import to_ink
+
+    found = re.search(r"decoded train images: \d+ \([\d.]+ MB\) in (\S+)", log.read_text())
+    if not found:  # --cache-dir memory: no cache to read from
+        return 0.0
+    folder = Path(found.group(1))
+    index = np.load(folder / "index.npy")  # (N, 3): row, offset, width
+    meta = json.loads((folder / "index.json").read_text())
+    images = DiskImages(folder, index[:, 1], index[:, 2], meta["channels"], meta["height"])
+    rng, n, t0 = np.random.default_rng(0), 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        u8, _ = images.batch(rng.integers(0, len(images), batch_size).tolist())
+        to_ink(u8)
+        n += batch_size
+    return n / (time.perf_counter() - t0)
 
 
 def summarize(out: Path, log: Path) -> dict:
@@ -112,6 +137,7 @@ def main() -> None:
     ap.add_argument("--size", default="200x50")
     ap.add_argument("--minutes", type=float, default=1.0, help="training time budget per run")
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batch-size", type=int, default=32, help="global batch size (the train default)")
     ap.add_argument("--work", default="bench_out/throughput")
     ap.add_argument("--json", default="bench_out/train_throughput.json")
     ap.add_argument("extra", nargs="*", help="more `captcha-crnn train` flags (after --)")
@@ -126,10 +152,11 @@ def main() -> None:
         out = work / f"run-{p}proc"
         shutil.rmtree(out, ignore_errors=True)
         log = work / f"run-{p}proc.log"
-        m = run_measured(train_cmd(p, data, out, cache, a.minutes, extra), log)
+        m = run_measured(train_cmd(p, data, out, cache, a.minutes, a.batch_size, extra), log)
         if m["rc"] != 0:
             sys.exit(f"{p} process run failed (exit {m['rc']}); see {log}")
         runs.append({"processes": p, **m, **summarize(out, log)})
+        runs[-1]["loader_alone_images_per_s"] = round(loader_speed(log, a.batch_size), 0)
         print(f"{p} process(es): {runs[-1]['images_per_s']} images/s", file=sys.stderr)
     result = {"data": str(data), "images": sum(1 for _ in Path(data).glob("*.png")) if Path(data).is_dir() else None,
               "minutes": a.minutes, "train_flags": extra, "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -137,12 +164,13 @@ def main() -> None:
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(result, indent=1))
     print(f"\n{data}: {result['images']} images, {a.minutes} min budget per run, {os.cpu_count()} CPUs")
-    print("| processes | images/s | loader busy | loader wait | steps | decode (s) | wall (s) | peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| processes | images/s | loader busy | loader wait | loader alone (img/s) | steps | decode (s) | wall (s) "
+          "| peak RSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['processes']} | {r['images_per_s']:.1f} | {r['loader_busy_share']:.1%} | "
-              f"{r['loader_wait_share']:.1%} | {r['steps']} | {r['decode_s']:.0f} | {r['wall_s']:.0f} | "
-              f"{r['peak_rss_mb']:.0f} |")
+              f"{r['loader_wait_share']:.1%} | {r['loader_alone_images_per_s']:.0f} | {r['steps']} | "
+              f"{r['decode_s']:.0f} | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |")
     print(f"wrote {a.json}")
 
 
