@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input width: a number, 'variable' (keep aspect, pad) or 'auto' (from the data)")
     t.add_argument("--crop", choices=["on", "off", "auto"], default="auto",
                    help="cut each image to the box around its text before resizing; auto: when the text "
-                        "covers under half of the image (default)")
+                        "covers under 30%% of images of varying sizes (default)")
     t.add_argument("--channels", choices=["1", "3", "auto"], default=d.channels,
                    help="1 grey, 3 colour, auto: colour when the images carry colour (default)")
     t.add_argument("--preset", choices=["tiny", "small", "base", "auto"], default=d.preset,

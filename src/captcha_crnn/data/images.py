@@ -240,16 +240,31 @@ def _lab_to_rgb(im: Image.Image) -> Image.Image:
 INK_LEVEL = 24  # darker than white by more than this (in the palest channel) counts as ink
 
 
-def ink_box(im: Image.Image) -> tuple[int, int, int, int] | None:
+def ink_box(im: Image.Image, min_ink: int = 3) -> tuple[int, int, int, int] | None:
     """(left, top, right, bottom) around the text of an image on white, or None when it is blank.
 
-    Ink is any pixel darker than white by more than INK_LEVEL in some channel; a 3x3 minimum filter
-    then removes strokes one or two pixels thin (noise lines), so the box follows the glyphs.
+    Ink is any pixel darker than white by more than INK_LEVEL in some channel. Bold glyphs: a 3x3
+    minimum filter removes strokes one or two pixels thin (noise lines) and the box follows what
+    is left. When that loses most of the ink (a thin font), the box spans instead the columns with
+    at least `min_ink` ink pixels (a thin line adds one or two per column), and their inked rows.
     """
     a = np.asarray(im)
     ink = (255 - (a.min(-1) if a.ndim == 3 else a)) > INK_LEVEL  # (H, W) bool
-    thick = Image.fromarray(ink.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3))
-    return thick.getbbox()
+    thick = Image.fromarray(ink.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(3)).getbbox()
+    if thick is not None:
+        h, w = ink.shape  # the filter took one pixel off every side of a glyph: give it back
+        left, top = max(0, thick[0] - 1), max(0, thick[1] - 1)
+        right, bottom = min(w, thick[2] + 1), min(h, thick[3] + 1)
+        if ink[top:bottom, left:right].sum() >= 0.5 * ink.sum():
+            return left, top, right, bottom
+    cols = np.flatnonzero(ink.sum(0) >= min_ink)
+    if not len(cols):
+        return None
+    left, right = int(cols[0]), int(cols[-1]) + 1
+    rows = np.flatnonzero(ink[:, left:right].sum(1) >= min_ink)
+    if not len(rows):
+        return None
+    return left, int(rows[0]), right, int(rows[-1]) + 1
 
 
 def crop_to_ink(im: Image.Image, margin: float = 0.15) -> Image.Image:

@@ -19,7 +19,7 @@ from .config import TrainConfig
 COLOUR_PIXELS = 0.02  # share of strongly coloured pixels above which colour is kept
 BIG_DATA = 50_000  # images from which the larger model pays for itself
 SMALL_DATA = 5_000  # images below which augmentation runs at full strength
-CROP_BELOW = 0.5  # crop images to their text when the text box (with margin) is under this share of them
+CROP_BELOW = 0.3  # crop images to their text when the text box (with margin) covers under this share of them
 
 
 def colour_share(samples: list[Sample], k: int = 48) -> float:
@@ -34,9 +34,10 @@ def colour_share(samples: list[Sample], k: int = 48) -> float:
     return float(np.mean(shares)) if shares else 0.0
 
 
-def text_share(samples: list[Sample], k: int = 48) -> float:
-    """Mean share of the image area that its text box (data/images.py: crop_to_ink) covers, over up to k images."""
-    shares = []
+def text_share(samples: list[Sample], k: int = 48) -> tuple[float, int]:
+    """(mean share of the image area its text box covers (data/images.py: crop_to_ink), number of
+    distinct image sizes), over up to k images."""
+    shares, sizes = [], set()
     for s in samples[:: max(1, len(samples) // k)][:k]:
         try:
             im = to_mode(open_image(s.path), 3)
@@ -44,7 +45,8 @@ def text_share(samples: list[Sample], k: int = 48) -> float:
             continue
         box = crop_to_ink(im)
         shares.append(box.width * box.height / max(1, im.width * im.height))
-    return float(np.mean(shares)) if shares else 1.0
+        sizes.add(im.size)
+    return (float(np.mean(shares)) if shares else 1.0), len(sizes)
 
 
 def resolve(cfg: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, list[str]]:
@@ -55,9 +57,10 @@ def resolve(cfg: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, list[
         changes["channels"] = 3 if share > COLOUR_PIXELS else 1
         notes.append(f"{'colour' if changes['channels'] == 3 else 'grey'} ({share:.1%} coloured pixels)")
     if cfg.crop == "auto":
-        share = text_share(samples)
-        changes["crop"] = share < CROP_BELOW
-        notes.append(f"{'crop to the text' if changes['crop'] else 'no crop'} (text box {share:.0%} of the image)")
+        share, n_sizes = text_share(samples)  # one image size: a fixed layout, kept as it is
+        changes["crop"] = share < CROP_BELOW and n_sizes > 1
+        notes.append(f"{'crop to the text' if changes['crop'] else 'no crop'} (text box {share:.0%} of the image, "
+                     f"{n_sizes} image size{'s' if n_sizes > 1 else ''})")
     if cfg.preset == "auto":
         changes["preset"] = "base" if len(samples) >= BIG_DATA else "small"
         notes.append(f"model {changes['preset']} ({len(samples)} training images)")

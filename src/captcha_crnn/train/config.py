@@ -36,7 +36,7 @@ class TrainConfig:
     height: int = 32
     width: int | str | None = "auto"
     channels: int | str = "auto"  # 1 grey, 3 colour, auto: colour when the data has colour
-    crop: bool | str = "auto"  # cut each image to its text first; auto: when text fills under half the image
+    crop: bool | str = "auto"  # cut each image to its text first; auto: when the text box covers under 30% of the image
     # model
     preset: str = "auto"  # tiny | small | base | auto (from the data size)
     backbone: str = "plain"
