@@ -360,7 +360,8 @@ def test_score_both_separates_case_errors() -> None:
 def test_cli_flags_override_every_auto_choice(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     argv = ["train", str(tiny_data), "--out", str(out), "--epochs", "1", "--label-sep", "_", "--init", "none",
-            "--quiet", "--channels", "3", "--preset", "tiny", "--augment", "0", "--width", "96", "--height", "48"]
+            "--quiet", "--channels", "3", "--preset", "tiny", "--augment", "0", "--width", "96", "--height", "48",
+            "--crop", "off"]
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf):
         assert cli_main(argv) == 0
