@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from captcha_crnn.data.images import Preprocess, crop_to_ink, ink_box, load_image
 from captcha_crnn.data.labels import Sample
 from captcha_crnn.train import TrainConfig
-from captcha_crnn.train.autoconfig import resolve, text_share
+from captcha_crnn.train.autoconfig import resolve, sample_images, text_share
 from captcha_crnn.train.loop import choose_preprocess
 
 
@@ -74,7 +74,7 @@ def test_autoconfig_crops_only_when_text_is_small(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "f").mkdir()
     small_text, full_text = _samples(tmp_path / "m", True), _samples(tmp_path / "f", False)
-    assert text_share(small_text)[0] < 0.3 < text_share(full_text)[0]
+    assert text_share(sample_images(small_text))[0] < 0.3 < text_share(sample_images(full_text))[0]
     cfg, notes = resolve(TrainConfig(), small_text)
     assert cfg.crop is True and any("crop to the text" in n for n in notes)
     pre = choose_preprocess(cfg, small_text)

@@ -325,8 +325,7 @@ class Prefetcher(Generic[T]):
         self._thread.join()
 
 
-def iterate_batches(n: int, batch_size: int, order: Sequence[int] | None = None) -> Iterator[list[int]]:
-    """Consecutive index batches over `order` (default range(n))."""
-    order = list(range(n)) if order is None else list(order)
-    for i in range(0, len(order), batch_size):
-        yield order[i : i + batch_size]
+def width_batches(widths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Index batches of similar widths, so padding stays small (input order kept among equal widths)."""
+    order = sorted(range(len(widths)), key=lambda i: widths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

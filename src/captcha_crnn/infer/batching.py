@@ -73,12 +73,3 @@ def stack_batch(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
             u8[i, :, :, : a.shape[-1]] = a
         u8 = u8[..., :w_in]
     return to_ink(u8), widths
-
-
-def width_batches(widths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Index batches of similar widths (in input order when every width is the same)."""
-    if len(set(widths)) <= 1:
-        n = len(widths)
-        return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
-    order = sorted(range(len(widths)), key=lambda i: widths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.alphabet import Alphabet
+from ..data.dataset import width_batches
 from ..data.images import ImageInput, Preprocess, describe
 from ..decode.ctc import decode_batch
 from ..errors import CaptchaError
-from .batching import PARALLEL_MIN, default_threads, load_many, stack_batch, width_batches
+from .batching import PARALLEL_MIN, default_threads, load_many, stack_batch
 from .engines import OnnxEngine, TorchEngine, check_metadata, onnx_for, pick_engine
 
 if TYPE_CHECKING:  # model/ imports torch, which reading an .onnx file does without

@@ -7,14 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..data.dataset import width_batches
 from ..data.images import stack_padded, to_ink
 from .crnn import CRNN
-
-
-def width_batches(widths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Index batches of similar widths (stable order within equal widths)."""
-    order = sorted(range(len(widths)), key=lambda i: widths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""Automatic configuration from the training data: colour, model size and augmentation strength.
+"""Automatic configuration from the training data: colour, cropping, model size and augmentation strength.
 
 Every choice is printed before training and stored in the model file (the resolved TrainConfig);
 a flag given on the command line overrides it. The input size and the CTC time resolution are
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from PIL import Image
 
 from ..data.images import crop_to_ink, open_image, to_mode
 from ..data.labels import Sample
@@ -22,42 +23,46 @@ SMALL_DATA = 5_000  # images below which augmentation runs at full strength
 CROP_BELOW = 0.3  # crop images to their text when the text box (with margin) covers under this share of them
 
 
-def colour_share(samples: list[Sample], k: int = 48) -> float:
-    """Mean share of pixels whose channels differ by more than 40 levels, over up to k images."""
-    shares = []
+def sample_images(samples: list[Sample], k: int = 48) -> list[Image.Image]:
+    """Up to k evenly spaced training images, opened as RGB (unreadable ones left out)."""
+    images = []
     for s in samples[:: max(1, len(samples) // k)][:k]:
         try:
-            rgb = np.asarray(to_mode(open_image(s.path), 3), dtype=np.int16)
+            images.append(to_mode(open_image(s.path), 3))
         except CaptchaError:
             continue
+    return images
+
+
+def colour_share(images: list[Image.Image]) -> float:
+    """Mean share of pixels whose channels differ by more than 40 levels."""
+    shares = []
+    for im in images:
+        rgb = np.asarray(im, dtype=np.int16)
         shares.append(float(((rgb.max(-1) - rgb.min(-1)) > 40).mean()))
     return float(np.mean(shares)) if shares else 0.0
 
 
-def text_share(samples: list[Sample], k: int = 48) -> tuple[float, int]:
+def text_share(images: list[Image.Image]) -> tuple[float, int]:
     """(mean share of the image area its text box covers (data/images.py: crop_to_ink), number of
-    distinct image sizes), over up to k images."""
-    shares, sizes = [], set()
-    for s in samples[:: max(1, len(samples) // k)][:k]:
-        try:
-            im = to_mode(open_image(s.path), 3)
-        except CaptchaError:
-            continue
+    distinct image sizes)."""
+    shares = []
+    for im in images:
         box = crop_to_ink(im)
         shares.append(box.width * box.height / max(1, im.width * im.height))
-        sizes.add(im.size)
-    return (float(np.mean(shares)) if shares else 1.0), len(sizes)
+    return (float(np.mean(shares)) if shares else 1.0), len({im.size for im in images})
 
 
 def resolve(cfg: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, list[str]]:
     """Replace every "auto" field of cfg by a choice made from the training samples; say why."""
     notes, changes = [], {}
+    images = sample_images(samples) if "auto" in (cfg.channels, cfg.crop) else []  # opened once for both
     if cfg.channels == "auto":
-        share = colour_share(samples)
+        share = colour_share(images)
         changes["channels"] = 3 if share > COLOUR_PIXELS else 1
         notes.append(f"{'colour' if changes['channels'] == 3 else 'grey'} ({share:.1%} coloured pixels)")
     if cfg.crop == "auto":
-        share, n_sizes = text_share(samples)  # one image size: a fixed layout, kept as it is
+        share, n_sizes = text_share(images)  # one image size: a fixed layout, kept as it is
         changes["crop"] = share < CROP_BELOW and n_sizes > 1
         notes.append(f"{'crop to the text' if changes['crop'] else 'no crop'} (text box {share:.0%} of the image, "
                      f"{n_sizes} image size{'s' if n_sizes > 1 else ''})")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data.alphabet import Alphabet
 from ..data.augment import augment
-from ..data.dataset import DiskImages, ImageSet, Prefetcher, cached_samples, load_samples
+from ..data.dataset import DiskImages, ImageSet, Prefetcher, cached_samples, load_samples, width_batches
 from ..data.images import Preprocess, image_size, to_ink
 from ..data.labels import LabelRule, Sample, read_samples
 from ..data.split import split_items
@@ -25,7 +25,6 @@ from ..errors import CaptchaError
 from ..evaluate import Report, score_both
 from ..model.crnn import CRNN, preset
 from ..model.modelfile import ModelBundle, save_bundle
-from ..model.run import width_batches
 from . import distributed
 from .autoconfig import resolve
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -71,7 +70,7 @@ def pick_device(name: str) -> str:
 
 def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
     """Fixed width when every sampled image has one size (and no cropping), else aspect-preserving with padding."""
-    crop = bool(cfg.crop) and cfg.crop != "auto"
+    crop = cfg.crop is True  # resolved by autoconfig; "auto" left unresolved means no crop
     if cfg.width not in ("auto", None, "variable"):
         return Preprocess(height=cfg.height, width=int(cfg.width), channels=cfg.channels, crop=crop)
     if cfg.width == "variable":
