@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from captcha_crnn.data.alphabet import Alphabet
+from captcha_crnn.data.dataset import bucketed_order
 from captcha_crnn.data.images import Preprocess, to_ink
 from captcha_crnn.errors import CaptchaError
 from captcha_crnn.model import CRNN, PRESETS, CRNNConfig
@@ -349,6 +350,18 @@ def test_width_batches():
     b = width_batches([50, 10, 30, 10, 40], 2)
     assert b == [[1, 3], [2, 4], [0]]
     assert sorted(i for x in b for i in x) == list(range(5))
+
+
+def test_bucketed_order_groups_similar_widths():
+    rng = np.random.default_rng(0)
+    widths = rng.integers(40, 400, 1000).tolist()
+    order = rng.permutation(1000).tolist()
+    out = bucketed_order(order, widths, 32, seed=1, pool=10)
+    assert sorted(out) == list(range(1000))  # a permutation: every image once per epoch
+    assert out != order and out == bucketed_order(order, widths, 32, seed=1, pool=10)  # seeded
+    spread = lambda o: np.mean([np.ptp([widths[i] for i in o[k:k + 32]]) for k in range(0, 992, 32)])  # noqa: E731
+    assert spread(out) < spread(order) / 5  # batches hold similar widths: little padding
+    assert bucketed_order(order, [64] * 1000, 32, seed=1) == order  # one width: nothing to group
 
 
 def test_log_probs_mixed_widths():

@@ -325,7 +325,28 @@ class Prefetcher(Generic[T]):
         self._thread.join()
 
 
-def width_batches(widths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Index batches of similar widths, so padding stays small (input order kept among equal widths)."""
-    order = sorted(range(len(widths)), key=lambda i: widths[i])
+def width_batches(widths: Sequence[int], batch_size: int, order: Sequence[int] | None = None) -> list[list[int]]:
+    """Index batches of similar widths, so padding stays small (input order kept among equal widths).
+
+    `order`: the indices to batch (default all of them, 0..len(widths)-1).
+    """
+    order = sorted(range(len(widths)) if order is None else order, key=lambda i: widths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def bucketed_order(order: list[int], widths: Sequence[int], batch_size: int, seed: int, pool: int = 50) -> list[int]:
+    """A shuffled epoch order whose consecutive runs of `batch_size` indices have similar widths.
+
+    The shuffled `order` is cut into pools of `pool` batches; each pool is sorted by width and cut
+    into batches, and the full batches are shuffled (a short one goes last). Images of very
+    different widths then rarely share a batch, so little time goes to padding, while every epoch
+    still sees the images in a new random grouping. Equal widths: `order` unchanged.
+    """
+    if len(set(widths[i] for i in order)) <= 1:
+        return order
+    chunk = batch_size * pool
+    batches = [b for s in range(0, len(order), chunk) for b in width_batches(widths, batch_size, order[s : s + chunk])]
+    full = [b for b in batches if len(b) == batch_size]
+    short = [b for b in batches if len(b) < batch_size]
+    perm = np.random.default_rng(seed).permutation(len(full)).tolist()
+    return [i for k in perm for i in full[k]] + [i for b in short for i in b]

@@ -217,11 +217,13 @@ def _to_mode(im: Image.Image, channels: int) -> Image.Image:
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode in ("La", "PA"):
         im = im.convert("LA" if im.mode == "La" else "RGBA")
+    target = "L" if channels == 1 else "RGB"
+    if im.mode in ("RGBA", "LA") and im.getchannel("A").getextrema()[0] == 255:
+        return im.convert(target)  # opaque: nothing to composite onto white
     if im.mode in ("RGBA", "LA", "RGBa"):
         im = im.convert("RGBA")
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, im)
-    target = "L" if channels == 1 else "RGB"
     return im if im.mode == target else im.convert(target)
 
 

@@ -14,7 +14,7 @@ class TrainConfig:
 
     data: str = ""
     out: str = "runs/model"
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-2

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data.alphabet import Alphabet
 from ..data.augment import augment
-from ..data.dataset import DiskImages, ImageSet, Prefetcher, cached_samples, load_samples, width_batches
+from ..data.dataset import DiskImages, ImageSet, Prefetcher, bucketed_order, cached_samples, load_samples, width_batches
 from ..data.images import Preprocess, image_size, to_ink
 from ..data.labels import LabelRule, Sample, read_samples
 from ..data.split import split_items
@@ -340,6 +340,7 @@ class Run:
         if d.enabled:
             torch.manual_seed(cfg.seed * 65_537 + 1 + d.rank)  # dropout masks differ between ranks
         self.batch_size = -(-cfg.batch_size // d.world)  # per rank
+        self.train_widths = data.train.widths().tolist()  # epoch orders group similar widths
         shard_len = -(-len(data.train) // d.world)
         self.steps_per_epoch = -(-shard_len // self.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -468,7 +469,9 @@ class Run:
         st = self.st
         self.model.train()
         if st.order is None:
-            st.order = torch.randperm(len(self.data.train), generator=self.order_gen).tolist()
+            order = torch.randperm(len(self.data.train), generator=self.order_gen).tolist()
+            seed = int(torch.randint(2**31 - 1, (1,), generator=self.order_gen))
+            st.order = bucketed_order(order, self.train_widths, self.batch_size * self.d.world, seed)
         mine = distributed.shard(st.order, self.d.rank, self.d.world)
         bs, every = self.batch_size, self.cfg.checkpoint_minutes * 60 if self.cfg.checkpoint_minutes else None
         loader = Prefetcher(self.fetch, (mine[b * bs : (b + 1) * bs] for b in range(st.batch, self.steps_per_epoch)))
