@@ -20,7 +20,10 @@ ddddocr runs with its own defaults (ONNX Runtime's default: every core).
 Accuracy (exact string match, label = file stem): when the model's metadata says it was trained
 on this same folder, our engines are scored on the held-out test split that training made
 (``train.loop.load_data`` with the seed and fractions stored in the model), which is reported as
-``accuracy_set``; otherwise on every image. ddddocr (not trained on this set, restricted to the
+``accuracy_set``; otherwise on every image. The shipped models are trained on every image, so
+for them ``--accuracy-model`` names a model of the same recipe trained on a seeded split (from
+``benchmarks/train_captcha_v2.py --keep DIR``); it reads the held-out images with the same engine,
+while speed, memory and size are the shipped model's. ddddocr (not trained on this set, restricted to the
 set's characters with ``set_ranges``) is scored on the same images and on the whole set.
 """
 
@@ -81,8 +84,8 @@ def worker(spec: dict) -> dict:
         kind = "torch" if engine == "torch" else "onnx"
         model_file = Path(spec["model_file"])
 
-        def load():
-            return Recognizer.load(model_file, engine=kind, threads=threads)
+        def load(path=model_file):
+            return Recognizer.load(path, engine=kind, threads=threads)
 
         def read_one(r, b):
             return r.predict(b).text
@@ -120,6 +123,8 @@ def worker(spec: dict) -> dict:
             out.extend(read_many(reader, data[i : i + bs]))
         thr.append(len(data) / (time.perf_counter() - t))
         texts = out
+    if spec.get("accuracy_model_file"):  # same architecture and recipe, trained without the scored images
+        texts = read_many(load(Path(spec["accuracy_model_file"])), data)
     right = [t == lab for t, lab in zip(texts, labels)]
     acc_set = [right[i] for i in sorted(scored)]
     return {
@@ -194,6 +199,10 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--latency-n", type=int, default=200, help="single-image calls per repeat")
     ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, from {','.join(ENGINES)}")
+    ap.add_argument("--accuracy-model", default=None, metavar="PATH",
+                    help="score accuracy with this model (the same recipe trained on a seeded split of --data, "
+                         "e.g. benchmarks/train_captcha_v2.py --keep DIR: DIR/seed0/model.safetensors) when --model "
+                         "was trained on every image of --data, as the shipped models are")
     ap.add_argument("--json", default="bench_out/inference.json")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -217,22 +226,32 @@ def main() -> int:
     for e in engines:
         if e not in ENGINES:
             sys.exit(f"inference benchmark: unknown engine {e!r}")
-    scored, scored_desc = accuracy_split(model_path, data, files)
+    acc_path = resolve_model(a.accuracy_model) if a.accuracy_model else None
+    scored, scored_desc = accuracy_split(acc_path or model_path, data, files)
+    if not scored:
+        sys.exit(f"inference benchmark: {model_path} left no image of {data} out of training; "
+                 "pass --accuracy-model (see --help)")
+    if acc_path:
+        scored_desc += f", read by {acc_path} (same recipe; speed from {model_path.name})"
     print(f"model {model_path}; data {data} ({len(files)} images); accuracy on {scored_desc}", file=sys.stderr)
 
     results, exports = [], {}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for e in engines:
-            model_file = model_path
+            model_file, acc_file = model_path, acc_path
             if e.startswith("onnx"):
                 model_file = Path(tmp) / f"{e}.onnx"
                 t = time.perf_counter()
                 export_onnx(model_path, model_file, int8=e == "onnx-int8")
                 exports[e] = time.perf_counter() - t
+                if acc_path:
+                    acc_file = Path(tmp) / f"{e}-accuracy.onnx"
+                    export_onnx(acc_path, acc_file, int8=e == "onnx-int8")
             spec = {"engine": e, "threads": a.threads, "repeats": a.repeats, "files": [str(f) for f in files],
                     "scored": scored, "model_file": str(model_file), "batch_size": a.batch_size,
-                    "latency_n": a.latency_n}
+                    "latency_n": a.latency_n,
+                    "accuracy_model_file": str(acc_file) if acc_file and e != "ddddocr" else None}
             spec_file = Path(tmp) / f"{e}.json"
             spec_file.write_text(json.dumps(spec))
             print(f"running {e} ...", file=sys.stderr)

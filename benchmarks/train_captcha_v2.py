@@ -2,6 +2,8 @@
 
     python benchmarks/train_captcha_v2.py [--data ../shared/datasets/captcha_v2] [--seeds 0 1 2]
         [--set key=value ...]   # TrainConfig overrides, for comparing settings
+        [--keep DIR]            # keep the models (DIR/seed0/model.safetensors: the held-out model
+                                # benchmarks/inference.py scores accuracy with)
 
 Each run uses the default `captcha-crnn train` settings and the seeded 80/10/10 split of that seed.
 After every epoch the current model is scored on the held-out test split (time spent scoring is
@@ -33,7 +35,7 @@ def parse_value(v: str):
     return {"none": None, "true": True, "false": False}.get(v.lower(), v)
 
 
-def run_seed(data: str, seed: int, overrides: dict) -> dict:
+def run_seed(data: str, seed: int, overrides: dict, keep: str | None = None) -> dict:
     _, _, test, _ = load_data(TrainConfig(data=data, seed=seed, **overrides))  # the split train() will make
     cache: dict = {}
     curve: list[dict] = []
@@ -47,7 +49,8 @@ def run_seed(data: str, seed: int, overrides: dict) -> dict:
         curve.append({"epoch": rec["epoch"], "time_s": rec["time_s"], "test_sequence_accuracy": acc,
                       "val_sequence_accuracy": rec["val_sequence_accuracy"]})
 
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(keep) / f"seed{seed}") if keep else tmp
         cfg = TrainConfig(out=out, seed=seed, progress=False, **overrides)
         t0 = time.perf_counter()
         r = train(data, cfg, on_epoch=on_epoch)
@@ -74,11 +77,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides")
     ap.add_argument("--json", default="bench_out/train_captcha_v2.json")
+    ap.add_argument("--keep", default=None, metavar="DIR", help="keep each seed's run folder in DIR/seed<N>")
     a = ap.parse_args()
     overrides = {k: parse_value(v) for k, v in (s.split("=", 1) for s in a.set)}
     runs = []
     for seed in a.seeds:
-        r = run_seed(a.data, seed, overrides)
+        r = run_seed(a.data, seed, overrides, a.keep)
         runs.append(r)
         print(f"seed {seed}: test {r['test_sequence_accuracy']:.2%} in {r['train_time_s']:.0f}s "
               f"({r['epochs']} epochs); to 95/98/99%: {fmt(r['time_to_95'])}/{fmt(r['time_to_98'])}/"
