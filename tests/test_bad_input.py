@@ -26,6 +26,7 @@ from captcha_crnn.data.labels import LabelRule, Sample, read_csv, read_folder, r
 from captcha_crnn.errors import CaptchaError
 from captcha_crnn.infer import Recognizer
 from captcha_crnn.infer.zoo import zoo_path
+from captcha_crnn.model.crnn import PRESETS
 from captcha_crnn.model.modelfile import META_KEY, load_bundle, read_metadata
 
 PRE = Preprocess(height=32, width=None)
@@ -530,7 +531,8 @@ def test_bad_model_files_via_the_python_api(name: str, bad_model_files: dict[str
 
 @pytest.mark.parametrize("name", ["shapes_swapped", "channels_mismatch", "hidden_huge", "nan_weights", "zip"])
 def test_bad_model_messages_say_what_is_wrong(name: str, bad_model_files: dict[str, Path]) -> None:
-    want = {"shapes_swapped": "tensor head.weight has shape [256, 20], the architecture needs [20, 256]",
+    h2 = 2 * PRESETS["small"]["hidden"]  # the good model's classifier input (bidirectional GRU)
+    want = {"shapes_swapped": f"tensor head.weight has shape [{h2}, 20], the architecture needs [20, {h2}]",
             "channels_mismatch": "preprocessing gives 3 channel(s) of height 32, the network takes 1",
             "hidden_huge": "model hidden must be an integer from 1 to 8192",
             "nan_weights": "tensor head.weight holds NaN or infinite values",
