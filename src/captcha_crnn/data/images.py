@@ -7,10 +7,12 @@ uint8 array of shape (C, H, W) at the model's height, composited onto white. The
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -119,10 +121,7 @@ def open_image(src: ImageInput, pre: Preprocess | None = None) -> Image.Image:
         return im
     data = _read_bytes(src, pre, name)
     try:
-        with warnings.catch_warnings():
-            # our own max_pixels check below decides; Pillow's chatter about damaged files is not shown
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        with _quiet_pil():
             im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
             _check_pixels(im.size, pre, name)
             im.seek(0)
@@ -136,6 +135,16 @@ def open_image(src: ImageInput, pre: Preprocess | None = None) -> Image.Image:
     except PIL_ERRORS as e:
         raise CaptchaError(f"{name}: corrupt or truncated image ({_one_line(e)})") from None
     return im
+
+
+@contextlib.contextmanager
+def _quiet_pil() -> Iterator[None]:
+    """Pillow's warnings off: our own max_pixels check decides on size, and its chatter about
+    damaged files is not shown (the error, if any, is)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
 
 
 def _read_bytes(src: Any, pre: Preprocess, name: str) -> bytes:
@@ -303,11 +312,8 @@ def image_size(src: ImageInput) -> tuple[int, int]:
     """(width, height) of an image without decoding its pixels."""
     if isinstance(src, (str, os.PathLike)):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-                with Image.open(src, formats=IMAGE_FORMATS) as im:
-                    return im.size
+            with _quiet_pil(), Image.open(src, formats=IMAGE_FORMATS) as im:
+                return im.size
         except Image.DecompressionBombError as e:
             raise CaptchaError(f"{src}: image too large ({e})") from None
         except PIL_ERRORS as e:
