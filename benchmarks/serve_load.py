@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -229,6 +230,8 @@ def main() -> None:
     a = ap.parse_args()
 
     images = load_images(a.data)
+    gc.collect()
+    gc.freeze()  # the client's own full collections would otherwise add pauses to the latencies it measures
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     api_key = "bench-key"

@@ -497,11 +497,13 @@ def create_app(models: Sequence[ModelEntry] | dict[str, Any], config: ServiceCon
 def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory`` workers: models and config from ``$CAPTCHA_CRNN_SERVE``."""
     from .models import load_models
-    from .server import load_kwargs, set_threads
+    from .server import freeze_heap, load_kwargs, set_threads
 
     conf = json.loads(os.environ[ENV_CONFIG])
     threads = int(conf.get("threads") or 1)
     set_threads(threads)
     cfg = ServiceConfig(**conf["config"])
     cfg.api_key = os.environ.get("CAPTCHA_CRNN_API_KEY") or None
-    return create_app(load_models(conf["models"], **load_kwargs(conf.get("engine", "auto"), threads)), cfg)
+    app = create_app(load_models(conf["models"], **load_kwargs(conf.get("engine", "auto"), threads)), cfg)
+    freeze_heap()
+    return app
