@@ -125,6 +125,26 @@ def test_parallel_lanes_read_the_same_as_one_thread(exported, images) -> None:
     assert [p.source for p in p2] == [str(p) for p in many]  # order kept
 
 
+def test_read_images_decodes_and_reads_in_chunks_with_errors_in_place(exported, images) -> None:
+    """A fixed-width model decodes and reads chunks on the lanes: same text, bad images answered in place."""
+    many = (list(images) * 2)[:40]
+    bad = b"not an image at all"
+    items: list = many[:13] + [bad] + many[13:] + [bad]
+    r2 = Recognizer.load(exported["fp32"], threads=2)
+    lane_calls = []
+    run_lane = r2.engine.run_lane
+    r2.engine.run_lane = lambda x: lane_calls.append(len(x)) or run_lane(x)  # type: ignore[method-assign]
+    got = r2.read_images(items, errors="return")
+    assert len(lane_calls) >= 4 and sum(lane_calls) == len(many)  # several chunks, every good image once
+    assert isinstance(got[13], CaptchaError) and isinstance(got[-1], CaptchaError)
+    assert "not a readable image" in str(got[13]) or "image" in str(got[13])
+    want = [p.text for p in Recognizer.load(exported["fp32"], threads=1).predict(many)]
+    assert [p.text for p in got if not isinstance(p, CaptchaError)] == want
+    with pytest.raises(CaptchaError):
+        r2.read_images(items)  # errors="raise": the first unreadable image stops the call
+    assert [p.text for p in r2.predict(many)] == want
+
+
 def test_variable_width_model_exports_dynamic_width(tmp_path: Path, clean_dir: Path) -> None:
     src = variable_width_model(tmp_path / "var.safetensors")
     out = tmp_path / "var.onnx"

@@ -121,15 +121,15 @@ def cmd_predict(a: argparse.Namespace) -> int:
     paths = list_images(a.images)
     if not paths:
         raise CaptchaError(f"{' '.join(a.images)}: no images found")
-    arrays, ok, failed = [], [], 0
-    for p, arr in zip(paths, rec.load_arrays(paths, errors="return")):  # decoded on a thread pool
-        if isinstance(arr, CaptchaError):
-            print(f"error: {arr}", file=sys.stderr)
+    got = rec.read_images(paths, a.beam, a.length, a.charset, a.batch_size, errors="return")
+    ok, preds, failed = [], [], 0
+    for p, pr in zip(paths, got):
+        if isinstance(pr, CaptchaError):
+            print(f"error: {pr}", file=sys.stderr)
             failed += 1
         else:
-            arrays.append(arr)
             ok.append(p)
-    preds = rec.predict_arrays(arrays, a.beam, a.length, a.charset, a.batch_size)
+            preds.append(pr)
     if a.json:
         print(json.dumps([{"path": str(p), **pr.to_dict(), "source": str(p)} for p, pr in zip(ok, preds)]))
     else:

@@ -160,6 +160,25 @@ class Recognizer:
         """Preprocess images in parallel to uint8 (C, H, W); errors="return" puts each error in its place."""
         return load_many(images, self.preprocess, self._get_pool(), self.threads, errors)
 
+    def _read_batches(
+        self, arrays: Sequence[np.ndarray], run: Callable[[np.ndarray], np.ndarray], batch_size: int,
+        beam: int, length: int | None, allowed: list[int] | None,
+    ) -> list[Prediction]:
+        """Read arrays on `run`, one width-grouped batch of at most batch_size after another."""
+        decode: Callable[[list[int]], str] = self.alphabet.decode
+        out: list[Prediction | None] = [None] * len(arrays)
+        for idx in width_batches([a.shape[-1] for a in arrays], batch_size):
+            x, widths = stack_batch([arrays[i] for i in idx])  # (B, C, H, W) float32 ink
+            lp = run(x)  # (B, T, classes)
+            lens = np.maximum(widths // 4, 1)
+            for i, d in zip(idx, decode_batch(lp, lens, beam=beam, length=length, allowed=allowed)):
+                out[i] = Prediction(decode(d.indices), d.confidence, d.char_confidences)
+        return out  # type: ignore[return-value]
+
+    def _lanes_pool(self, n: int) -> ThreadPoolExecutor | None:
+        """The thread pool when n images are worth spreading over the engine's lanes, else None."""
+        return self._get_pool() if getattr(self.engine, "lanes", 1) > 1 and n >= 2 * PARALLEL_MIN else None
+
     def predict_arrays(
         self,
         arrays: Sequence[np.ndarray],
@@ -174,28 +193,66 @@ class Recognizer:
         if batch_size < 1:
             raise CaptchaError(f"batch size must be at least 1, got {batch_size}")
         allowed = self._allowed(charset)
-        decode: Callable[[list[int]], str] = self.alphabet.decode
+        pool = self._lanes_pool(len(arrays))
+        if pool is None:
+            return self._read_batches(arrays, self.engine.run, batch_size, beam, length, allowed)
+        lanes = self.engine.lanes
+        bs = min(batch_size, -(-len(arrays) // lanes))  # every lane gets a batch: no thread idles
         out: list[Prediction | None] = [None] * len(arrays)
-        lanes = getattr(self.engine, "lanes", 1)
-        pool = self._get_pool() if lanes > 1 and len(arrays) >= 2 * PARALLEL_MIN else None
-        if pool is not None:  # every lane gets a batch: split so that no thread idles
-            batch_size = min(batch_size, -(-len(arrays) // lanes))
-        run = self.engine.run_lane if pool is not None else self.engine.run
 
         def read(idx: list[int]) -> None:
-            x, widths = stack_batch([arrays[i] for i in idx])
-            lp = run(x)  # (B, T, classes)
-            lens = np.maximum(widths // 4, 1)
-            for i, d in zip(idx, decode_batch(lp, lens, beam=beam, length=length, allowed=allowed)):
-                out[i] = Prediction(decode(d.indices), d.confidence, d.char_confidences)
+            got = self._read_batches([arrays[i] for i in idx], self.engine.run_lane, bs, beam, length, allowed)
+            for i, p in zip(idx, got):
+                out[i] = p
 
-        batches = width_batches([a.shape[-1] for a in arrays], batch_size)
-        if pool is None:
-            for idx in batches:
-                read(idx)
-        else:
-            list(pool.map(read, batches))
+        list(pool.map(read, width_batches([a.shape[-1] for a in arrays], bs)))
         return out  # type: ignore[return-value]
+
+    def read_images(
+        self,
+        images: Sequence[ImageInput],
+        beam: int = 1,
+        length: int | None = None,
+        charset: str | None = None,
+        batch_size: int = 128,
+        errors: str = "raise",
+    ) -> list[Prediction | CaptchaError]:
+        """Decode and read images in order; errors="return" puts each unreadable image's error in its place.
+
+        A fixed-width model reads in chunks, each decoded and then read on one thread: while one
+        thread decodes (Python, holding the GIL) another runs the network (which releases it), so
+        both cores stay busy. A variable-width model decodes every image first, so that batches
+        group images of similar width.
+        """
+        if batch_size < 1:
+            raise CaptchaError(f"batch size must be at least 1, got {batch_size}")
+        allowed = self._allowed(charset)  # a bad charset fails before any image is decoded
+        pool = self._lanes_pool(len(images)) if self.preprocess.width is not None else None
+
+        def read(part: Sequence[ImageInput], threaded: bool) -> list[Prediction | CaptchaError]:
+            if threaded:  # this thread decodes its chunk, then runs the network on its own lane
+                arrays = load_many(part, self.preprocess, None, 1, errors)
+            else:
+                arrays = self.load_arrays(part, errors)
+            good = [i for i, a in enumerate(arrays) if not isinstance(a, CaptchaError)]
+            ok = [arrays[i] for i in good]
+            if threaded:
+                got = self._read_batches(ok, self.engine.run_lane, batch_size, beam, length, allowed)
+            else:
+                got = self.predict_arrays(ok, beam, length, charset, batch_size)  # type: ignore[arg-type]
+            out: list[Prediction | CaptchaError] = list(arrays)  # type: ignore[arg-type]
+            for i, p in zip(good, got):
+                out[i] = p
+            return out
+
+        if pool is None:
+            return read(images, False)
+        lanes = self.engine.lanes
+        step = max(PARALLEL_MIN, min(batch_size, -(-len(images) // (4 * lanes))))
+        out: list[Prediction | CaptchaError] = []
+        for r in pool.map(lambda part: read(part, True), [images[i : i + step] for i in range(0, len(images), step)]):
+            out.extend(r)
+        return out
 
     def predict(
         self,
@@ -213,16 +270,14 @@ class Recognizer:
         """
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        self._allowed(charset)  # a bad charset fails before any image is decoded
         preds: list[Prediction] = []
         step = max(1, batch_size) * 8  # images decoded at once: batches of similar widths, bounded memory
-        for s in range(0, len(items), step):
+        for s in range(0, max(len(items), 1), step):
             part = items[s : s + step]
-            arrays = self.load_arrays(part)
-            got = self.predict_arrays(arrays, beam, length, charset, batch_size)  # type: ignore[arg-type]
+            got = self.read_images(part, beam, length, charset, batch_size)
             for p, src in zip(got, part):
-                p.source = describe(src)
-            preds.extend(got)
+                p.source = describe(src)  # type: ignore[union-attr]
+            preds.extend(got)  # type: ignore[arg-type]
         return preds[0] if single else preds
 
 
