@@ -29,8 +29,10 @@ def count(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _height(v: str) -> int:
-    """--height: a positive multiple of 16."""
+def _height(v: str) -> int | str:
+    """--height: a positive multiple of 16, or auto."""
+    if v == "auto":
+        return v
     try:
         h = int(v)
     except ValueError:
@@ -255,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test", type=float, default=d.test, help="test fraction of the split")
     t.add_argument("--val-data", default=None, help="separate validation folder/CSV (no val split)")
     t.add_argument("--test-data", default=None, help="separate test folder/CSV (no test split)")
-    t.add_argument("--height", type=_height, default=d.height, help="input height, a multiple of 16")
+    t.add_argument("--height", type=_height, default=d.height,
+                   help="input height, a multiple of 16, or auto (default: 32, or 48/64 when characters "
+                        "would be under 16 pixels wide at 32)")
     t.add_argument("--width", type=_width, default=d.width,
                    help="input width: a number, 'variable' (keep aspect, pad) or 'auto' (from the data)")
     t.add_argument("--crop", choices=["on", "off", "auto"], default="auto",

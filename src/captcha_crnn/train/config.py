@@ -33,7 +33,7 @@ class TrainConfig:
     label_sep: str | None = None
     case: str = "sensitive"  # sensitive | insensitive (labels folded to lower case)
     # preprocessing ("auto" = from the data)
-    height: int = 32
+    height: int | str = "auto"  # a multiple of 16; auto: 32, taller when characters would be under 16 px wide
     width: int | str | None = "auto"
     channels: int | str = "auto"  # 1 grey, 3 colour, auto: colour when the data has colour
     crop: bool | str = "auto"  # cut each image to its text first; auto: when the text box covers under 30% of the image
@@ -64,9 +64,10 @@ class TrainConfig:
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("patience", self.patience, 1)
-        _at_least("height", self.height, 16)
-        if self.height % 16:
-            _bad("height", self.height, "a multiple of 16")
+        if self.height != "auto":
+            _at_least("height", self.height, 16)
+            if self.height % 16:
+                _bad("height", self.height, "a multiple of 16 or auto")
         if self.threads is not None:
             _at_least("threads", self.threads, 1)
         for name in ("lr", "clip") + (("max_minutes",) if self.max_minutes is not None else ()):

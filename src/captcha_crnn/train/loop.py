@@ -68,13 +68,33 @@ def pick_device(name: str) -> str:
     return name
 
 
+CHAR_PIXELS = 16  # input width per character the auto height aims for (4 CTC frames)
+HEIGHTS = (32, 48, 64)  # the auto height's choices, smallest first
+
+
+def choose_height(cfg: TrainConfig, sizes: set[tuple[int, int]], max_len: int) -> int:
+    """cfg.height, or for "auto" the smallest of HEIGHTS at which the median image gives every
+    character of the longest label CHAR_PIXELS of width (a taller input resizes less, so small
+    characters keep their strokes), never above the images' own height; 32 for cropped images
+    (the crop already cuts them to the text's height) or when no size is known."""
+    if cfg.height != "auto":
+        return int(cfg.height)
+    if cfg.crop is True or not sizes:
+        return HEIGHTS[0]
+    ws, hs = zip(*sizes)
+    w, h = float(np.median(ws)), float(np.median(hs))
+    for height in HEIGHTS:
+        if height > max(h, HEIGHTS[0]):
+            break
+        if w * height / h >= CHAR_PIXELS * max_len:
+            return height
+    return max([HEIGHTS[0]] + [x for x in HEIGHTS if x <= h])
+
+
 def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
-    """Fixed width when every sampled image has one size (and no cropping), else aspect-preserving with padding."""
+    """Input height (choose_height); fixed width when every sampled image has one size (and no
+    cropping), else aspect-preserving with padding."""
     crop = cfg.crop is True  # resolved by autoconfig; "auto" left unresolved means no crop
-    if cfg.width not in ("auto", None, "variable"):
-        return Preprocess(height=cfg.height, width=int(cfg.width), channels=cfg.channels, crop=crop)
-    if cfg.width == "variable":
-        return Preprocess(height=cfg.height, width=None, channels=cfg.channels, crop=crop)
     sizes = set()
     for s in samples[:: max(1, len(samples) // 200)]:
         try:
@@ -82,12 +102,17 @@ def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
         except CaptchaError:
             continue
     max_len = max(len(s.label) for s in samples)
+    height = choose_height(cfg, sizes, max_len)
+    if cfg.width not in ("auto", None, "variable"):
+        return Preprocess(height=height, width=int(cfg.width), channels=cfg.channels, crop=crop)
+    if cfg.width == "variable":
+        return Preprocess(height=height, width=None, channels=cfg.channels, crop=crop)
     min_w = 4 * (2 * max_len + 1)  # room for every char and a blank between repeats
     if len(sizes) == 1 and not crop:  # cropped boxes differ in size: keep their aspect ratio
         (w, h), = sizes
-        tw = max(min_w, round(w * cfg.height / h))
-        return Preprocess(height=cfg.height, width=(tw + 3) // 4 * 4, channels=cfg.channels)
-    return Preprocess(height=cfg.height, width=None, channels=cfg.channels, min_width=min_w, crop=crop)
+        tw = max(min_w, round(w * height / h))
+        return Preprocess(height=height, width=(tw + 3) // 4 * 4, channels=cfg.channels)
+    return Preprocess(height=height, width=None, channels=cfg.channels, min_width=min_w, crop=crop)
 
 
 def ctc_targets(labels: list[str], alphabet: Alphabet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -444,6 +469,10 @@ class Run:
             self.bar.close()
         return reason
 
+    def progress(self, elapsed: float) -> float:
+        """How far through the schedule the run is: by steps, or by time when that is further."""
+        return max(self.st.step / self.total_steps, elapsed / self.budget if self.budget else 0.0)
+
     def stop_reason(self) -> str:
         """Why training should stop now (empty: go on). Checked between epochs, resumed runs included."""
         st, cfg = self.st, self.cfg
@@ -483,8 +512,7 @@ class Run:
                     break
                 if every and elapsed - self.last_save >= every:
                     self.save()  # mid-epoch: the permutation and batch index come along
-                progress = max(st.step / self.total_steps, elapsed / self.budget if self.budget else 0.0)
-                loss = self.train_step(idx, x, widths, lr_at(progress, self.cfg.lr, self.cfg.warmup))
+                loss = self.train_step(idx, x, widths, lr_at(self.progress(elapsed), self.cfg.lr, self.cfg.warmup))
                 st.batch, st.step, images = b + 1, st.step + 1, images + len(idx)
                 st.losses.append(loss)
                 self.bar.update(1)
