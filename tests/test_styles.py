@@ -386,7 +386,7 @@ def test_grey_and_variable_width_override_colour_data(colour_data: Path, tmp_pat
     assert recognizer(run).load_arrays([image])[0].shape == (1, 32, 96)
 
 
-def test_auto_height_gives_each_character_sixteen_pixels() -> None:
+def test_auto_height_gives_each_character_twenty_four_pixels() -> None:
     """32 where characters are wide enough at 32; taller for long labels in short, tall images; never
     taller than the images; an explicit --height wins; cropped images stay at 32."""
     from captcha_crnn.train.loop import choose_height
@@ -394,10 +394,11 @@ def test_auto_height_gives_each_character_sixteen_pixels() -> None:
     auto = TrainConfig()
     assert choose_height(auto, {(200, 50)}, 5) == 32  # captcha_v2: 25.6 px per character at 32
     assert choose_height(auto, {(70, 30)}, 4) == 32  # henan_digits4: small images are not made taller
-    assert choose_height(auto, {(200, 90)}, 6) == 48  # 11.9 px per character at 32, 17.8 at 48
-    assert choose_height(auto, {(200, 90)}, 8) == 64  # 17.8 px at 64
+    assert choose_height(auto, {(120, 40)}, 4) == 32  # the demo: 24 px at 32
+    assert choose_height(auto, {(200, 90)}, 4) == 48  # 17.8 px per character at 32, 26.7 at 48
+    assert choose_height(auto, {(200, 90)}, 6) == 64  # 23.7 px at 64: the tallest there is
+    assert choose_height(auto, {(160, 60)}, 6) == 48  # 21.3 px at 48; 64 is taller than the images
     assert choose_height(auto, {(160, 40)}, 8) == 32  # too narrow for any height, and only 40 tall
-    assert choose_height(auto, {(200, 90)}, 12) == 64  # the tallest the images allow
     assert choose_height(TrainConfig(height=16), {(200, 90)}, 6) == 16
     assert choose_height(TrainConfig(crop=True), {(200, 90)}, 6) == 32
     assert choose_height(auto, set(), 6) == 32

@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-data", default=None, help="separate test folder/CSV (no test split)")
     t.add_argument("--height", type=_height, default=d.height,
                    help="input height, a multiple of 16, or auto (default: 32, or 48/64 when characters "
-                        "would be under 16 pixels wide at 32)")
+                        "would be under 24 pixels wide at 32)")
     t.add_argument("--width", type=_width, default=d.width,
                    help="input width: a number, 'variable' (keep aspect, pad) or 'auto' (from the data)")
     t.add_argument("--crop", choices=["on", "off", "auto"], default="auto",

@@ -33,7 +33,7 @@ class TrainConfig:
     label_sep: str | None = None
     case: str = "sensitive"  # sensitive | insensitive (labels folded to lower case)
     # preprocessing ("auto" = from the data)
-    height: int | str = "auto"  # a multiple of 16; auto: 32, taller when characters would be under 16 px wide
+    height: int | str = "auto"  # a multiple of 16; auto: 32, taller when characters would be under 24 px wide
     width: int | str | None = "auto"
     channels: int | str = "auto"  # 1 grey, 3 colour, auto: colour when the data has colour
     crop: bool | str = "auto"  # cut each image to its text first; auto: when the text box covers under 30% of the image

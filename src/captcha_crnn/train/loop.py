@@ -68,7 +68,7 @@ def pick_device(name: str) -> str:
     return name
 
 
-CHAR_PIXELS = 16  # input width per character the auto height aims for (4 CTC frames)
+CHAR_PIXELS = 24  # input width per character the auto height aims for (6 CTC frames)
 HEIGHTS = (32, 48, 64)  # the auto height's choices, smallest first
 
 
