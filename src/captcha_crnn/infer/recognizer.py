@@ -229,28 +229,27 @@ class Recognizer:
         allowed = self._allowed(charset)  # a bad charset fails before any image is decoded
         pool = self._lanes_pool(len(images)) if self.preprocess.width is not None else None
 
-        def read(part: Sequence[ImageInput], threaded: bool) -> list[Prediction | CaptchaError]:
-            if threaded:  # this thread decodes its chunk, then runs the network on its own lane
-                arrays = load_many(part, self.preprocess, None, 1, errors)
-            else:
-                arrays = self.load_arrays(part, errors)
+        def fill(arrays: list[np.ndarray | CaptchaError],
+                 read: Callable[[list[np.ndarray]], list[Prediction]]) -> list[Prediction | CaptchaError]:
+            """Each readable array's Prediction in its place; errors stay where they are."""
             good = [i for i, a in enumerate(arrays) if not isinstance(a, CaptchaError)]
-            ok = [arrays[i] for i in good]
-            if threaded:
-                got = self._read_batches(ok, self.engine.run_lane, batch_size, beam, length, allowed)
-            else:
-                got = self.predict_arrays(ok, beam, length, charset, batch_size)  # type: ignore[arg-type]
             out: list[Prediction | CaptchaError] = list(arrays)  # type: ignore[arg-type]
-            for i, p in zip(good, got):
+            for i, p in zip(good, read([arrays[i] for i in good])):  # type: ignore[misc]
                 out[i] = p
             return out
 
         if pool is None:
-            return read(images, False)
-        lanes = self.engine.lanes
-        step = max(PARALLEL_MIN, min(batch_size, -(-len(images) // (4 * lanes))))
+            return fill(self.load_arrays(images, errors),
+                        lambda ok: self.predict_arrays(ok, beam, length, charset, batch_size))
+
+        def chunk(part: Sequence[ImageInput]) -> list[Prediction | CaptchaError]:
+            """This thread decodes its chunk, then runs the network on its own lane."""
+            return fill(load_many(part, self.preprocess, None, 1, errors),
+                        lambda ok: self._read_batches(ok, self.engine.run_lane, batch_size, beam, length, allowed))
+
+        step = max(PARALLEL_MIN, min(batch_size, -(-len(images) // (4 * self.engine.lanes))))
         out: list[Prediction | CaptchaError] = []
-        for r in pool.map(lambda part: read(part, True), [images[i : i + step] for i in range(0, len(images), step)]):
+        for r in pool.map(chunk, [images[i : i + step] for i in range(0, len(images), step)]):
             out.extend(r)
         return out
 
@@ -272,7 +271,7 @@ class Recognizer:
         items = [images] if single else list(images)
         preds: list[Prediction] = []
         step = max(1, batch_size) * 8  # images decoded at once: batches of similar widths, bounded memory
-        for s in range(0, max(len(items), 1), step):
+        for s in range(0, max(len(items), 1), step):  # one call at least: an empty list still checks charset
             part = items[s : s + step]
             got = self.read_images(part, beam, length, charset, batch_size)
             for p, src in zip(got, part):
