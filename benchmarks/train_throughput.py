@@ -99,16 +99,13 @@ def loader_speed(log: Path, batch_size: int, seconds: float = 5.0) -> float:
     0 when the run held its images in memory)."""
     import numpy as np
 
-    from captcha_crnn.data.dataset import DiskImages
+    from captcha_crnn.data.dataset import read_cache
     from captcha_crnn.data.images import to_ink
 
     found = re.search(r"decoded train images: \d+ \([\d.]+ MB\) in (\S+)", log.read_text())
     if not found:  # --cache-dir memory: no cache to read from
         return 0.0
-    folder = Path(found.group(1))
-    index = np.load(folder / "index.npy")  # (N, 3): row, offset, width
-    meta = json.loads((folder / "index.json").read_text())
-    images = DiskImages(folder, index[:, 1], index[:, 2], meta["channels"], meta["height"])
+    _, _, images = read_cache(found.group(1))
     rng, n, t0 = np.random.default_rng(0), 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         u8, _ = images.batch(rng.integers(0, len(images), batch_size).tolist())

@@ -245,15 +245,24 @@ def _publish(tmp: Path, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same cache first
 
 
-def open_cache(folder: str | Path, samples: Sequence[Sample], report: bool = True) -> ImageSet:
-    """The cached images of `samples` (as built by build_cache for exactly these samples)."""
+def read_cache(folder: str | Path, of: int | None = None) -> tuple[dict[str, Any], np.ndarray, DiskImages]:
+    """A cache folder's metadata, index ((N, 3): sample row, byte offset, width) and images.
+
+    CaptchaError when it is another cache version, incomplete, or (given `of`) built for another
+    number of samples.
+    """
     folder = Path(folder)
     meta = json.loads((folder / "index.json").read_text())
     index = np.load(folder / "index.npy")  # (N, 3): sample row, byte offset, width
-    if meta.get("version") != CACHE_VERSION or meta["of"] != len(samples) or len(index) != meta["n"]:
+    if meta.get("version") != CACHE_VERSION or (of is not None and meta["of"] != of) or len(index) != meta["n"]:
         raise CaptchaError(f"{folder}: image cache does not match its samples; delete the folder")
+    return meta, index, DiskImages(folder, index[:, 1], index[:, 2], meta["channels"], meta["height"])
+
+
+def open_cache(folder: str | Path, samples: Sequence[Sample], report: bool = True) -> ImageSet:
+    """The cached images of `samples` (as built by build_cache for exactly these samples)."""
+    meta, index, images = read_cache(folder, len(samples))
     rows = index[:, 0].tolist()
-    images = DiskImages(folder, index[:, 1], index[:, 2], meta["channels"], meta["height"])
     if report:
         _report_skipped(meta["skipped"])
     return ImageSet(images, [samples[r].label for r in rows], [samples[r].path for r in rows], meta["skipped"])
