@@ -48,6 +48,24 @@ def test_warm_start_adapts_grey_weights_to_colour(trained) -> None:
     assert torch.allclose(w_new.sum(1, keepdim=True), w_src, atol=1e-6)
 
 
+def test_warm_start_stretches_the_projection_to_another_height(trained) -> None:
+    src = load_bundle(trained.model_path).model
+    h2 = src.cfg.height * 2
+    model = CRNN(src.cfg.__class__(**{**src.cfg.to_dict(), "widths": tuple(src.cfg.widths), "height": h2}))
+    msg = warm_start(model, Alphabet("0123456789"), str(trained.model_path))
+    total = len([k for k in model.state_dict() if not k.startswith("head.")])
+    assert msg.startswith(f"{total}/{total} tensors")  # the projection too, though its shape differs
+    c = src.backbone.out_channels
+    w_src = src.state_dict()["proj.0.weight"].view(src.cfg.hidden, c, src.cfg.height // 16)
+    w_new = model.state_dict()["proj.0.weight"].view(src.cfg.hidden, c, h2 // 16)
+    assert torch.allclose(w_new[:, :, 0] * 2, w_src[:, :, 0]) and torch.allclose(w_new[:, :, -1] * 2, w_src[:, :, -1])
+    # a feature map constant over its rows projects the same at either height
+    f1 = torch.randn(c, 1)
+    new = w_new.reshape(src.cfg.hidden, -1) @ f1.expand(c, h2 // 16).reshape(-1)
+    old = w_src.reshape(src.cfg.hidden, -1) @ f1.expand(c, src.cfg.height // 16).reshape(-1)
+    assert torch.allclose(new, old, atol=1e-5)
+
+
 def test_warm_start_refuses_another_architecture(trained) -> None:
     from captcha_crnn.model.crnn import preset
 

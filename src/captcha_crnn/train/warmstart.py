@@ -15,16 +15,28 @@ from ..errors import CaptchaError
 from ..model.crnn import CRNN
 
 
-def _adapt(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor | None:
-    """src reshaped for dst: same shape, or a first conv with 1 <-> 3 input channels; else None."""
+def _adapt(src: torch.Tensor, dst: torch.Tensor, channels: int) -> torch.Tensor | None:
+    """src reshaped for dst: same shape, a first conv with 1 <-> 3 input channels, or the projection
+    of another input height (`channels` feature maps of H/16 rows each); else None."""
     if src.shape == dst.shape:
         return src
+    if src.ndim == 2 and src.shape[0] == dst.shape[0] and src.shape[1] % channels == dst.shape[1] % channels == 0:
+        return _stretch_rows(src, dst.shape[1] // channels, channels)
     if src.ndim == 4 and src.shape[0] == dst.shape[0] and src.shape[2:] == dst.shape[2:]:
         if src.shape[1] == 1 and dst.shape[1] == 3:
             return src.expand_as(dst) / 3  # grey filters applied to each colour channel
         if src.shape[1] == 3 and dst.shape[1] == 1:
             return src.sum(1, keepdim=True)
     return None
+
+
+def _stretch_rows(w: torch.Tensor, rows: int, channels: int) -> torch.Tensor:
+    """A projection (hidden, channels * r) over r feature rows remapped to `rows` rows: each new row
+    takes the weights of the old row at its relative height, scaled so a uniform column sums the same."""
+    hidden, r = w.shape[0], w.shape[1] // channels
+    src = (torch.arange(rows) * r // rows).clamp(max=r - 1)  # old row under each new row
+    w = w.view(hidden, channels, r)[:, :, src] * (r / rows)  # (hidden, channels, rows)
+    return w.reshape(hidden, channels * rows)
 
 
 def warm_start(model: CRNN, alphabet: Alphabet, source: str) -> str:
@@ -46,7 +58,7 @@ def warm_start(model: CRNN, alphabet: Alphabet, source: str) -> str:
     for k, v in sd.items():
         if k.startswith("head.") or k not in own:
             continue
-        a = _adapt(v, own[k])
+        a = _adapt(v, own[k], model.backbone.out_channels)
         if a is not None:
             own[k] = a.clone()
             copied += 1
