@@ -85,6 +85,12 @@ class Preprocess:
         return max(4, min((tw + 3) // 4 * 4, self.max_width // 4 * 4))
 
 
+def time_steps(widths: Any) -> np.ndarray:
+    """CRNN time steps (CTC frames) for input widths: the backbone pools the width by 4; at least 1.
+    The one rule for training, the torch reader and the ONNX reader (which runs without torch)."""
+    return np.maximum(np.asarray(widths, dtype=np.int64) // 4, 1)
+
+
 def _positive_int(name: str, v: Any) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"preprocessing: {name} must be a positive integer, not {v!r}")

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..data.alphabet import Alphabet
 from ..data.dataset import width_batches
-from ..data.images import ImageInput, Preprocess, describe
+from ..data.images import ImageInput, Preprocess, describe, time_steps
 from ..decode.ctc import decode_batch
 from ..errors import CaptchaError
 from .batching import PARALLEL_MIN, default_threads, load_many, stack_batch
@@ -170,7 +170,7 @@ class Recognizer:
         for idx in width_batches([a.shape[-1] for a in arrays], batch_size):
             x, widths = stack_batch([arrays[i] for i in idx])  # (B, C, H, W) float32 ink
             lp = run(x)  # (B, T, classes)
-            lens = np.maximum(widths // 4, 1)
+            lens = time_steps(widths)
             for i, d in zip(idx, decode_batch(lp, lens, beam=beam, length=length, allowed=allowed)):
                 out[i] = Prediction(decode(d.indices), d.confidence, d.char_confidences)
         return out  # type: ignore[return-value]

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.images import time_steps
 from .backbones import BACKBONES
 
 
@@ -73,9 +74,9 @@ class CRNN(nn.Module):
         self.head = nn.Linear(2 * cfg.hidden, cfg.num_classes)
 
     @staticmethod
-    def output_lengths(widths: torch.Tensor) -> torch.Tensor:
-        """Time steps produced for input widths (the backbone divides width by 4)."""
-        return torch.div(widths, 4, rounding_mode="floor").clamp(min=1)
+    def output_lengths(widths: Any) -> torch.Tensor:
+        """(B,) time steps produced for input widths (data/images.py: time_steps)."""
+        return torch.from_numpy(time_steps(widths))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[..., : max(4, x.shape[-1] // 4 * 4)]  # width a multiple of 4: T = W // 4 exactly

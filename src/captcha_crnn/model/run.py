@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import width_batches
-from ..data.images import stack_padded, to_ink
+from ..data.images import stack_padded, time_steps, to_ink
 from .crnn import CRNN
 
 
@@ -23,7 +23,7 @@ def log_probs(
         u8, widths = stack_padded([arrays[i] for i in idx])
         x = torch.from_numpy(to_ink(u8)).to(device)  # (B, C, H, W)
         lp = model(x).float().cpu().numpy()  # (B, T, C)
-        lens = CRNN.output_lengths(torch.from_numpy(widths)).tolist()
+        lens = time_steps(widths).tolist()
         for j, i in enumerate(idx):
             out[i] = lp[j, : lens[j]]
     return out  # type: ignore[return-value]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..data.alphabet import Alphabet
 from ..data.augment import augment
 from ..data.dataset import DiskImages, ImageSet, Prefetcher, bucketed_order, cached_samples, load_samples, width_batches
-from ..data.images import Preprocess, image_size, to_ink
+from ..data.images import Preprocess, image_size, time_steps, to_ink
 from ..data.labels import LabelRule, Sample, read_samples
 from ..data.split import split_items
 from ..decode.ctc import greedy_decode_batch
@@ -129,8 +129,7 @@ def min_frames(label: str) -> int:
 def usable(ds: ImageSet, alphabet: Alphabet, name: str) -> ImageSet:
     """Drop (and report) samples that cannot be trained on: empty, unknown chars, too long."""
     keep, dropped = [], []
-    for i, (width, lab) in enumerate(zip(ds.widths().tolist(), ds.labels)):
-        t = width // 4
+    for i, (t, lab) in enumerate(zip(time_steps(ds.widths()).tolist(), ds.labels)):
         if not lab:
             dropped.append(f"{ds.paths[i]}: empty label")
         elif alphabet.unknown(lab):
@@ -180,7 +179,7 @@ def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
     for idx in width_batches(ds.widths().tolist(), batch_size):
         u8, widths = ds.batch(idx)  # (B, C, H, W) uint8, (B,)
         lp = model(torch.from_numpy(to_ink(u8)).to(device)).float().cpu()  # (B, T, classes)
-        lens = CRNN.output_lengths(torch.from_numpy(widths))  # (B,) valid frames
+        lens = CRNN.output_lengths(widths)  # (B,) valid frames
         for i, d in zip(idx, greedy_decode_batch(lp.numpy(), lens.tolist())):
             preds[i] = alphabet.decode(d.indices)
         ok = [k for k, i in enumerate(idx) if ds.labels[i] and not alphabet.unknown(ds.labels[i])]
@@ -533,7 +532,7 @@ class Run:
             g["lr"] = lr
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
             logp = self.net(x)  # (B, T, classes)
-        in_lens = CRNN.output_lengths(torch.from_numpy(widths))
+        in_lens = CRNN.output_lengths(widths)
         loss = F.ctc_loss(logp.float().transpose(0, 1), targets, in_lens, target_lens,
                           blank=0, reduction="mean", zero_infinity=True)
         self.opt.zero_grad(set_to_none=True)
