@@ -743,6 +743,7 @@ def test_label_rule_and_train_config_validate_in_python() -> None:
     from captcha_crnn.train import TrainConfig
 
     raises_naming(LabelRule, regex="(unclosed", needles=("not a valid regular expression",))
-    raises_naming(TrainConfig(height=40).validate, needles=("--height must be a multiple of 16 or auto, not 40",))
+    raises_naming(TrainConfig(height=40).validate, needles=("--height must be a multiple of 16", "not 40"))
+    raises_naming(TrainConfig(width=8).validate, needles=("--width must be a number of pixels, at least 16", "not 8"))
     raises_naming(TrainConfig(preset="huge").validate, needles=("--preset must be tiny or small",))
     assert TrainConfig().validate() == TrainConfig()

@@ -126,7 +126,7 @@ def test_module_entry_point(cmd: list[str]) -> None:
     assert r.returncode == 0 and "captcha-crnn" in r.stdout
 
 
-@pytest.mark.parametrize("flag,value,needle", [("--width", "wide", "number of pixels"),
+@pytest.mark.parametrize("flag,value,needle", [("--width", "wide", "a number of pixels"),
                                                ("--height", "40", "multiple of 16"),
                                                ("--width", "3", "at least 16")])
 def test_bad_size_flags_are_usage_errors(flag: str, value: str, needle: str, tmp_path: Path, capsys) -> None:

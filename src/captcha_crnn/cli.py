@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .errors import CaptchaError
@@ -29,30 +30,17 @@ def count(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _height(v: str) -> int | str:
-    """--height: a positive multiple of 16, or auto."""
-    if v == "auto":
-        return v
-    try:
-        h = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a multiple of 16, got {v!r}") from None
-    if h < 16 or h % 16:
-        raise argparse.ArgumentTypeError(f"expected a multiple of 16 (16, 32, 48, ...), got {v}")
-    return h
+def _size(problem: Callable[[Any], str | None]) -> Callable[[str], int | str]:
+    """An argparse type for --height/--width: a whole number or a keyword, checked by the config's rule."""
 
+    def parse(v: str) -> int | str:
+        value: int | str = int(v) if v.lstrip("-").isdigit() else v
+        want = problem(value)
+        if want:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {v!r}")
+        return value
 
-def _width(v: str) -> int | str:
-    """--width: a number of pixels (at least 16), 'variable' or 'auto'."""
-    if v in ("auto", "variable"):
-        return v
-    try:
-        w = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels, 'variable' or 'auto', got {v!r}") from None
-    if w < 16:
-        raise argparse.ArgumentTypeError(f"expected at least 16 pixels, got {w}")
-    return w
+    return parse
 
 
 def _add_decode(p: argparse.ArgumentParser) -> None:
@@ -235,7 +223,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to generate the CLI reference in the README)."""
     from .data.synth import DEFAULT_CHARSET
-    from .train.config import TrainConfig
+    from .train.config import TrainConfig, height_problem, width_problem
 
     d = TrainConfig()
     p = argparse.ArgumentParser(prog="captcha-crnn", description="Train CRNN captcha readers and read captchas.")
@@ -257,10 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test", type=float, default=d.test, help="test fraction of the split")
     t.add_argument("--val-data", default=None, help="separate validation folder/CSV (no val split)")
     t.add_argument("--test-data", default=None, help="separate test folder/CSV (no test split)")
-    t.add_argument("--height", type=_height, default=d.height,
+    t.add_argument("--height", type=_size(height_problem), default=d.height,
                    help="input height, a multiple of 16, or auto (default: 32, or 48/64 when characters "
                         "would be under 24 pixels wide at 32)")
-    t.add_argument("--width", type=_width, default=d.width,
+    t.add_argument("--width", type=_size(width_problem), default=d.width,
                    help="input width: a number, 'variable' (keep aspect, pad) or 'auto' (from the data)")
     t.add_argument("--crop", choices=["on", "off", "auto"], default="auto",
                    help="cut each image to the box around its text before resizing; auto: when the text "

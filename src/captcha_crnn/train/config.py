@@ -7,6 +7,20 @@ from typing import Any
 
 from ..errors import CaptchaError
 
+MIN_WIDTH = 16  # narrowest fixed input width (4 CTC frames)
+
+
+def height_problem(h: Any) -> str | None:
+    """None for a valid input height, else what one must be: a multiple of 16, or "auto"."""
+    ok = h == "auto" or (isinstance(h, int) and not isinstance(h, bool) and h >= 16 and h % 16 == 0)
+    return None if ok else "a multiple of 16 (16, 32, 48, ...) or auto"
+
+
+def width_problem(w: Any) -> str | None:
+    """None for a valid input width, else what one must be: MIN_WIDTH pixels or more, "variable" or "auto"."""
+    ok = w in ("auto", "variable", None) or (isinstance(w, int) and not isinstance(w, bool) and w >= MIN_WIDTH)
+    return None if ok else f"a number of pixels, at least {MIN_WIDTH}, or 'variable' or 'auto'"
+
 
 @dataclass
 class TrainConfig:
@@ -64,10 +78,10 @@ class TrainConfig:
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("patience", self.patience, 1)
-        if self.height != "auto":
-            _at_least("height", self.height, 16)
-            if self.height % 16:
-                _bad("height", self.height, "a multiple of 16 or auto")
+        for name, problem in (("height", height_problem), ("width", width_problem)):
+            want = problem(getattr(self, name))
+            if want:
+                _bad(name, getattr(self, name), want)
         if self.threads is not None:
             _at_least("threads", self.threads, 1)
         for name in ("lr", "clip") + (("max_minutes",) if self.max_minutes is not None else ()):
@@ -86,9 +100,6 @@ class TrainConfig:
         return self
 
     def _check_choices(self) -> None:
-        w = self.width
-        if w not in ("auto", "variable", None) and not (str(w).isdigit() and int(w) >= 4):
-            _bad("width", w, "a number of at least 4, 'variable' or 'auto'")
         if self.channels not in ("auto", 1, 3, "1", "3"):
             _bad("channels", self.channels, "1, 3 or auto")
         if self.crop not in ("auto", True, False):
