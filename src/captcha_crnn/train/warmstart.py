@@ -14,13 +14,15 @@ from ..data.alphabet import Alphabet
 from ..errors import CaptchaError
 from ..model.crnn import CRNN
 
+PROJECTION = "proj.0.weight"  # (hidden, C' * H/16): the one weight whose shape follows the input height
 
-def _adapt(src: torch.Tensor, dst: torch.Tensor, channels: int) -> torch.Tensor | None:
+
+def _adapt(key: str, src: torch.Tensor, dst: torch.Tensor, channels: int) -> torch.Tensor | None:
     """src reshaped for dst: same shape, a first conv with 1 <-> 3 input channels, or the projection
     of another input height (`channels` feature maps of H/16 rows each); else None."""
     if src.shape == dst.shape:
         return src
-    if src.ndim == 2 and src.shape[0] == dst.shape[0] and src.shape[1] % channels == dst.shape[1] % channels == 0:
+    if key == PROJECTION and src.shape[0] == dst.shape[0]:
         return _stretch_rows(src, dst.shape[1] // channels, channels)
     if src.ndim == 4 and src.shape[0] == dst.shape[0] and src.shape[2:] == dst.shape[2:]:
         if src.shape[1] == 1 and dst.shape[1] == 3:
@@ -58,7 +60,7 @@ def warm_start(model: CRNN, alphabet: Alphabet, source: str) -> str:
     for k, v in sd.items():
         if k.startswith("head.") or k not in own:
             continue
-        a = _adapt(v, own[k], model.backbone.out_channels)
+        a = _adapt(k, v, own[k], model.backbone.out_channels)
         if a is not None:
             own[k] = a.clone()
             copied += 1
