@@ -745,5 +745,6 @@ def test_label_rule_and_train_config_validate_in_python() -> None:
     raises_naming(LabelRule, regex="(unclosed", needles=("not a valid regular expression",))
     raises_naming(TrainConfig(height=40).validate, needles=("--height must be a multiple of 16", "not 40"))
     raises_naming(TrainConfig(width=8).validate, needles=("--width must be a number of pixels, at least 16", "not 8"))
+    assert TrainConfig(width="96").validate().width == "96"  # digits, as the Python API always took
     raises_naming(TrainConfig(preset="huge").validate, needles=("--preset must be tiny or small",))
     assert TrainConfig().validate() == TrainConfig()

@@ -17,7 +17,10 @@ def height_problem(h: Any) -> str | None:
 
 
 def width_problem(w: Any) -> str | None:
-    """None for a valid input width, else what one must be: MIN_WIDTH pixels or more, "variable" or "auto"."""
+    """None for a valid input width, else what one must be: MIN_WIDTH pixels or more (a number or its
+    digits, as before), "variable" or "auto"."""
+    if isinstance(w, str) and w.isdigit():
+        w = int(w)
     ok = w in ("auto", "variable", None) or (isinstance(w, int) and not isinstance(w, bool) and w >= MIN_WIDTH)
     return None if ok else f"a number of pixels, at least {MIN_WIDTH}, or 'variable' or 'auto'"
 
