@@ -96,11 +96,12 @@ def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
     cropping), else aspect-preserving with padding."""
     crop = cfg.crop is True  # resolved by autoconfig; "auto" left unresolved means no crop
     sizes = set()
-    for s in samples[:: max(1, len(samples) // 200)]:
-        try:
-            sizes.add(image_size(s.path))
-        except CaptchaError:
-            continue
+    if cfg.height == "auto" or cfg.width in ("auto", None):  # only the auto choices look at the images
+        for s in samples[:: max(1, len(samples) // 200)]:
+            try:
+                sizes.add(image_size(s.path))
+            except CaptchaError:
+                continue
     max_len = max(len(s.label) for s in samples)
     height = choose_height(cfg, sizes, max_len)
     if cfg.width not in ("auto", None, "variable"):
