@@ -35,3 +35,24 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys) -> None:
     assert summary["fresh"]["n"] == 10
     out = capsys.readouterr().out
     assert "read" in out and "truth" in out and "files:" in out
+
+
+def test_mixed_style_is_reproducible_varied_and_readable_as_a_folder(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    a = synthesize(tmp_path / "a", 24, "aB3xY9", (1, 8), seed=3, progress=False, style="mixed")
+    b = synthesize(tmp_path / "b", 24, "aB3xY9", (1, 8), seed=3, progress=False, style="mixed")
+    assert all(Path(pa).read_bytes() == Path(pb).read_bytes() for (pa, _), (pb, _) in zip(a, b))
+    sizes = {Image.open(p).size for p, _ in a}
+    assert len(sizes) > 5  # sizes of their own, not --size
+    for p, _ in a:  # every image has ink on it: something darker than its lightest pixels
+        g = np.asarray(Image.open(p).convert("L"), dtype=np.int16)
+        assert g.max() - g.min() > 60, p
+    samples = read_folder(tmp_path / "a", LabelRule(sep="_"))
+    assert sorted(s.label for s in samples) == sorted(lab for _, lab in a)
+
+
+def test_synth_command_mixed_style(tmp_path: Path, capsys) -> None:
+    assert main(["synth", str(tmp_path / "m"), "--n", "6", "--style", "mixed", "--length", "2-3"]) == 0
+    assert len(list((tmp_path / "m").glob("*.png"))) == 6

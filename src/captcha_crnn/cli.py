@@ -188,7 +188,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
         lengths, size = (int(lo), int(hi or lo)), (int(w), int(h))
     except ValueError:
         raise CaptchaError(f"bad --length {a.length!r} or --size {a.size!r} (expected 4-6 and 200x60)") from None
-    synthesize(a.out, a.n, a.charset, lengths, size, a.seed, a.fonts, a.workers)
+    synthesize(a.out, a.n, a.charset, lengths, size, a.seed, a.fonts, a.workers, style=a.style)
     print(f"wrote {a.n} captchas to {a.out}")
     return 0
 
@@ -222,7 +222,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to generate the CLI reference in the README)."""
-    from .data.synth import DEFAULT_CHARSET
+    from .data.synth import DEFAULT_CHARSET, STYLES
     from .train.config import TrainConfig, height_problem, width_problem
 
     d = TrainConfig()
@@ -327,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--charset", default=DEFAULT_CHARSET)
     s.add_argument("--size", default="160x60", help="WIDTHxHEIGHT")
     s.add_argument("--fonts", default=None, metavar="DIR", help="folder of .ttf/.otf fonts")
+    s.add_argument("--style", choices=STYLES, default="captcha",
+                   help="captcha: the captcha package's look at --size; mixed: many fonts, colours, rotations "
+                        "and spacings at sizes of their own (the pre-training style)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(func=cmd_synth)

@@ -8,6 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 DEFAULT_CHARSET = "0123456789abcdefghijkmnpqrstuvwxyz"
+STYLES = ("captcha", "mixed")
 
 
 class _SeededSecrets:
@@ -26,10 +27,15 @@ class _SeededSecrets:
         return self._rng.choice(seq)
 
 
-def _render(job: tuple[str, str, int, int, int, list[str] | None]) -> None:
+def _render(job: tuple[str, str, int, int, int, list[str] | None, str]) -> None:
     import captcha.image as ci
 
-    path, text, w, h, seed, fonts = job
+    path, text, w, h, seed, fonts, style = job
+    if style == "mixed":
+        from .mixed import render_mixed
+
+        render_mixed(text, seed, fonts or []).save(path)
+        return
     random.seed(seed)
     ci.secrets = _SeededSecrets(seed)  # type: ignore[assignment]
     ci.ImageCaptcha(width=w, height=h, fonts=fonts).generate_image(text).save(path)
@@ -51,15 +57,27 @@ def synthesize(
     fonts_dir: str | None = None,
     workers: int = 2,
     progress: bool = True,
+    style: str = "captcha",
 ) -> list[tuple[str, str]]:
-    """Write n captchas into `out`, named `<label>_<i>.png`; returns (path, label) pairs."""
+    """Write n captchas into `out`, named `<label>_<i>.png`; returns (path, label) pairs.
+
+    style "captcha": the `captcha` package's look at `size`; "mixed": many fonts, colours, rotations
+    and spacings at sizes of their own (data/mixed.py), for pre-training.
+    """
     from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fonts = sorted(str(p) for p in Path(fonts_dir).glob("*.[ot]tf")) if fonts_dir else None
+    if style not in STYLES:
+        raise ValueError(f"unknown synth style {style!r} (choose from {', '.join(STYLES)})")
+    if style == "mixed":
+        from .mixed import font_pool
+
+        fonts: list[str] | None = font_pool(fonts_dir)
+    else:
+        fonts = sorted(str(p) for p in Path(fonts_dir).glob("*.[ot]tf")) if fonts_dir else None
     labels = labels_for(n, charset, lengths, seed)
-    jobs = [(str(out / f"{lab}_{i}.png"), lab, size[0], size[1], seed * 1_000_003 + i, fonts)
+    jobs = [(str(out / f"{lab}_{i}.png"), lab, size[0], size[1], seed * 1_000_003 + i, fonts, style)
             for i, lab in enumerate(labels)]
     with ProcessPoolExecutor(max(1, workers)) as pool:
         for _ in tqdm(pool.map(_render, jobs, chunksize=32), total=n, desc="synth", unit="img",
