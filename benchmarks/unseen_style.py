@@ -99,10 +99,16 @@ def main() -> None:
            "train_wall_s": round(wall, 1), "epochs": len(r.history),
            "test_n": r.test.n if r.test else 0,
            "test_sequence_accuracy": r.test.sequence_accuracy if r.test else None,
-           "test_cer": r.test.cer if r.test else None, "config": r.config}
-    print("| style | images | budget | epochs | test n | sequence accuracy | CER |\n|---|---|---|---|---|---|---|")
+           "test_cer": r.test.cer if r.test else None,
+           "test_case_blind_accuracy": ((r.test.case_insensitive or {}).get("sequence_accuracy")
+                                        if r.test else None),
+           "config": r.config}
+    blind = res["test_case_blind_accuracy"]
+    print("| style | images | budget | epochs | test n | sequence accuracy | ignoring case | CER |\n"
+          "|---|---|---|---|---|---|---|---|")
     print(f"| unseen (6 of 62, lens, noisy colour, 200x90) | {a.n} | {a.minutes:g} min | {res['epochs']} | "
-          f"{res['test_n']} | {res['test_sequence_accuracy']:.2%} | {res['test_cer']:.4f} |")
+          f"{res['test_n']} | {res['test_sequence_accuracy']:.2%} | "
+          f"{'-' if blind is None else f'{blind:.2%}'} | {res['test_cer']:.4f} |")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(res, indent=2))
 
