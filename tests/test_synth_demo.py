@@ -56,3 +56,13 @@ def test_mixed_style_is_reproducible_varied_and_readable_as_a_folder(tmp_path: P
 def test_synth_command_mixed_style(tmp_path: Path, capsys) -> None:
     assert main(["synth", str(tmp_path / "m"), "--n", "6", "--style", "mixed", "--length", "2-3"]) == 0
     assert len(list((tmp_path / "m").glob("*.png"))) == 6
+
+
+def test_synth_fonts_folder_without_fonts_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    for style in ("captcha", "mixed"):
+        for folder, why in ((tmp_path / "empty", "no .ttf or .otf fonts"), (tmp_path / "nope", "no such folder")):
+            assert main(["synth", str(tmp_path / "s"), "--n", "2", "--style", style, "--fonts", str(folder)]) == 2
+            err = capsys.readouterr().err
+            assert str(folder) in err and why in err and "Traceback" not in err
+            assert len(err.strip().splitlines()) == 1

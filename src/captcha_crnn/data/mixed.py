@@ -10,8 +10,8 @@ chosen at random, and writes it like `synth` does (label in the file name):
   and dots;
 - "line": one font and colour for the whole text, a small shear, on the same backgrounds.
 
-Fonts: the `captcha` package's bundled font plus whatever TrueType fonts the machine has (or a
-folder given), so the recipe runs anywhere; which fonts were used is returned for the model card.
+Fonts: the `captcha` package's bundled font plus whatever TrueType fonts the machine has (or those
+of a folder given), so it runs anywhere.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from .synth import captcha_image, font_files, user_fonts
+
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts", "C:/Windows/Fonts")
 SKIP_FONTS = ("Math", "Symbol", "Emoji", "Dingbat", "Wingding")  # fonts without plain Latin glyphs
 
@@ -31,9 +33,8 @@ def font_pool(fonts_dir: str | None = None) -> list[str]:
     """TrueType/OpenType files to draw from: `fonts_dir`, or the system's fonts, plus the captcha package's."""
     import captcha
 
-    bundled = sorted(str(p) for p in (Path(captcha.__file__).parent / "data").glob("*.ttf"))
-    roots = [Path(fonts_dir)] if fonts_dir else [Path(d) for d in FONT_DIRS if Path(d).is_dir()]
-    found = sorted({str(p) for r in roots for p in r.rglob("*") if p.suffix.lower() in (".ttf", ".otf")})
+    bundled = font_files(Path(captcha.__file__).parent / "data")
+    found = user_fonts(fonts_dir) if fonts_dir else sorted({f for d in FONT_DIRS for f in font_files(d)})
     found = [f for f in found if not any(s in Path(f).name for s in SKIP_FONTS)]
     return bundled + found
 
@@ -89,11 +90,10 @@ def _compose(rng: random.Random, text: str, fonts: list[str], per_char: bool) ->
     for g, ink in glyphs:
         y = round((h - g.height) / 2 + rng.uniform(-jitter, jitter))
         y = max(0, min(y, h - g.height))
-        a = np.asarray(g, dtype=np.float32)[..., None] / 255  # (gh, gw, 1)
         x0 = max(0, min(x, w - g.width))
-        region = canvas[y : y + g.height, x0 : x0 + g.width]
-        region[:] = region * (1 - a[: region.shape[0], : region.shape[1]]) + np.array(ink) * a[
-            : region.shape[0], : region.shape[1]]
+        region = canvas[y : y + g.height, x0 : x0 + g.width]  # (gh, gw, 3), less where the canvas ends
+        a = np.asarray(g, dtype=np.float32)[: region.shape[0], : region.shape[1], None] / 255
+        region[:] = region * (1 - a) + np.array(ink) * a
         x += g.width + gap
     im = Image.fromarray(canvas.astype(np.uint8))
     _noise(rng, im)
@@ -124,15 +124,9 @@ def render_mixed(text: str, seed: int, fonts: list[str]) -> Image.Image:
     rng = random.Random(seed)
     kind = rng.random()
     if kind < 0.3:
-        import captcha.image as ci
-
-        from .synth import _SeededSecrets
-
-        random.seed(seed)
-        ci.secrets = _SeededSecrets(seed)  # type: ignore[assignment]
         per = rng.randrange(28, 42)
-        size = (max(60, per * len(text) + rng.randrange(20, 60)), rng.randrange(50, 80))
-        im = ci.ImageCaptcha(width=size[0], height=size[1], fonts=[rng.choice(fonts)]).generate_image(text)
+        w, h = max(60, per * len(text) + rng.randrange(20, 60)), rng.randrange(50, 80)
+        im = captcha_image(text, w, h, seed, [rng.choice(fonts)])
     elif kind < 0.75:
         im = _compose(rng, text, fonts, per_char=True)
     else:

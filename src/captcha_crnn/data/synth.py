@@ -6,9 +6,16 @@ import random
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import CaptchaError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_CHARSET = "0123456789abcdefghijkmnpqrstuvwxyz"
 STYLES = ("captcha", "mixed")
+FONT_SUFFIXES = (".ttf", ".otf")
 
 
 class _SeededSecrets:
@@ -27,18 +34,38 @@ class _SeededSecrets:
         return self._rng.choice(seq)
 
 
-def _render(job: tuple[str, str, int, int, int, list[str] | None, str]) -> None:
+def font_files(folder: str | Path) -> list[str]:
+    """The .ttf/.otf files anywhere under `folder`, sorted; none when it is not a folder."""
+    root = Path(folder)
+    return sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in FONT_SUFFIXES) if root.is_dir() else []
+
+
+def user_fonts(fonts_dir: str | Path) -> list[str]:
+    """The fonts of a `--fonts DIR`; CaptchaError naming the folder when it holds none."""
+    found = font_files(fonts_dir)
+    if not found:
+        why = "no .ttf or .otf fonts in it" if Path(fonts_dir).is_dir() else "no such folder"
+        raise CaptchaError(f"{fonts_dir}: {why} (--fonts wants a folder of fonts)")
+    return found
+
+
+def captcha_image(text: str, w: int, h: int, seed: int, fonts: list[str] | None) -> Image.Image:
+    """The `captcha` package's image of `text`, reproducible from `seed`."""
     import captcha.image as ci
 
+    random.seed(seed)
+    ci.secrets = _SeededSecrets(seed)  # type: ignore[assignment]
+    return ci.ImageCaptcha(width=w, height=h, fonts=fonts).generate_image(text)
+
+
+def _render(job: tuple[str, str, int, int, int, list[str] | None, str]) -> None:
     path, text, w, h, seed, fonts, style = job
     if style == "mixed":
         from .mixed import render_mixed
 
         render_mixed(text, seed, fonts or []).save(path)
-        return
-    random.seed(seed)
-    ci.secrets = _SeededSecrets(seed)  # type: ignore[assignment]
-    ci.ImageCaptcha(width=w, height=h, fonts=fonts).generate_image(text).save(path)
+    else:
+        captcha_image(text, w, h, seed, fonts).save(path)
 
 
 def labels_for(n: int, charset: str, lengths: tuple[int, int], seed: int) -> list[str]:
@@ -75,7 +102,7 @@ def synthesize(
 
         fonts: list[str] | None = font_pool(fonts_dir)
     else:
-        fonts = sorted(str(p) for p in Path(fonts_dir).glob("*.[ot]tf")) if fonts_dir else None
+        fonts = user_fonts(fonts_dir) if fonts_dir else None
     labels = labels_for(n, charset, lengths, seed)
     jobs = [(str(out / f"{lab}_{i}.png"), lab, size[0], size[1], seed * 1_000_003 + i, fonts, style)
             for i, lab in enumerate(labels)]
