@@ -257,7 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1 grey, 3 colour, auto: colour when the images carry colour (default)")
     t.add_argument("--preset", choices=["tiny", "small", "base", "auto"], default=d.preset,
                    help="model size; auto: small, base from 50 000 images (default)")
-    t.add_argument("--backbone", choices=["plain", "resnet"], default=d.backbone)
+    t.add_argument("--backbone", choices=["plain", "resnet", "ddddocr", "auto"], default=d.backbone,
+                   help="convolutional part; auto: ddddocr for the pretrained start, else plain (default)")
+    t.add_argument("--pretrained", choices=["on", "off", "auto"], default=d.pretrained,
+                   help="start from the captcha-pretrained ddddocr backbone (needs the extra: pip install "
+                        "\"captcha-crnn[pretrained]\"); auto: where installed, else from scratch (default)")
+    t.add_argument("--freeze-epochs", type=int, default=d.freeze_epochs, metavar="N",
+                   help=f"pretrained start: train only the RNN and head for N epochs (default {d.freeze_epochs})")
+    t.add_argument("--backbone-lr", type=float, default=d.backbone_lr, metavar="F",
+                   help=f"pretrained start: backbone learning rate as a fraction of --lr (default {d.backbone_lr:g})")
     t.add_argument("--rnn", choices=["gru", "lstm"], default=d.rnn)
     t.add_argument("--dropout", type=float, default=d.dropout)
     t.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",

@@ -27,7 +27,7 @@ EXPORT_VERSION = 1  # bump when the exported graph changes (invalidates the engi
 
 
 def _export_module(model: Any) -> Any:
-    """The CRNN's forward without Python-side shape logic (inputs have widths a multiple of 4)."""
+    """The CRNN's own forward in its exportable form (no Python-side shape logic)."""
     from torch import nn
 
     class Exported(nn.Module):
@@ -36,11 +36,7 @@ def _export_module(model: Any) -> Any:
             self.m = m
 
         def forward(self, x: Any) -> Any:
-            m = self.m
-            f = m.backbone(x)  # (B, C', H/16, W/4)
-            f = f.permute(0, 3, 1, 2).flatten(2)  # (B, T, C'*H/16)
-            f, _ = m.rnn(m.proj(f))
-            return m.head(f).float().log_softmax(-1)
+            return self.m(x, exportable=True)
 
     # eval() on the wrapper too: the exporter traces in the wrapper's mode, and a GRU/LSTM in
     # training mode would be exported with its inter-layer dropout.

@@ -1,4 +1,8 @@
-"""Convolutional feature extractors that turn (B, C, H, W) images into (B, C', H/16, W/4)."""
+"""Convolutional feature extractors that turn (B, C, H, W) images into (B, C', H/h_div, W/4).
+
+Every backbone gives W/4 columns (the one time-step rule, data/images.py: time_steps) and says how
+much it divides the height by (`height_div`), which fixes the feature size the RNN sees.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class PlainBackbone(nn.Module):
             layers.append(nn.MaxPool2d(kernel_size=s, stride=s))
         self.body = nn.Sequential(*layers)
         self.out_channels = c
+        self.height_div = 16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)  # (B, C, H, W) -> (B, C', H/16, W/4)
@@ -72,9 +77,60 @@ class ResNetBackbone(nn.Module):
                 c = w
         self.body = nn.Sequential(*blocks)
         self.out_channels = c
+        self.height_div = 16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.stem(x))  # (B, C, H, W) -> (B, C', H/16, W/4)
 
 
-BACKBONES = {"plain": PlainBackbone, "resnet": ResNetBackbone}
+def conv_silu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.SiLU())
+
+
+class Residual(nn.Module):
+    """x + 1x1(SiLU(3x3(x))): the block of the ddddocr backbone (batch norm folded into conv biases)."""
+
+    def __init__(self, c: int, mid: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_silu(c, mid), nn.Conv2d(mid, c, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class DdddocrBackbone(nn.Module):
+    """The convolutional part of the captcha model shipped in the `ddddocr` package (common.onnx):
+    21 convolutions with SiLU, three stride-2 stages, 64 channels out. Its weights come from
+    train/pretrained.py; the layer order here is the ONNX graph's order of Conv nodes.
+
+    The original gives W/8 columns; each is repeated twice so the CRNN keeps T = W/4 (CTC then has
+    room for a blank between repeated characters even in narrow images).
+    """
+
+    def __init__(self, in_ch: int = 1, widths: tuple[int, ...] = (), depth: int = 1):
+        super().__init__()
+        if in_ch != 1:
+            raise ValueError("the ddddocr backbone reads grey images (1 channel)")
+        self.body = nn.Sequential(
+            conv_silu(1, 24, 2), Residual(24, 24), Residual(24, 24),  # (B, 24, H/2, W/2)
+            conv_silu(24, 96, 2), nn.Conv2d(96, 48, 1), *[Residual(48, 192) for _ in range(3)],  # (B, 48, H/4, W/4)
+            conv_silu(48, 192, 2), nn.Conv2d(192, 64, 1), *[Residual(64, 256) for _ in range(3)],  # (B, 64, H/8, W/8)
+        )
+        self.out_channels = 64
+        self.height_div = 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[-1] // 4
+        f = self.body(x)  # (B, 64, H/8, ceil(W/8))
+        b, c, h, w = f.shape
+        f = f.unsqueeze(-1).expand(b, c, h, w, 2).reshape(b, c, h, 2 * w)  # each column twice
+        return f[..., :t]  # (B, 64, H/8, W/4)
+
+
+BACKBONES = {"plain": PlainBackbone, "resnet": ResNetBackbone, "ddddocr": DdddocrBackbone}
+# What each backbone expects of its input: ink (0 paper, 1 ink: the project's own), or pixels as the
+# ddddocr model was trained on: grey / 255 ("pixel") or centred (grey / 255 - 0.5) / 0.5 ("centered").
+INPUT_NORMS = ("ink", "pixel", "centered")
+# The input each pretrained backbone reads best (benchmarks/ddddocr_norm.py: zero-shot, centred input
+# read 98.0/97.5/8.5% of captcha_v2/henan_digits4/generic_varlen against 97.5/97.5/6.5% for grey / 255).
+NATIVE_NORM = {"ddddocr": "centered"}

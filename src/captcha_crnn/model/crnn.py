@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..data.images import time_steps
-from .backbones import BACKBONES
+from .backbones import BACKBONES, INPUT_NORMS
 
 
 @dataclass
@@ -19,11 +19,13 @@ class CRNNConfig:
     num_classes: int = 37  # alphabet + CTC blank
     in_channels: int = 1
     height: int = 32
-    backbone: str = "plain"  # plain | resnet
+    backbone: str = "plain"  # plain | resnet | ddddocr
+    input_norm: str = "ink"  # what the backbone is fed (model/backbones.py: INPUT_NORMS)
     widths: tuple[int, ...] = field(default_factory=lambda: (32, 64, 96, 128))
     depth: int = 1
     rnn: str = "gru"  # gru | lstm
     hidden: int = 128
+    proj: bool = True  # a linear+ReLU from the features to `hidden` before the RNN (else the RNN reads them)
     rnn_layers: int = 2
     dropout: float = 0.1
 
@@ -44,6 +46,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(widths=(16, 32, 48, 64), hidden=64),
     "small": dict(widths=(16, 32, 64, 128), hidden=96),  # 2.3x faster to read than (32,64,96,128)/128, as accurate
     "base": dict(widths=(64, 128, 192, 256), hidden=256, depth=2),
+    # the RNN straight on the 512 features per column of the ddddocr backbone: a projection before it
+    # kept a new head on the CTC blank plateau for hundreds of steps (docs/experiments.md)
+    "pretrained": dict(hidden=192, proj=False),
 }
 
 
@@ -63,12 +68,14 @@ class CRNN(nn.Module):
             raise ValueError(f"height must be a multiple of 16, got {cfg.height}")
         if cfg.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {cfg.backbone!r}; choose from {', '.join(BACKBONES)}")
+        if cfg.input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {cfg.input_norm!r}; choose from {', '.join(INPUT_NORMS)}")
         self.cfg = cfg
         self.backbone = BACKBONES[cfg.backbone](cfg.in_channels, cfg.widths, cfg.depth)
-        feat = self.backbone.out_channels * (cfg.height // 16)
-        self.proj = nn.Sequential(nn.Linear(feat, cfg.hidden), nn.ReLU(inplace=True))
+        feat = self.backbone.out_channels * (cfg.height // self.backbone.height_div)
+        self.proj = nn.Sequential(nn.Linear(feat, cfg.hidden), nn.ReLU(inplace=True)) if cfg.proj else nn.Identity()
         rnn_cls = {"gru": nn.GRU, "lstm": nn.LSTM}[cfg.rnn]
-        self.rnn = rnn_cls(cfg.hidden, cfg.hidden, num_layers=cfg.rnn_layers, bidirectional=True,
+        self.rnn = rnn_cls(cfg.hidden if cfg.proj else feat, cfg.hidden, num_layers=cfg.rnn_layers, bidirectional=True,
                            batch_first=True, dropout=cfg.dropout if cfg.rnn_layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(2 * cfg.hidden, cfg.num_classes)
@@ -78,12 +85,21 @@ class CRNN(nn.Module):
         """(B,) time steps produced for input widths (data/images.py: time_steps)."""
         return torch.from_numpy(time_steps(widths))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[..., : max(4, x.shape[-1] // 4 * 4)]  # width a multiple of 4: T = W // 4 exactly
-        f = self.backbone(x)  # (B, C', H/16, W/4)
-        b, c, h, t = f.shape
-        f = f.permute(0, 3, 1, 2).reshape(b, t, c * h)  # (B, T, C'*H/16)
-        f = self.proj(f)  # (B, T, hidden)
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Ink in [0, 1] (paper 0) -> what the backbone was trained on (cfg.input_norm)."""
+        if self.cfg.input_norm == "pixel":
+            return 1.0 - x  # grey / 255
+        if self.cfg.input_norm == "centered":
+            return 1.0 - 2.0 * x  # (grey / 255 - 0.5) / 0.5
+        return x
+
+    def forward(self, x: torch.Tensor, exportable: bool = False) -> torch.Tensor:
+        """exportable: no Python-side shape logic (the ONNX graph; widths are then a multiple of 4)."""
+        if not exportable:
+            x = x[..., : max(4, x.shape[-1] // 4 * 4)]  # width a multiple of 4: T = W // 4 exactly
+        f = self.backbone(self.normalize(x))  # (B, C', H/h_div, W/4)
+        f = f.permute(0, 3, 1, 2).flatten(2)  # (B, T, C'*H/h_div)
+        f = self.proj(f)  # (B, T, hidden) (or unchanged without a projection)
         f, _ = self.rnn(f)  # (B, T, 2*hidden)
         logits = self.head(self.drop(f))  # (B, T, num_classes)
         return logits.float().log_softmax(-1)

@@ -8,6 +8,7 @@ chosen in loop.choose_preprocess from the image sizes and the longest label.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -15,6 +16,7 @@ from PIL import Image
 from ..data.images import crop_to_ink, open_image, to_mode
 from ..data.labels import Sample
 from ..errors import CaptchaError
+from . import pretrained
 from .config import TrainConfig
 
 COLOUR_PIXELS = 0.02  # share of strongly coloured pixels above which colour is kept
@@ -53,9 +55,40 @@ def text_share(images: list[Image.Image]) -> tuple[float, int]:
     return (float(np.mean(shares)) if shares else 1.0), len({im.size for im in images})
 
 
+# Why --pretrained auto starts from the ddddocr backbone (benchmarks/learning_curve.py, README).
+PRETRAINED_WHY = "it read better than the from-scratch default at every training-set size measured"
+PRETRAINED_HEIGHT = 64  # the height the ddddocr backbone was trained at
+
+
+def resolve_start(cfg: TrainConfig) -> tuple[dict[str, Any], list[str]]:
+    """Settle --pretrained and --backbone: the ddddocr backbone with its weights where asked for or
+    (auto) installed, else the from-scratch default; with the input the backbone expects."""
+    wants = cfg.pretrained == "on" or (cfg.pretrained == "auto" and cfg.backbone in ("auto", "ddddocr"))
+    if cfg.pretrained == "on" and cfg.backbone not in ("auto", "ddddocr"):
+        raise CaptchaError(f"--pretrained on needs --backbone ddddocr (or auto), not {cfg.backbone}")
+    if not wants:
+        return {"pretrained": "off", "backbone": "plain" if cfg.backbone == "auto" else cfg.backbone}, []
+    if not pretrained.available():
+        if cfg.pretrained == "on" or cfg.backbone == "ddddocr":
+            raise CaptchaError(f"the pretrained ddddocr backbone is not installed: {pretrained.INSTALL_HINT}"
+                               + ("" if cfg.pretrained == "on" else " (or --pretrained off for random weights)"))
+        return {"pretrained": "off", "backbone": "plain"}, [
+            f"from scratch: the pretrained backbone is not installed ({pretrained.INSTALL_HINT} adds it)"]
+    if cfg.channels not in ("auto", 1, "1"):
+        raise CaptchaError("--pretrained: the ddddocr backbone reads grey images; drop --channels 3")
+    changes: dict[str, Any] = {"pretrained": "on", "backbone": "ddddocr", "channels": 1}
+    if cfg.height == "auto":
+        changes["height"] = PRETRAINED_HEIGHT
+    if cfg.preset == "auto":
+        changes["preset"] = "pretrained"
+    return changes, [f"pretrained start from the ddddocr backbone ({PRETRAINED_WHY}), grey, height "
+                     f"{changes.get('height', cfg.height)}"]
+
+
 def resolve(cfg: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, list[str]]:
     """Replace every "auto" field of cfg by a choice made from the training samples; say why."""
-    notes, changes = [], {}
+    changes, notes = resolve_start(cfg)
+    cfg = replace(cfg, **changes)
     images = sample_images(samples) if "auto" in (cfg.channels, cfg.crop) else []  # opened once for both
     if cfg.channels == "auto":
         share = colour_share(images)

@@ -56,7 +56,10 @@ class TrainConfig:
     crop: bool | str = "auto"  # cut each image to its text first; auto: when the text box covers under 30% of the image
     # model
     preset: str = "auto"  # tiny | small | base | auto (from the data size)
-    backbone: str = "plain"
+    backbone: str = "auto"  # plain | resnet | ddddocr | auto (ddddocr for the pretrained start, else plain)
+    pretrained: str = "auto"  # on | off | auto: start from the captcha-pretrained ddddocr backbone where installed
+    freeze_epochs: int = 2  # pretrained start: epochs with the backbone frozen (only the RNN and head learn)
+    backbone_lr: float = 0.1  # pretrained start: the backbone's learning rate as a fraction of --lr
     rnn: str = "gru"
     augment: float | str = "auto"  # strength; auto: 1.0 for small sets, 0.5 for large
     dropout: float = 0.1
@@ -81,6 +84,9 @@ class TrainConfig:
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("patience", self.patience, 1)
+        _at_least("freeze_epochs", self.freeze_epochs, 0)
+        if not _number(self.backbone_lr) or not 0 < self.backbone_lr <= 10:
+            _bad("backbone_lr", self.backbone_lr, "a number above 0 and at most 10")
         for name, problem in (("height", height_problem), ("width", width_problem)):
             want = problem(getattr(self, name))
             if want:
@@ -109,7 +115,9 @@ class TrainConfig:
             _bad("crop", self.crop, "on, off or auto")
         if self.augment != "auto" and (not _number(self.augment) or self.augment < 0):
             _bad("augment", self.augment, "a number of at least 0 or auto")
-        for name, choices in (("preset", ("tiny", "small", "base", "auto")), ("backbone", ("plain", "resnet")),
+        for name, choices in (("preset", ("tiny", "small", "base", "pretrained", "auto")),
+                              ("backbone", ("plain", "resnet", "ddddocr", "auto")),
+                              ("pretrained", ("on", "off", "auto")),
                               ("rnn", ("gru", "lstm")), ("case", ("sensitive", "insensitive")),
                               ("device", ("auto", "cpu", "cuda"))):
             if getattr(self, name) not in choices:

@@ -23,6 +23,7 @@ from ..data.split import split_items
 from ..decode.ctc import greedy_decode_batch
 from ..errors import CaptchaError
 from ..evaluate import Report, score_both
+from ..model.backbones import NATIVE_NORM
 from ..model.crnn import CRNN, preset
 from ..model.modelfile import ModelBundle, save_bundle
 from . import distributed
@@ -148,24 +149,27 @@ def usable(ds: ImageSet, alphabet: Alphabet, name: str) -> ImageSet:
     return out
 
 
-def init_weights(model: CRNN, alphabet: Alphabet, init: str | None) -> str:
-    """Warm-start `model` from `init` ("auto": the shipped synthetic model if present); describe what happened."""
+def init_weights(model: CRNN, alphabet: Alphabet, cfg: TrainConfig) -> str:
+    """Initialise `model`: from an --init model when one is named, else from the pretrained backbone
+    (cfg.pretrained "on"), else from the shipped synthetic model (--init auto) when present;
+    describe what happened."""
     from ..infer.zoo import zoo_path
+    from .pretrained import load_pretrained
     from .warmstart import warm_start
 
+    init = cfg.init
+    if init not in (None, "", "none", "auto"):
+        return f"warm start from {init}: " + warm_start(model, alphabet, init)
+    if cfg.pretrained == "on":
+        return "pretrained " + load_pretrained(model) + "; new RNN and head"
     if init in (None, "", "none"):
         return "random (from scratch)"
-    source = init
-    if init == "auto":
-        if zoo_path("synthetic") is None:
-            return "random (from scratch; no shipped synthetic model to start from)"
-        source = "synthetic"
+    if zoo_path("synthetic") is None:
+        return "random (from scratch; no shipped synthetic model to start from)"
     try:
-        return f"warm start from {source}: " + warm_start(model, alphabet, source)
+        return "warm start from synthetic: " + warm_start(model, alphabet, "synthetic")
     except CaptchaError as e:
-        if init == "auto":
-            return f"random (from scratch; {e})"
-        raise
+        return f"random (from scratch; {e})"
 
 
 @torch.inference_mode()
@@ -285,19 +289,28 @@ def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, d: Dist | None =
 
 
 def build_model(cfg: TrainConfig, data: Data, warm: bool) -> tuple[CRNN, str]:
-    """The CRNN for this data, warm-started when `warm` (not when resuming); with a description of its init."""
+    """The CRNN for this data, initialised when `warm` (not when resuming); with a description of its init."""
     mcfg = preset(cfg.preset, num_classes=data.alphabet.num_classes, in_channels=data.pre.channels,
-                  height=data.pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout)
+                  height=data.pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout,
+                  input_norm=NATIVE_NORM.get(cfg.backbone, "ink"))
     model = CRNN(mcfg)
-    return model, init_weights(model, data.alphabet, cfg.init) if warm else "from the checkpoint"
+    return model, init_weights(model, data.alphabet, cfg) if warm else "from the checkpoint"
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices and kernels only (not on biases and norms)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+def make_optimizer(model: CRNN, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices and kernels only (not on biases and norms). A pretrained
+    backbone gets groups of its own, at cfg.backbone_lr times the learning rate (`lr_scale`)."""
+    parts = [(list(model.parameters()), 1.0, False)]
+    if cfg.pretrained == "on":
+        mine = {id(p) for p in model.backbone.parameters()}
+        parts = [(list(model.backbone.parameters()), cfg.backbone_lr, True),
+                 ([p for p in model.parameters() if id(p) not in mine], 1.0, False)]
+    groups = []
+    for params, scale, backbone in parts:
+        for decay in (True, False):
+            groups.append({"params": [p for p in params if (p.ndim > 1) == decay], "lr_scale": scale,
+                           "weight_decay": cfg.weight_decay if decay else 0.0, "backbone": backbone})
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def rng_state(aug_gen: torch.Generator, device: str) -> dict[str, torch.Tensor]:
@@ -497,6 +510,7 @@ class Run:
         """
         st = self.st
         self.model.train()
+        self.freeze_backbone(self.frozen())
         if st.order is None:
             order = torch.randperm(len(self.data.train), generator=self.order_gen).tolist()
             seed = int(torch.randint(2**31 - 1, (1,), generator=self.order_gen))
@@ -523,14 +537,26 @@ class Run:
         self.speed = {"train_s": time.perf_counter() - t0, "images": images,
                       "loader_wait_s": loader.wait_s, "loader_busy_s": loader.busy_s}
 
+    def frozen(self) -> bool:
+        """Whether the pretrained backbone stays fixed this epoch (the first cfg.freeze_epochs)."""
+        return self.cfg.pretrained == "on" and self.st.epoch < self.cfg.freeze_epochs
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        """No gradients through a frozen backbone (its learning rate is 0 as well, which is what a
+        distributed run relies on: DDP fixes the trained parameters when it wraps the model)."""
+        if not self.d.enabled:
+            for p in self.model.backbone.parameters():
+                p.requires_grad_(not frozen)
+
     def train_step(self, idx: list[int], x: torch.Tensor, widths: np.ndarray, lr: float) -> float:
         """One optimizer step on the training images `idx` (ink x (B, C, H, W)); returns the mean CTC loss."""
         ds, alphabet = self.data.train, self.data.alphabet
         x = x.to(self.device, non_blocking=True)
         x = augment(x, float(self.cfg.augment), self.aug_gen)
         targets, target_lens = ctc_targets([ds.labels[j] for j in idx], alphabet)
+        frozen = self.frozen()
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = 0.0 if frozen and g.get("backbone") else lr * g.get("lr_scale", 1.0)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
             logp = self.net(x)  # (B, T, classes)
         in_lens = CRNN.output_lengths(widths)
