@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 $(BIN)/captcha-crnn: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[test,onnx]"
+	$(BIN)/pip install -q -e ".[test,pretrained]"
 	touch $@
 
 install: $(BIN)/captcha-crnn

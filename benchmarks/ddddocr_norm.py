@@ -19,7 +19,7 @@ from captcha_crnn.data.labels import read_samples
 from captcha_crnn.evaluate import score
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets import DATASETS, describe_labels, ddddocr_reader  # noqa: E402
+from datasets import DATASETS, ddddocr_reader, describe_labels  # noqa: E402
 
 NORMS = {"pixel": lambda x: x, "centered": lambda x: (x - 0.5) / 0.5}
 
@@ -51,7 +51,8 @@ def main() -> None:
             ocr = ddddocr_reader(describe_labels(samples, ds.case)["alphabet"])
             ocr.ocr_engine.session = Normalised(ocr.ocr_engine.session, fn)
             preds = [ocr.classification(Path(s.path).read_bytes()) for s in samples]
-            row[norm] = score([s.label for s in samples], preds, case_insensitive=ds.case == "insensitive").sequence_accuracy
+            rep = score([s.label for s in samples], preds, case_insensitive=ds.case == "insensitive")
+            row[norm] = rep.sequence_accuracy
         rows.append(row)
     print("| set | n | pixel (grey / 255) | centered ((grey / 255 - 0.5) / 0.5) |\n|---|---|---|---|")
     for r in rows:

@@ -261,8 +261,10 @@ def colour_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def colour(colour_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """Every choice left to the automatic configuration, warm start included."""
-    return run_train(colour_data, tmp_path_factory.mktemp("colour_run"), preset="auto", init="auto")
+    """Every from-scratch choice left to the automatic configuration, warm start included (the
+    pretrained start, which reads grey, is tested in test_pretrained.py)."""
+    return run_train(colour_data, tmp_path_factory.mktemp("colour_run"), preset="auto", init="auto",
+                     pretrained="off")
 
 
 def test_colour_is_kept(colour: Run) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cache import cache_dir
 from ..errors import CaptchaError
 
 # Reading an .onnx file imports no torch, so model/ (which imports torch) is imported lazily and
@@ -168,15 +169,6 @@ def onnx_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return check_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
 
 
-def cache_dir() -> Path | None:
-    """Where exported ONNX models of .safetensors files are cached ($CAPTCHA_CRNN_CACHE; "" = off)."""
-    env = os.environ.get("CAPTCHA_CRNN_CACHE")
-    if env is not None:
-        return Path(env) if env else None
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "captcha-crnn" / "onnx"
-
-
 def onnx_for(path: Path, bundle_loader: Any) -> bytes:
     """ONNX bytes for a .safetensors model file: from memory, the disk cache, or a fresh export.
 
@@ -192,7 +184,7 @@ def onnx_for(path: Path, bundle_loader: Any) -> bytes:
     key = f"{digest}-e{EXPORT_VERSION}-torch{torch.__version__.split('+')[0]}"
     if key in _MEMO:
         return _MEMO[key]
-    cdir = cache_dir()
+    cdir = cache_dir("onnx")
     cached = cdir / f"{key}.onnx" if cdir else None
     if cached is not None and cached.is_file():
         try:

@@ -61,11 +61,14 @@ PRETRAINED_HEIGHT = 64  # the height the ddddocr backbone was trained at
 
 
 def resolve_start(cfg: TrainConfig) -> tuple[dict[str, Any], list[str]]:
-    """Settle --pretrained and --backbone: the ddddocr backbone with its weights where asked for or
-    (auto) installed, else the from-scratch default; with the input the backbone expects."""
-    wants = cfg.pretrained == "on" or (cfg.pretrained == "auto" and cfg.backbone in ("auto", "ddddocr"))
+    """Settle --pretrained and --backbone: the ddddocr backbone with its weights where asked for, or
+    (auto) where installed and the architecture is left to auto (a --preset or a plain/resnet
+    backbone names a from-scratch model); else the from-scratch default. Also the input the
+    pretrained backbone expects (grey, height 64)."""
     if cfg.pretrained == "on" and cfg.backbone not in ("auto", "ddddocr"):
         raise CaptchaError(f"--pretrained on needs --backbone ddddocr (or auto), not {cfg.backbone}")
+    wants = cfg.pretrained == "on" or (cfg.pretrained == "auto" and (
+        cfg.backbone == "ddddocr" or (cfg.backbone == "auto" and cfg.preset == "auto")))
     if not wants:
         return {"pretrained": "off", "backbone": "plain" if cfg.backbone == "auto" else cfg.backbone}, []
     if not pretrained.available():

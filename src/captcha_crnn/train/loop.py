@@ -149,18 +149,17 @@ def usable(ds: ImageSet, alphabet: Alphabet, name: str) -> ImageSet:
     return out
 
 
-def init_weights(model: CRNN, alphabet: Alphabet, cfg: TrainConfig) -> str:
-    """Initialise `model`: from an --init model when one is named, else from the pretrained backbone
-    (cfg.pretrained "on"), else from the shipped synthetic model (--init auto) when present;
+def init_weights(model: CRNN, alphabet: Alphabet, init: str | None, pretrained: str = "off") -> str:
+    """Initialise `model`: from the `init` model when one is named, else from the pretrained backbone
+    (`pretrained` "on"), else from the shipped synthetic model (init "auto") when present;
     describe what happened."""
     from ..infer.zoo import zoo_path
     from .pretrained import load_pretrained
     from .warmstart import warm_start
 
-    init = cfg.init
     if init not in (None, "", "none", "auto"):
         return f"warm start from {init}: " + warm_start(model, alphabet, init)
-    if cfg.pretrained == "on":
+    if pretrained == "on":
         return "pretrained " + load_pretrained(model) + "; new RNN and head"
     if init in (None, "", "none"):
         return "random (from scratch)"
@@ -294,7 +293,7 @@ def build_model(cfg: TrainConfig, data: Data, warm: bool) -> tuple[CRNN, str]:
                   height=data.pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout,
                   input_norm=NATIVE_NORM.get(cfg.backbone, "ink"))
     model = CRNN(mcfg)
-    return model, init_weights(model, data.alphabet, cfg) if warm else "from the checkpoint"
+    return model, init_weights(model, data.alphabet, cfg.init, cfg.pretrained) if warm else "from the checkpoint"
 
 
 def make_optimizer(model: CRNN, cfg: TrainConfig) -> torch.optim.Optimizer:

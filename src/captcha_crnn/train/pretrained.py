@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cache import cache_dir
 from ..errors import CaptchaError
 from ..model.backbones import DdddocrBackbone
 from ..model.crnn import CRNN
@@ -42,13 +43,6 @@ def _onnx_path() -> Path:
     if not path.is_file():
         raise CaptchaError(f"{path}: not found in the installed ddddocr package; reinstall it ({INSTALL_HINT})")
     return path
-
-
-def cache_dir() -> Path:
-    """Where converted weights live: $CAPTCHA_CRNN_CACHE, else $XDG_CACHE_HOME/captcha-crnn (~/.cache)."""
-    if os.environ.get("CAPTCHA_CRNN_CACHE"):
-        return Path(os.environ["CAPTCHA_CRNN_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "captcha-crnn"
 
 
 def _graph(path: Path) -> tuple[list, dict[str, np.ndarray], str]:
@@ -118,18 +112,23 @@ def backbone_weights() -> tuple[dict[str, torch.Tensor], str]:
 
     path = _onnx_path()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    cached = cache_dir() / f"ddddocr-backbone-{digest}.safetensors"
-    if cached.is_file():
+    folder = cache_dir("pretrained")  # None: caching off, convert every time
+    cached = folder / f"ddddocr-backbone-{digest}.safetensors" if folder else None
+    if cached is not None and cached.is_file():
         try:
             return load_file(str(cached)), f"ddddocr backbone ({cached})"
         except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt
             cached.unlink(missing_ok=True)
     state = convert(path)
     err = check(state, path)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    save_file(state, str(tmp), metadata={"source": str(path), "sha256_16": digest, "max_error": f"{err:.3g}"})
-    os.replace(tmp, cached)
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            save_file(state, str(tmp), metadata={"source": str(path), "sha256_16": digest, "max_error": f"{err:.3g}"})
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # a read-only cache only costs a conversion per run
     return state, f"ddddocr backbone (converted from {path}, max difference from onnxruntime {err:.1e})"
 
 

@@ -1,0 +1,144 @@
+"""How many labelled captchas a style needs: held-out accuracy against training-set size, from
+scratch and from the pretrained ddddocr backbone, under the same time budget.
+
+    python benchmarks/learning_curve.py [--datasets captcha_v2 henan_digits4 generic_varlen]
+        [--sizes 50 100 250 500 1000 all] [--starts scratch pretrained] [--seed 0]
+        [--minutes-scale 1.0] [--root ../shared/datasets] [--json benchmarks/results/learning_curve.json]
+        [--plot benchmarks/results/learning_curve.png]
+
+Per dataset, a seeded 10% is held out (the same images for every size and start). From the other
+90%, the first N of a seeded shuffle are labelled (each smaller set is part of every larger one);
+training takes its own 10% of them for validation, as ``captcha-crnn train`` does. Each point is
+``captcha-crnn train POOL --max-minutes M --pretrained off|on`` with M = 3 (captcha_v2), 5
+(henan_digits4) or 10 (generic_varlen, case-blind) minutes times --minutes-scale; every other
+setting is the default. Figures are sequence accuracy on the held-out images.
+
+Prints a Markdown table, writes JSON and draws accuracy against labelled images (log x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from captcha_crnn.data.labels import Sample, read_samples
+from captcha_crnn.data.split import split_items
+from captcha_crnn.train import TrainConfig, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from datasets import DATASETS, Dataset, machine  # noqa: E402
+
+STARTS = {"scratch": "off", "pretrained": "on"}
+
+
+def write_csv(samples: list[Sample], path: Path) -> Path:
+    """A labels.csv of absolute paths, the format `train` reads."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "label"])
+        for s in samples:
+            w.writerow([str(Path(s.path).resolve()), s.label])
+    return path
+
+
+def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: float, tmp: Path) -> dict[str, Any]:
+    """Train one start on one pool under the budget; score it on the held-out images."""
+    cfg = TrainConfig(out=str(tmp / f"{ds.name}-{pool.stem}-{start}"), max_minutes=minutes, seed=seed,
+                      case=ds.case, test=0.0, test_data=str(test), pretrained=STARTS[start], progress=False)
+    t0 = time.perf_counter()
+    r = train(str(pool), cfg)
+    assert r.test is not None
+    return {"start": start, "sequence_accuracy": r.test.sequence_accuracy, "cer": r.test.cer, "test_n": r.test.n,
+            "epochs": len(r.history), "train_minutes": r.history[-1]["time_s"] / 60,
+            "wall_minutes": (time.perf_counter() - t0) / 60, "val_sequence_accuracy": r.best["val_sequence_accuracy"]}
+
+
+def run_dataset(ds: Dataset, root: Path, sizes: list[str], starts: list[str], seed: int, scale: float,
+                tmp: Path) -> list[dict[str, Any]]:
+    samples = sorted(read_samples(str(root / ds.path)), key=lambda s: s.path)
+    pool, _, held = split_items(samples, seed, 0.0, 0.1)  # pool: seeded shuffle of the other 90%
+    test = write_csv(held, tmp / f"{ds.name}-test.csv")
+    rows = []
+    for size in sizes:
+        n = len(pool) if size == "all" else min(int(size), len(pool))
+        csv_path = write_csv(pool[:n], tmp / f"{ds.name}-{n}.csv")
+        row: dict[str, Any] = {"dataset": ds.name, "labelled": n, "size": size, "budget_minutes": ds.minutes * scale}
+        for start in starts:
+            row[start] = point(ds, csv_path, test, start, seed, ds.minutes * scale, tmp)
+            p = row[start]
+            print(f"{ds.name} n={n} {start}: {p['sequence_accuracy']:.2%} ({p['epochs']} epochs, "
+                  f"{p['train_minutes']:.1f} min)", file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]], starts: list[str]) -> str:
+    cols = ["dataset", "labelled images", "budget (min)"] + [f"{s} start" for s in starts]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        vals = [r["dataset"], str(r["labelled"]), f"{r['budget_minutes']:g}"]
+        vals += [f"{r[s]['sequence_accuracy']:.2%}" for s in starts]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], starts: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        mine = [r for r in rows if r["dataset"] == name]
+        for s in starts:
+            ax.plot([r["labelled"] for r in mine], [100 * r[s]["sequence_accuracy"] for r in mine], "o-", label=s)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 101)
+        ax.set_title(name)
+        ax.set_xlabel("labelled images")
+        ax.set_ylabel("held-out sequence accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    ap.add_argument("--sizes", nargs="+", default=["50", "100", "250", "500", "1000", "all"])
+    ap.add_argument("--starts", nargs="+", choices=list(STARTS), default=list(STARTS))
+    ap.add_argument("--root", default="../shared/datasets")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes-scale", type=float, default=1.0)
+    ap.add_argument("--json", default="benchmarks/results/learning_curve.json")
+    ap.add_argument("--plot", default="benchmarks/results/learning_curve.png")
+    a = ap.parse_args()
+    load_before = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    out = Path(a.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in a.datasets:
+            rows += run_dataset(DATASETS[name], Path(a.root), a.sizes, a.starts, a.seed, a.minutes_scale, Path(tmp))
+            report = {"seed": a.seed, "minutes_scale": a.minutes_scale, "machine": machine(),
+                      "load_average_before": load_before, "load_average_after": os.getloadavg(), "results": rows}
+            out.write_text(json.dumps(report, indent=1))  # after every dataset: a long run keeps what it did
+    print(table(rows, a.starts))
+    plot(rows, a.starts, Path(a.plot))
+    print(f"\nwrote {out} and {a.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
