@@ -25,7 +25,7 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts
 
-# Regenerate the CLI reference in README.md from the argument parser (tests fail when it is stale).
+# Regenerate the CLI reference in docs/cli.md from the argument parser (tests fail when it is stale).
 readme: install
 	$(BIN)/python scripts/cli_reference.py
 

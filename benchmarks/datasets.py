@@ -36,8 +36,8 @@ from typing import Any
 from captcha_crnn.data.labels import Sample, read_samples
 from captcha_crnn.evaluate import score
 from captcha_crnn.model.modelfile import read_metadata
-from captcha_crnn.train import TrainConfig, train
-from captcha_crnn.train.loop import load_data
+from captcha_crnn.training import TrainConfig, train
+from captcha_crnn.training.data import load_data
 
 
 @dataclass(frozen=True)

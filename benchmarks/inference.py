@@ -19,7 +19,7 @@ ddddocr runs with its own defaults (ONNX Runtime's default: every core).
 
 Accuracy (exact string match, label = file stem): when the model's metadata says it was trained
 on this same folder, our engines are scored on the held-out test split that training made
-(``train.loop.load_data`` with the seed and fractions stored in the model), which is reported as
+(``train.data.load_data`` with the seed and fractions stored in the model), which is reported as
 ``accuracy_set``; otherwise on every image. The shipped models are trained on every image, so
 for them ``--accuracy-model`` names a model of the same recipe trained on a seeded split (from
 ``benchmarks/train_captcha_v2.py --keep DIR``); it reads the held-out images with the same engine,
@@ -180,8 +180,8 @@ def accuracy_split(model_path: Path, data: Path, files: list[Path]) -> tuple[lis
     src = tr.get("data")
     if not src or not tr.get("config") or Path(src).resolve() != data.resolve():
         return list(range(len(files))), f"all {len(files)} images (the model was not trained on this folder)"
-    from captcha_crnn.train import TrainConfig
-    from captcha_crnn.train.loop import load_data
+    from captcha_crnn.training import TrainConfig
+    from captcha_crnn.training.data import load_data
 
     cfg = TrainConfig.from_dict({**tr["config"], "data": str(data)})
     _, _, test, how = load_data(cfg)
@@ -212,7 +212,7 @@ def main() -> int:
 
     from captcha_crnn.errors import CaptchaError
     from captcha_crnn.infer.export import export_onnx
-    from captcha_crnn.infer.recognizer import resolve_model
+    from captcha_crnn.model.zoo import resolve_model
 
     try:
         model_path = resolve_model(a.model)

@@ -30,7 +30,7 @@ from typing import Any
 
 from captcha_crnn.data.labels import Sample, read_samples
 from captcha_crnn.data.split import split_items
-from captcha_crnn.train import TrainConfig, train
+from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import DATASETS, Dataset, machine  # noqa: E402

@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 from captcha_crnn.data.dataset import load_samples
-from captcha_crnn.train import TrainConfig, train
-from captcha_crnn.train.loop import evaluate_set, load_data
+from captcha_crnn.training import TrainConfig, train
+from captcha_crnn.training.data import load_data
+from captcha_crnn.training.validate import evaluate_set
 
 THRESHOLDS = (0.95, 0.98, 0.99)
 

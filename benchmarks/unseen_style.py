@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--keep", default=None, help="write the images here (default: a temporary folder)")
     ap.add_argument("--json", default="bench_out/unseen_style.json")
     a = ap.parse_args()
-    from captcha_crnn.train import TrainConfig, train
+    from captcha_crnn.training import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(a.keep or tmp) / "unseen"

@@ -1,7 +1,7 @@
-"""Write the `--help` of `captcha-crnn` and of every subcommand into README.md, from the parser itself.
+"""Write the `--help` of `captcha-crnn` and of every subcommand into docs/cli.md, from the parser itself.
 
     python scripts/cli_reference.py            # regenerate the section (also: make readme)
-    python scripts/cli_reference.py --check    # exit 1 if README.md is stale (tests/test_readme.py runs it)
+    python scripts/cli_reference.py --check    # exit 1 if docs/cli.md is stale (tests/test_readme.py runs it)
 
 The text goes between the markers `<!-- cli-reference:start -->` and `<!-- cli-reference:end -->`.
 Help is rendered with COLUMNS fixed and colour off, so the output depends only on the parser (and
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+DOC = ROOT / "docs" / "cli.md"
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 COLUMNS = 100
 VERSION_NOTE = re.compile(r"Python (\d+\.\d+)")
@@ -81,7 +81,7 @@ def replace_section(text: str, section: str) -> str:
 
 
 def recorded_python(text: str) -> str | None:
-    """The Python version the README's section was generated with."""
+    """The Python version the reference section was generated with."""
     i = text.find(START)
     m = VERSION_NOTE.search(text, i) if i >= 0 else None
     return m.group(1) if m else None
@@ -89,8 +89,9 @@ def recorded_python(text: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if the README's section is stale; write nothing")
-    ap.add_argument("--readme", type=Path, default=README, help="the file to update (default: README.md)")
+    ap.add_argument("--check", action="store_true", help="exit 1 if the reference section is stale; write nothing")
+    ap.add_argument("--file", "--readme", dest="readme", type=Path, default=DOC,
+                    help="the file to update (default: docs/cli.md)")
     a = ap.parse_args(argv)
     text = a.readme.read_text(encoding="utf-8")
     try:

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 from captcha_crnn.data.synth import DEFAULT_CHARSET, synthesize
-from captcha_crnn.infer.zoo import ZOO_DIR, format_cards, zoo_cards
 from captcha_crnn.model.modelfile import load_bundle, save_bundle
-from captcha_crnn.train import TrainConfig, train
+from captcha_crnn.model.zoo import ZOO_DIR, format_cards, zoo_cards
+from captcha_crnn.training import TrainConfig, train
 
 MODELS = {
     # name: (data below --data, a description for the card, TrainConfig overrides)

@@ -65,7 +65,7 @@ def captcha_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, clean_dir: Path):
     """A small model trained once on the clean set (shared by the train, eval, predict tests)."""
-    from captcha_crnn.train import TrainConfig, train
+    from captcha_crnn.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(out=str(out), epochs=16, batch_size=8, preset="tiny", label_sep="-", progress=False,

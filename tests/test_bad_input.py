@@ -25,9 +25,9 @@ from captcha_crnn.data.images import Preprocess, image_size, load_image, open_im
 from captcha_crnn.data.labels import LabelRule, Sample, read_csv, read_folder, read_samples
 from captcha_crnn.errors import CaptchaError
 from captcha_crnn.infer import Recognizer
-from captcha_crnn.infer.zoo import zoo_path
 from captcha_crnn.model.crnn import PRESETS
 from captcha_crnn.model.modelfile import META_KEY, load_bundle, read_metadata
+from captcha_crnn.model.zoo import zoo_path
 
 PRE = Preprocess(height=32, width=None)
 MODEL = "captcha_v2"  # a shipped model: 200x50 grey captchas, alphabet below
@@ -595,7 +595,7 @@ def test_metadata_only_reads_reject_foreign_files(bad_model_files: dict[str, Pat
 
 def test_training_skips_and_counts_every_bad_sample(tmp_path: Path, capsys) -> None:
     """Missing files, empty files, empty labels, labels outside the alphabet: skipped, counted, reported."""
-    from captcha_crnn.train import TrainConfig, train
+    from captcha_crnn.training import TrainConfig, train
 
     rng = random.Random(0)
     labels = ["".join(rng.choice("2345") for _ in range(3)) for _ in range(30)]
@@ -740,7 +740,7 @@ def test_train_options_out_of_range(opts: list[str], tmp_path: Path, capsys) -> 
 
 
 def test_label_rule_and_train_config_validate_in_python() -> None:
-    from captcha_crnn.train import TrainConfig
+    from captcha_crnn.training import TrainConfig
 
     raises_naming(LabelRule, regex="(unclosed", needles=("not a valid regular expression",))
     raises_naming(TrainConfig(height=40).validate, needles=("--height must be a multiple of 16", "not 40"))

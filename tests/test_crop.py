@@ -10,9 +10,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from captcha_crnn.data.images import Preprocess, crop_to_ink, ink_box, load_image
 from captcha_crnn.data.labels import Sample
-from captcha_crnn.train import TrainConfig
-from captcha_crnn.train.autoconfig import resolve, sample_images, text_share
-from captcha_crnn.train.loop import choose_preprocess
+from captcha_crnn.training import TrainConfig
+from captcha_crnn.training.autoconfig import resolve, sample_images, text_share
+from captcha_crnn.training.data import choose_preprocess
 
 
 def margins_image(text_box: tuple[int, int, int, int] = (150, 40, 250, 60), size: tuple[int, int] = (400, 100),

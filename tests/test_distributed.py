@@ -16,9 +16,9 @@ import torch
 from captcha_crnn import Recognizer
 from captcha_crnn.evaluate import evaluate_model
 from captcha_crnn.model.modelfile import read_metadata
-from captcha_crnn.train import TrainConfig, train
-from captcha_crnn.train.checkpoint import CHECKPOINT, load_checkpoint
-from captcha_crnn.train.distributed import shard
+from captcha_crnn.training import TrainConfig, train
+from captcha_crnn.training.checkpoint import CHECKPOINT, load_checkpoint
+from captcha_crnn.training.distributed import shard
 
 FLAGS = ["--epochs", "3", "--batch-size", "16", "--preset", "small", "--label-sep", "-", "--seed", "2",
          "--crop", "off", "--quiet"]

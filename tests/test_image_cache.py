@@ -22,7 +22,7 @@ from captcha_crnn.data.dataset import (
 )
 from captcha_crnn.data.images import Preprocess, stack_padded
 from captcha_crnn.data.labels import Sample
-from captcha_crnn.train import TrainConfig, train
+from captcha_crnn.training import TrainConfig, train
 
 
 @pytest.fixture()

@@ -15,8 +15,8 @@ from captcha_crnn.cli import main
 from captcha_crnn.errors import CaptchaError
 from captcha_crnn.model.backbones import DdddocrBackbone
 from captcha_crnn.model.crnn import CRNN, preset
-from captcha_crnn.train import TrainConfig, pretrained, train
-from captcha_crnn.train.autoconfig import resolve_start
+from captcha_crnn.training import TrainConfig, pretrained, train
+from captcha_crnn.training.autoconfig import resolve_start
 
 needs_ddddocr = pytest.mark.skipif(not pretrained.available(), reason="the pretrained extra (ddddocr) is not installed")
 

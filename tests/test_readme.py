@@ -51,7 +51,7 @@ def test_cli_reference_is_current(capsys) -> None:
         here = f"{sys.version_info[0]}.{sys.version_info[1]}"
         if made_with and made_with != here:  # argparse formats help a little differently across versions
             pytest.skip(f"README's CLI reference was generated with Python {made_with}, this is {here}")
-    assert code == 0, f"{err.strip()}\nRun `make readme` (python scripts/cli_reference.py) and commit README.md."
+    assert code == 0, f"{err.strip()}\nRun `make readme` (python scripts/cli_reference.py) and commit docs/cli.md."
 
 
 def test_cli_reference_check_and_write(tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def v2_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(model file, data folder): a tiny model with captcha_v2's alphabet, two epochs on generated images."""
     from conftest import render_clean
 
-    from captcha_crnn.train import TrainConfig, train
+    from captcha_crnn.training import TrainConfig, train
 
     data = tmp_path_factory.mktemp("v2data")
     rng = random.Random(0)
@@ -123,7 +123,7 @@ def test_readme_training_one_liner_imports() -> None:
     import subprocess
 
     r = subprocess.run([sys.executable, "-c", "from captcha_crnn import train, TrainConfig; "
-                        "import captcha_crnn.train.loop; from captcha_crnn import train as t2; "
+                        "import captcha_crnn.training.loop; from captcha_crnn import train as t2; "
                         "assert callable(train) and callable(t2); TrainConfig(out='x')"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-500:]

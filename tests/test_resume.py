@@ -15,8 +15,8 @@ import torch
 
 from captcha_crnn import Recognizer
 from captcha_crnn.evaluate import evaluate_model
-from captcha_crnn.train import TrainConfig, train
-from captcha_crnn.train.checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from captcha_crnn.training import TrainConfig, train
+from captcha_crnn.training.checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries, save_checkpoint
 
 # Small, warm-started and single-threaded, so a run is both quick and bit-for-bit reproducible;
 # whole images (no auto crop), which this tiny set learns fastest.

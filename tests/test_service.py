@@ -392,7 +392,7 @@ def test_openapi_fuzz_finds_no_500(app):
 
 def test_model_names_and_empty_zoo(tmp_path, monkeypatch, capsys, trained):
     from captcha_crnn.cli import main
-    from captcha_crnn.infer import zoo
+    from captcha_crnn.model import zoo
     from captcha_crnn.service.models import load_models
 
     assert model_name(str(trained.model_path)) == "model"

@@ -13,7 +13,7 @@ from PIL import Image
 from captcha_crnn import Prediction, Recognizer
 from captcha_crnn.errors import CaptchaError
 from captcha_crnn.model.modelfile import read_metadata
-from captcha_crnn.train import TrainConfig, train
+from captcha_crnn.training import TrainConfig, train
 
 
 def test_outputs_written(trained) -> None:

@@ -15,8 +15,8 @@ from captcha_crnn.errors import CaptchaError
 from captcha_crnn.evaluate import has_both_cases, score_both
 from captcha_crnn.model.crnn import CRNN
 from captcha_crnn.model.modelfile import load_bundle
-from captcha_crnn.train.loop import init_weights
-from captcha_crnn.train.warmstart import warm_start
+from captcha_crnn.training.setup import init_weights
+from captcha_crnn.training.warmstart import warm_start
 
 
 def test_warm_start_copies_features_and_shared_character_rows(trained) -> None:
@@ -73,7 +73,7 @@ def test_warm_start_refuses_another_architecture(trained) -> None:
     with pytest.raises(CaptchaError, match="architecture differs"):
         warm_start(model, Alphabet("0123456789"), str(trained.model_path))
     # the default ("auto") falls back to training from scratch instead of failing
-    import captcha_crnn.infer.zoo as zoo
+    import captcha_crnn.model.zoo as zoo
 
     orig = zoo.zoo_path
     try:
@@ -115,7 +115,7 @@ def test_case_insensitive_training_folds_labels(tmp_path: Path, clean_dir: Path)
 
 def test_models_command_lists_cards_and_names_work_as_paths(trained, clean_dir: Path, tmp_path: Path,
                                                              monkeypatch, capsys) -> None:
-    import captcha_crnn.infer.zoo as zoo
+    import captcha_crnn.model.zoo as zoo
 
     monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
     shutil.copy(trained.model_path, tmp_path / "digits.safetensors")

@@ -21,9 +21,7 @@ def __getattr__(name: str) -> Any:  # heavy imports (torch) only when used
 
         return getattr(recognizer, name)
     if name in ("TrainConfig", "train"):
-        import importlib
+        from . import training
 
-        # `captcha_crnn.train` is the training subpackage; it is also callable as the train() function.
-        pkg = importlib.import_module(".train", __name__)
-        return pkg if name == "train" else pkg.TrainConfig
+        return getattr(training, name)
     raise AttributeError(name)

@@ -30,17 +30,43 @@ def count(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _size(problem: Callable[[Any], str | None]) -> Callable[[str], int | str]:
-    """An argparse type for --height/--width: a whole number or a keyword, checked by the config's rule."""
+def add_config_flags(p: argparse.ArgumentParser, config: type) -> None:
+    """One flag per field of a config dataclass (train/config.py: opt): help, parser and rule from
+    the field's metadata, so a bad value is argparse's usage error naming the flag."""
+    from dataclasses import MISSING, fields
 
-    def parse(v: str) -> int | str:
-        value: int | str = int(v) if v.lstrip("-").isdigit() else v
-        want = problem(value)
+    for f in fields(config):
+        m = f.metadata
+        if not m.get("flag", False):
+            continue
+        name = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        shown = {True: "on", False: "off"}.get(default, default) if f.name == "crop" else default
+        help_text = m["help"] + (f" (default {shown})" if shown not in (None, "") else "")
+        if isinstance(default, bool) and m["parse"] is None:
+            p.add_argument(name, action="store_true", help=m["help"])
+            continue
+        parse = m["parse"] or type(default)
+        p.add_argument(name, type=_checked(parse, m["rule"]), default=default, choices=m["choices"],
+                       metavar=m["metavar"], help=help_text)
+
+
+def _checked(parse: Callable[[str], Any], rule: Callable[[Any], str | None] | None) -> Callable[[str], Any]:
+    """An argparse type: parse the text, then apply the field's rule (a usage error otherwise)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except (ValueError, KeyError):
+            want = (rule(text) if rule else None) or f"a value of type {getattr(parse, '__name__', 'value')}"
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        want = rule(value) if rule else None
         if want:
-            raise argparse.ArgumentTypeError(f"expected {want}, got {v!r}")
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
         return value
 
-    return parse
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
 
 
 def _add_decode(p: argparse.ArgumentParser) -> None:
@@ -60,19 +86,11 @@ def _add_labels(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .training import TrainConfig, train
 
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields and k != "data"})
     cfg.progress = not a.quiet
-    if cfg.channels != "auto":
-        cfg.channels = int(cfg.channels)
-    cfg.crop = {"on": True, "off": False}.get(a.crop, "auto")
-    if cfg.augment != "auto":
-        try:
-            cfg.augment = float(cfg.augment)
-        except ValueError:
-            raise CaptchaError(f"--augment: expected a number or auto, got {cfg.augment!r}") from None
     r = train(a.data, cfg.validate())
     if a.json and r.rank == 0:  # under torchrun, one summary
         print(json.dumps({"model": str(r.model_path), "best": r.best,
@@ -137,9 +155,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from .infer.recognizer import resolve_model
     from .model.modelfile import load_bundle
     from .model.summary import format_summary
+    from .model.zoo import resolve_model
 
     path = resolve_model(a.model)
     b = load_bundle(path)
@@ -167,7 +185,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_models(a: argparse.Namespace) -> int:
-    from .infer.zoo import format_cards, zoo_cards
+    from .model.zoo import format_cards, zoo_cards
 
     cards = zoo_cards()
     if a.json:
@@ -223,68 +241,15 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to generate the CLI reference in the README)."""
     from .data.synth import DEFAULT_CHARSET, STYLES
-    from .train.config import TrainConfig, height_problem, width_problem
+    from .training.config import TrainConfig
 
-    d = TrainConfig()
     p = argparse.ArgumentParser(prog="captcha-crnn", description="Train CRNN captcha readers and read captchas.")
     p.add_argument("--version", action="version", version=f"captcha-crnn {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a folder or CSV of labelled images")
     t.add_argument("data", help="folder of images (label = file stem) or a CSV with filename,label")
-    t.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
-    t.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
-    t.add_argument("--max-minutes", type=float, default=None, help="time budget; the schedule fits into it")
-    t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    t.add_argument("--patience", type=int, default=d.patience, help="early stop after N epochs without gain")
-    t.add_argument("--seed", type=int, default=d.seed, help="seed for the split, init and augmentation")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
-    t.add_argument("--val", type=float, default=d.val, help="validation fraction of the split")
-    t.add_argument("--test", type=float, default=d.test, help="test fraction of the split")
-    t.add_argument("--val-data", default=None, help="separate validation folder/CSV (no val split)")
-    t.add_argument("--test-data", default=None, help="separate test folder/CSV (no test split)")
-    t.add_argument("--height", type=_size(height_problem), default=d.height,
-                   help="input height, a multiple of 16, or auto (default: 32, or 48/64 when characters "
-                        "would be under 24 pixels wide at 32)")
-    t.add_argument("--width", type=_size(width_problem), default=d.width,
-                   help="input width: a number, 'variable' (keep aspect, pad) or 'auto' (from the data)")
-    t.add_argument("--crop", choices=["on", "off", "auto"], default="auto",
-                   help="cut each image to the box around its text before resizing; auto: when the text "
-                        "covers under 30%% of images of varying sizes (default)")
-    t.add_argument("--channels", choices=["1", "3", "auto"], default=d.channels,
-                   help="1 grey, 3 colour, auto: colour when the images carry colour (default)")
-    t.add_argument("--preset", choices=["tiny", "small", "base", "auto"], default=d.preset,
-                   help="model size; auto: small, base from 50 000 images (default)")
-    t.add_argument("--backbone", choices=["plain", "resnet", "ddddocr", "auto"], default=d.backbone,
-                   help="convolutional part; auto: ddddocr for the pretrained start, else plain (default)")
-    t.add_argument("--pretrained", choices=["on", "off", "auto"], default=d.pretrained,
-                   help="start from the captcha-pretrained ddddocr backbone (needs the extra: pip install "
-                        "\"captcha-crnn[pretrained]\"); auto: where installed, else from scratch (default)")
-    t.add_argument("--freeze-epochs", type=int, default=d.freeze_epochs, metavar="N",
-                   help=f"pretrained start: train only the RNN and head for N epochs (default {d.freeze_epochs})")
-    t.add_argument("--backbone-lr", type=float, default=d.backbone_lr, metavar="F",
-                   help=f"pretrained start: backbone learning rate as a fraction of --lr (default {d.backbone_lr:g})")
-    t.add_argument("--rnn", choices=["gru", "lstm"], default=d.rnn)
-    t.add_argument("--dropout", type=float, default=d.dropout)
-    t.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
-                   help="validate and keep a moving average of the weights with this decay (0: off)")
-    t.add_argument("--augment", default=d.augment,
-                   help="augmentation strength (0 = off); auto: 1.0 under 5000 images, else 0.5 (default)")
-    t.add_argument("--case", choices=["sensitive", "insensitive"], default=d.case,
-                   help="insensitive: fold labels to lower case and compare case-blind (default sensitive)")
-    t.add_argument("--init", default=d.init, metavar="MODEL",
-                   help="warm start from this model (path or shipped name); 'auto' (default): the shipped "
-                        "synthetic model when installed; 'none': from scratch")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    t.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes, metavar="M",
-                   help="also checkpoint every M minutes within an epoch, besides every epoch end "
-                        f"(default {d.checkpoint_minutes:g})")
-    t.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    t.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="where decoded images are cached on disk for training (default OUT/cache; reused while "
-                        "the data and preprocessing are unchanged); 'memory': hold them in RAM instead")
+    add_config_flags(t, TrainConfig)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     _add_labels(t)

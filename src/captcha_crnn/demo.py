@@ -11,7 +11,7 @@ def run_demo(out: str = "runs/demo", n: int = 3000, max_minutes: float = 4.0, se
     from .data.synth import synthesize
     from .evaluate import evaluate_model, format_report
     from .infer import Recognizer
-    from .train import TrainConfig, train
+    from .training import TrainConfig, train
     from .viz import errors_gallery, gallery
 
     root = Path(out)

@@ -9,7 +9,6 @@ onnxruntime is importable and the device is the CPU, else torch.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 from pathlib import Path
@@ -17,14 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import cache_dir
 from ..errors import CaptchaError
+from ..files import atomic_write, cache_dir
 
-# Reading an .onnx file imports no torch, so model/ (which imports torch) is imported lazily and
-# these equal model/modelfile.py's FORMAT, VERSION and META_KEY (a test checks).
-FORMAT, VERSION, META_KEY = "captcha-crnn", 1, "captcha_crnn"
-ONNX_KEY = "captcha_crnn.onnx"  # metadata_props key: how the graph was made (names, quantisation)
-INPUT, OUTPUT = "image", "log_probs"
 ENGINES = ("auto", "onnx", "torch")
 _MEMO: dict[str, bytes] = {}  # file hash -> exported ONNX bytes, for this process
 
@@ -134,41 +128,6 @@ class OnnxEngine:
         return self._lane_session.run([self.output_name], {self.input_name: x})[0]
 
 
-def check_metadata(raw: dict[str, str], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model-file JSON, graph description) from ONNX metadata_props, validated like a model file's."""
-    if META_KEY not in raw:
-        raise CaptchaError(f"{source}: not a captcha-crnn ONNX model (no {META_KEY} metadata)")
-    try:
-        meta = json.loads(raw[META_KEY])
-        graph = json.loads(raw.get(ONNX_KEY, "{}"))
-    except json.JSONDecodeError:
-        raise CaptchaError(f"{source}: model metadata is not valid JSON") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(graph, dict):
-        raise CaptchaError(f"{source}: not a captcha-crnn ONNX model")
-    if not isinstance(meta.get("version"), int):
-        raise CaptchaError(f"{source}: model metadata has no valid format version")
-    if meta["version"] > VERSION:
-        raise CaptchaError(f"{source}: model format version {meta['version']} is newer than this library")
-    for k in ("alphabet", "preprocess", "model"):
-        if k not in meta:
-            raise CaptchaError(f"{source}: model metadata lacks {k!r}")
-    return meta, graph
-
-
-def onnx_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The metadata of an .onnx model file without running it (needs the onnx package)."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise CaptchaError(f"{path}: no such model file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise CaptchaError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
-    return check_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
-
-
 def onnx_for(path: Path, bundle_loader: Any) -> bytes:
     """ONNX bytes for a .safetensors model file: from memory, the disk cache, or a fresh export.
 
@@ -177,7 +136,6 @@ def onnx_for(path: Path, bundle_loader: Any) -> bytes:
     """
     import torch
 
-    from ..model.modelfile import atomic_write
     from .export import EXPORT_VERSION, export_bytes
 
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:32]

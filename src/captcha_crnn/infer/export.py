@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CaptchaError
-from ..model.modelfile import META_KEY, ModelBundle, atomic_write, load_bundle
-from .engines import INPUT, ONNX_KEY, OUTPUT
+from ..files import atomic_write
+from ..model.format import INPUT, META_KEY, ONNX_KEY, OUTPUT, onnx_metadata
+from ..model.modelfile import ModelBundle, load_bundle
+from ..model.zoo import resolve_model
 
 OPSET = 17
 EXPORT_VERSION = 1  # bump when the exported graph changes (invalidates the engine's cache)
@@ -109,8 +111,6 @@ def _onnx_input(path: Path, int8: bool) -> bytes:
     """Re-export an existing .onnx model file (checking it is ours), quantising it if asked."""
     import onnx
 
-    from .engines import onnx_metadata
-
     meta, graph_info = onnx_metadata(path)
     if not int8:
         return path.read_bytes()
@@ -123,8 +123,6 @@ def _onnx_input(path: Path, int8: bool) -> bytes:
 
 def export_onnx(model: str | Path, out: str | Path, int8: bool = False) -> Path:
     """Export a model (file, run folder or shipped name) to an .onnx file, atomically; returns its path."""
-    from .recognizer import resolve_model
-
     path = resolve_model(model)
     if path.suffix.lower() == ".onnx":
         data = _onnx_input(path, int8)

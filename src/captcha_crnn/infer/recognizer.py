@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data.alphabet import Alphabet
 from ..data.dataset import width_batches
 from ..data.images import ImageInput, Preprocess, describe, time_steps
 from ..decode.ctc import decode_batch
 from ..errors import CaptchaError
+from ..model.format import check_onnx_metadata, parse_metadata
+from ..model.zoo import resolve_model
 from .batching import PARALLEL_MIN, default_threads, load_many, stack_batch
-from .engines import OnnxEngine, TorchEngine, check_metadata, onnx_for, pick_engine
+from .engines import OnnxEngine, TorchEngine, onnx_for, pick_engine
 
 if TYPE_CHECKING:  # model/ imports torch, which reading an .onnx file does without
     from ..model.modelfile import ModelBundle
@@ -33,21 +34,6 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def resolve_model(name_or_path: str | Path) -> Path:
-    """A model file path from a path (or a run folder holding model.safetensors)."""
-    p = Path(name_or_path)
-    if p.is_dir() and (p / "model.safetensors").is_file():
-        return p / "model.safetensors"
-    if p.is_file():
-        return p
-    from .zoo import zoo_path
-
-    z = zoo_path(str(name_or_path))
-    if z is not None:
-        return z
-    raise CaptchaError(f"{name_or_path}: no such model file or shipped model")
 
 
 class Recognizer:
@@ -73,7 +59,8 @@ class Recognizer:
         if bundle is not None:
             self.alphabet, self.preprocess, self._info = bundle.alphabet, bundle.preprocess, bundle.info
         elif meta is not None:
-            self.alphabet, self.preprocess, self._info = _parse_meta(meta, str(path or "<model>"))
+            spec = parse_metadata(meta, str(path or "<model>"))
+            self.alphabet, self.preprocess, self._info = spec.alphabet, spec.preprocess, spec.info
         else:
             raise ValueError("Recognizer needs a bundle or model metadata")
         if engine is None:
@@ -102,7 +89,7 @@ class Recognizer:
                 why = "needs onnxruntime" if engine == "auto" else f"runs with engine onnx, not {engine}"
                 raise CaptchaError(f"{path}: an ONNX model {why}")
             eng = OnnxEngine(path, threads, source=str(path))
-            meta, _ = check_metadata(eng.metadata, str(path))
+            meta, _ = check_onnx_metadata(eng.metadata, str(path))
             rec = cls(None, device, eng, meta, path, threads)
             _check_onnx_input(eng, rec.preprocess, str(path))
             return rec
@@ -287,23 +274,3 @@ def _check_onnx_input(eng: OnnxEngine, pre: Preprocess, source: str) -> None:
     if len(shape) != 4 or any(isinstance(d, int) and d != w for d, w in zip(shape[1:3], want)):
         raise CaptchaError(f"{source}: the ONNX graph takes input {shape}, its metadata says "
                            f"{pre.channels} channel(s) of height {pre.height}")
-
-
-def _parse_meta(meta: dict[str, Any], source: str) -> tuple[Alphabet, Preprocess, dict[str, Any]]:
-    """Alphabet, preprocessing and info from model-file metadata (as ModelBundle would hold them)."""
-    try:
-        alphabet = Alphabet(meta["alphabet"])
-        pre = Preprocess.from_dict(meta["preprocess"])
-        arch = meta["model"]
-        num_classes = int(arch["num_classes"])
-        takes = (int(arch.get("in_channels", 1)), int(arch.get("height", 32)))
-    except Exception as e:
-        msg = " ".join(str(e).split())[:200]
-        raise CaptchaError(f"{source}: model metadata is damaged or inconsistent ({msg})") from None
-    if alphabet.num_classes != num_classes:
-        raise CaptchaError(f"{source}: alphabet size does not match the model's classes")
-    if (pre.channels, pre.height) != takes:
-        raise CaptchaError(f"{source}: model metadata is inconsistent: preprocessing gives {pre.channels} "
-                           f"channel(s) of height {pre.height}, the network takes {takes[0]} of height {takes[1]}")
-    info = {k: v for k, v in meta.items() if k not in ("format", "version", "alphabet", "preprocess", "model")}
-    return alphabet, pre, info

@@ -1,5 +1,21 @@
-"""The CRNN: a convolutional backbone, a bidirectional RNN over the width, a linear per step."""
+"""The CRNN (a convolutional backbone, a bidirectional RNN over the width, a linear per step) and
+its model file. Importing the package imports no torch: format.py and zoo.py read model files
+without it (an .onnx model is read by onnxruntime alone)."""
 
-from .crnn import CRNN, PRESETS, CRNNConfig
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["CRNN", "CRNNConfig", "PRESETS"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("CRNN", "PRESETS"):
+        from . import crnn
+
+        return getattr(crnn, name)
+    if name == "CRNNConfig":
+        from .format import CRNNConfig
+
+        return CRNNConfig
+    raise AttributeError(name)

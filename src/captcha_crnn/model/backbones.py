@@ -128,9 +128,6 @@ class DdddocrBackbone(nn.Module):
 
 
 BACKBONES = {"plain": PlainBackbone, "resnet": ResNetBackbone, "ddddocr": DdddocrBackbone}
-# What each backbone expects of its input: ink (0 paper, 1 ink: the project's own), or pixels as the
-# ddddocr model was trained on: grey / 255 ("pixel") or centred (grey / 255 - 0.5) / 0.5 ("centered").
-INPUT_NORMS = ("ink", "pixel", "centered")
 # The input each pretrained backbone reads best (benchmarks/ddddocr_norm.py: zero-shot, centred input
 # read 98.0/97.5/8.5% of captcha_v2/henan_digits4/generic_varlen against 97.5/97.5/6.5% for grey / 255).
 NATIVE_NORM = {"ddddocr": "centered"}

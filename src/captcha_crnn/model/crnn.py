@@ -1,46 +1,18 @@
-"""CRNN: backbone -> columns as a sequence -> 2-layer bidirectional GRU/LSTM -> linear per step."""
+"""CRNN: backbone -> columns as a sequence -> 2-layer bidirectional GRU/LSTM -> linear per step.
+
+The architecture (CRNNConfig) is part of the model format (format.py); this is the network it builds."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..data.images import time_steps
-from .backbones import BACKBONES, INPUT_NORMS
-
-
-@dataclass
-class CRNNConfig:
-    """Architecture of a CRNN; stored in every model file."""
-
-    num_classes: int = 37  # alphabet + CTC blank
-    in_channels: int = 1
-    height: int = 32
-    backbone: str = "plain"  # plain | resnet | ddddocr
-    input_norm: str = "ink"  # what the backbone is fed (model/backbones.py: INPUT_NORMS)
-    widths: tuple[int, ...] = field(default_factory=lambda: (32, 64, 96, 128))
-    depth: int = 1
-    rnn: str = "gru"  # gru | lstm
-    hidden: int = 128
-    proj: bool = True  # a linear+ReLU from the features to `hidden` before the RNN (else the RNN reads them)
-    rnn_layers: int = 2
-    dropout: float = 0.1
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CRNNConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "widths" in known:
-            known["widths"] = tuple(known["widths"])
-        return cls(**known)
-
+from .backbones import BACKBONES
+from .format import INPUT_NORMS, CRNNConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(widths=(16, 32, 48, 64), hidden=64),

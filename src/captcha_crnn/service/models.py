@@ -52,7 +52,7 @@ def split_spec(spec: str) -> tuple[str, str]:
 
 def default_specs() -> list[str]:
     """The shipped models, or a clear error when none are installed."""
-    from ..infer.zoo import zoo_names
+    from ..model.zoo import zoo_names
 
     names = zoo_names()
     if not names:

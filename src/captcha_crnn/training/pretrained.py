@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache import cache_dir
 from ..errors import CaptchaError
+from ..files import cache_dir
 from ..model.backbones import DdddocrBackbone
 from ..model.crnn import CRNN
 

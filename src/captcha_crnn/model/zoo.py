@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import CaptchaError
+from .format import read_metadata
+
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 
 
@@ -19,10 +22,21 @@ def zoo_path(name: str) -> Path | None:
     return p if p.is_file() else None
 
 
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A model file path from a path, a run folder holding model.safetensors, or a shipped model's name."""
+    p = Path(name_or_path)
+    if p.is_dir() and (p / "model.safetensors").is_file():
+        return p / "model.safetensors"
+    if p.is_file():
+        return p
+    z = zoo_path(str(name_or_path))
+    if z is not None:
+        return z
+    raise CaptchaError(f"{name_or_path}: no such model file or shipped model")
+
+
 def model_card(path: str | Path, name: str | None = None) -> dict[str, Any]:
     """What a user needs to choose a model: alphabet, input size, training data, held-out accuracy, size."""
-    from ..model.modelfile import read_metadata
-
     path = Path(path)
     meta = read_metadata(path)
     pre = meta.get("preprocess", {})

@@ -46,8 +46,8 @@ def warm_start(model: CRNN, alphabet: Alphabet, source: str) -> str:
 
     Returns a one-line description of what was copied; raises CaptchaError when `source` is unusable.
     """
-    from ..infer.recognizer import resolve_model
     from ..model.modelfile import load_bundle
+    from ..model.zoo import resolve_model
 
     src = load_bundle(resolve_model(source))
     keys = ("backbone", "widths", "depth", "rnn", "hidden", "rnn_layers")

@@ -2,7 +2,7 @@
 
 Every choice is printed before training and stored in the model file (the resolved TrainConfig);
 a flag given on the command line overrides it. The input size and the CTC time resolution are
-chosen in loop.choose_preprocess from the image sizes and the longest label.
+chosen in data.choose_preprocess from the image sizes and the longest label.
 """
 
 from __future__ import annotations

@@ -1,0 +1,38 @@
+"""Files: atomic writes, and the one rule for where derived files are cached (exported ONNX graphs,
+converted weights)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cache_dir(kind: str) -> Path | None:
+    """$CAPTCHA_CRNN_CACHE when set (every kind in that one folder; "" turns caching off), else
+    $XDG_CACHE_HOME/captcha-crnn/KIND (~/.cache when XDG_CACHE_HOME is unset)."""
+    env = os.environ.get("CAPTCHA_CRNN_CACHE")
+    if env is not None:
+        return Path(env) if env else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "captcha-crnn" / kind

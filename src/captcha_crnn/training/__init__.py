@@ -1,0 +1,17 @@
+"""Training: configuration, data, the loop, state and checkpoints, the pretrained start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import TrainConfig
+
+__all__ = ["TrainConfig", "TrainResult", "train"]
+
+
+def __getattr__(name: str) -> Any:  # the loop imports torch; the config does not
+    if name in ("train", "TrainResult"):
+        from . import loop
+
+        return getattr(loop, name)
+    raise AttributeError(name)

@@ -1,0 +1,179 @@
+"""Training configuration as a dataclass. Every field is also a `captcha-crnn train` flag: its help,
+its parser and its rule live here, in the field's metadata, and the CLI is generated from them
+(cli.add_config_flags). validate() applies the same rules to a TrainConfig built in Python."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import CaptchaError
+
+MIN_WIDTH = 16  # narrowest fixed input width (4 CTC frames)
+Rule = Callable[[Any], "str | None"]  # None for a valid value, else what it must be
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
+
+
+def whole(lo: int) -> Rule:
+    def rule(v: Any) -> str | None:
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= lo
+        return None if ok else f"a whole number of at least {lo}"
+    return rule
+
+
+def above(lo: float, hi: float | None = None) -> Rule:
+    def rule(v: Any) -> str | None:
+        ok = _number(v) and v > lo and (hi is None or v <= hi)
+        return None if ok else f"a number above {lo:g}" + (f" and at most {hi:g}" if hi is not None else "")
+    return rule
+
+
+def at_least(lo: float) -> Rule:
+    return lambda v: None if _number(v) and v >= lo else f"a number of at least {lo:g}"
+
+
+def fraction(v: Any) -> str | None:
+    return None if _number(v) and 0 <= v < 1 else "a number from 0 up to (not including) 1"
+
+
+def one_of(*choices: Any) -> Rule:
+    return lambda v: None if v in choices else " or ".join(str(c) for c in choices)
+
+
+def optional(rule: Rule) -> Rule:
+    return lambda v: None if v is None else rule(v)
+
+
+def height_problem(h: Any) -> str | None:
+    """None for a valid input height, else what one must be: a multiple of 16, or "auto"."""
+    ok = h == "auto" or (isinstance(h, int) and not isinstance(h, bool) and h >= 16 and h % 16 == 0)
+    return None if ok else "a multiple of 16 (16, 32, 48, ...) or auto"
+
+
+def width_problem(w: Any) -> str | None:
+    """None for a valid input width, else what one must be: MIN_WIDTH pixels or more (a number or its
+    digits), "variable" or "auto"."""
+    if isinstance(w, str) and w.isdigit():
+        w = int(w)
+    ok = w in ("auto", "variable", None) or (isinstance(w, int) and not isinstance(w, bool) and w >= MIN_WIDTH)
+    return None if ok else f"a number of pixels, at least {MIN_WIDTH}, or 'variable' or 'auto'"
+
+
+def crop_problem(v: Any) -> str | None:
+    return None if v is True or v is False or v == "auto" else "on, off or auto"
+
+
+def augment_problem(v: Any) -> str | None:
+    return None if v == "auto" or (_number(v) and v >= 0) else "a number of at least 0 or auto"
+
+
+# Parsers from command-line text (ValueError for text that is not of the kind).
+def number_or_word(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def float_or_auto(text: str) -> float | str:
+    return text if text == "auto" else float(text)
+
+
+def on_off_auto(text: str) -> bool | str:
+    return {"on": True, "off": False, "auto": "auto"}[text]
+
+
+def opt(default: Any, help: str, rule: Rule | None = None, choices: tuple[Any, ...] | None = None,
+        parse: Callable[[str], Any] | None = None, metavar: str | None = None, flag: bool = True) -> Any:
+    """A config field with what its command-line flag and its check need."""
+    if choices is not None and rule is None:
+        rule = one_of(*choices)
+    meta = {"help": help, "rule": rule, "choices": choices, "parse": parse, "metavar": metavar, "flag": flag}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Defaults chosen by measurement (benchmarks/learning_curve.py, benchmarks/datasets.py)."""
+
+    data: str = opt("", "folder or CSV of labelled images", flag=False)
+    out: str = opt("runs/model", "output folder")
+    epochs: int = opt(60, "maximum epochs", whole(1))
+    batch_size: int = opt(32, "images per step", whole(1))
+    lr: float = opt(3e-3, "peak learning rate", above(0))
+    weight_decay: float = opt(1e-2, "AdamW weight decay (matrices and kernels only)", at_least(0))
+    warmup: float = opt(0.15, "fraction of the run spent warming up the learning rate", fraction)
+    clip: float = opt(5.0, "gradient norm clipping", above(0))
+    max_minutes: float | None = opt(None, "time budget; the schedule fits into it", optional(above(0)), parse=float)
+    patience: int = opt(10, "early stop after N epochs without a validation gain", whole(1), metavar="N")
+    seed: int = opt(0, "seed for the split, init and augmentation")
+    device: str = opt("auto", "auto: cuda when available", choices=("auto", "cpu", "cuda"))
+    # data
+    val: float = opt(0.1, "validation fraction of the split", fraction)
+    test: float = opt(0.1, "test fraction of the split", fraction)
+    val_data: str | None = opt(None, "separate validation folder/CSV (no val split)", parse=str)
+    test_data: str | None = opt(None, "separate test folder/CSV (no test split)", parse=str)
+    label_regex: str | None = opt(None, "label from the file name (cli: labels group)", flag=False)
+    label_sep: str | None = opt(None, "label up to a separator (cli: labels group)", flag=False)
+    case: str = opt("sensitive", "insensitive: fold labels to lower case and compare case-blind",
+                    choices=("sensitive", "insensitive"))
+    # preprocessing ("auto" = from the data)
+    height: int | str = opt("auto", "input height, a multiple of 16, or auto: 32, or 48/64 when characters would "
+                            "be under 24 pixels wide at 32; 64 for the pretrained start", height_problem,
+                            parse=number_or_word)
+    width: int | str | None = opt("auto", "input width: a number, 'variable' (keep aspect, pad) or 'auto' "
+                                  "(from the data)", width_problem, parse=number_or_word)
+    channels: int | str = opt("auto", "1 grey, 3 colour, auto: colour when the images carry colour (grey for the "
+                              "pretrained start)", choices=(1, 3, "auto"), parse=number_or_word)
+    crop: bool | str = opt("auto", "cut each image to the box around its text before resizing; auto: when the "
+                           "text covers under 30%% of images of varying sizes", crop_problem,
+                           parse=on_off_auto, metavar="{on,off,auto}")
+    # model
+    preset: str = opt("auto", "model size of a from-scratch model; auto: small, base from 50 000 images",
+                      choices=("tiny", "small", "base", "pretrained", "auto"))
+    backbone: str = opt("auto", "convolutional part; auto: ddddocr for the pretrained start, else plain",
+                        choices=("plain", "resnet", "ddddocr", "auto"))
+    pretrained: str = opt("auto", "start from the captcha-pretrained ddddocr backbone (pip install "
+                          "\"captcha-crnn[pretrained]\"); auto: where installed and the architecture is auto",
+                          choices=("on", "off", "auto"))
+    freeze_epochs: int = opt(2, "pretrained start: train only the RNN and head for the first N epochs", whole(0),
+                             metavar="N")
+    backbone_lr: float = opt(0.1, "pretrained start: the backbone's learning rate as a fraction of --lr",
+                             above(0, 10), metavar="F")
+    rnn: str = opt("gru", "recurrent layer", choices=("gru", "lstm"))
+    augment: float | str = opt("auto", "augmentation strength (0 = off); auto: 1.0 under 5000 images, else 0.5",
+                               augment_problem, parse=float_or_auto)
+    dropout: float = opt(0.1, "dropout before the classifier and between RNN layers", fraction)
+    ema: float = opt(0.99, "validate and keep a moving average of the weights with this decay (0: off)",
+                     fraction, metavar="DECAY")
+    init: str | None = opt("auto", "warm start from this model (path or shipped name); auto: the shipped "
+                           "synthetic model for a from-scratch run; none: random weights", metavar="MODEL")
+    # run
+    resume: bool = opt(False, "continue from OUT/checkpoint.pt")
+    checkpoint_minutes: float = opt(5.0, "also checkpoint every M minutes within an epoch, besides every epoch end",
+                                    at_least(0), metavar="M")
+    progress: bool = opt(True, "progress bars (cli: --quiet turns them off)", flag=False)
+    threads: int | None = opt(None, "CPU threads (default: all cores)", optional(whole(1)), parse=int)
+    cache_dir: str | None = opt(None, "where decoded images are cached on disk for training (default OUT/cache; "
+                                "reused while the data and preprocessing are unchanged); 'memory': hold them in "
+                                "RAM instead", parse=str, metavar="DIR")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def validate(self) -> TrainConfig:
+        """Check every option by its field's rule; CaptchaError names the option (as its flag)."""
+        for f in fields(self):
+            rule, value = f.metadata.get("rule"), getattr(self, f.name)
+            want = rule(value) if rule else None
+            if want:
+                raise CaptchaError(f"--{f.name.replace('_', '-')} must be {want}, not {value!r}")
+        if self.val + self.test >= 1:
+            raise CaptchaError(f"--val must be small enough to leave training images beside --test {self.test}, "
+                               f"not {self.val!r}")
+        return self

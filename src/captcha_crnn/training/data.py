@@ -1,0 +1,176 @@
+"""A run's data: the split, the automatic input size, decoding (cached) and dropping unusable samples."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.alphabet import Alphabet
+from ..data.dataset import DiskImages, ImageSet, cached_samples, load_samples
+from ..data.images import Preprocess, image_size, time_steps
+from ..data.labels import LabelRule, Sample, read_samples
+from ..data.split import split_items
+from ..errors import CaptchaError
+from . import distributed
+from .autoconfig import resolve
+from .config import TrainConfig
+from .distributed import Dist
+from .log import log
+
+CHAR_PIXELS = 24  # input width per character the auto height aims for (6 CTC frames)
+HEIGHTS = (32, 48, 64)  # the auto height's choices, smallest first
+
+
+def choose_height(cfg: TrainConfig, sizes: set[tuple[int, int]], max_len: int) -> int:
+    """cfg.height, or for "auto" the smallest of HEIGHTS at which the median image gives every
+    character of the longest label CHAR_PIXELS of width (a taller input resizes less, so small
+    characters keep their strokes), never above the images' own height; 32 for cropped images
+    (the crop already cuts them to the text's height) or when no size is known."""
+    if cfg.height != "auto":
+        return int(cfg.height)
+    if cfg.crop is True or not sizes:
+        return HEIGHTS[0]
+    ws, hs = zip(*sizes)
+    w, h = float(np.median(ws)), float(np.median(hs))
+    for height in HEIGHTS:
+        if height > max(h, HEIGHTS[0]):
+            break
+        if w * height / h >= CHAR_PIXELS * max_len:
+            return height
+    return max([HEIGHTS[0]] + [x for x in HEIGHTS if x <= h])
+
+
+def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
+    """Input height (choose_height); fixed width when every sampled image has one size (and no
+    cropping), else aspect-preserving with padding."""
+    crop = cfg.crop is True  # resolved by autoconfig; "auto" left unresolved means no crop
+    sizes = set()
+    if cfg.height == "auto" or cfg.width in ("auto", None):  # only the auto choices look at the images
+        for s in samples[:: max(1, len(samples) // 200)]:
+            try:
+                sizes.add(image_size(s.path))
+            except CaptchaError:
+                continue
+    max_len = max(len(s.label) for s in samples)
+    height = choose_height(cfg, sizes, max_len)
+    if cfg.width not in ("auto", None, "variable"):
+        return Preprocess(height=height, width=int(cfg.width), channels=cfg.channels, crop=crop)
+    if cfg.width == "variable":
+        return Preprocess(height=height, width=None, channels=cfg.channels, crop=crop)
+    min_w = 4 * (2 * max_len + 1)  # room for every char and a blank between repeats
+    if len(sizes) == 1 and not crop:  # cropped boxes differ in size: keep their aspect ratio
+        (w, h), = sizes
+        tw = max(min_w, round(w * height / h))
+        return Preprocess(height=height, width=(tw + 3) // 4 * 4, channels=cfg.channels)
+    return Preprocess(height=height, width=None, channels=cfg.channels, min_width=min_w, crop=crop)
+
+
+def ctc_targets(labels: list[str], alphabet: Alphabet) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = [alphabet.encode(s) for s in labels]
+    flat = torch.tensor([i for e in enc for i in e], dtype=torch.long)
+    return flat, torch.tensor([len(e) for e in enc], dtype=torch.long)
+
+
+def min_frames(label: str) -> int:
+    """Frames CTC needs for a label: one per char plus a blank between repeated chars."""
+    return len(label) + sum(a == b for a, b in zip(label, label[1:]))
+
+
+def usable(ds: ImageSet, alphabet: Alphabet, name: str) -> ImageSet:
+    """Drop (and report) samples that cannot be trained on: empty, unknown chars, too long."""
+    keep, dropped = [], []
+    for i, (t, lab) in enumerate(zip(time_steps(ds.widths()).tolist(), ds.labels)):
+        if not lab:
+            dropped.append(f"{ds.paths[i]}: empty label")
+        elif alphabet.unknown(lab):
+            dropped.append(f"{ds.paths[i]}: label {lab!r} has characters outside the alphabet")
+        elif min_frames(lab) > t:
+            dropped.append(f"{ds.paths[i]}: label {lab!r} too long for the image width ({t} steps)")
+        else:
+            keep.append(i)
+    for d in dropped[:5]:
+        log(f"warning: {name}: skipped {d}")
+    if len(dropped) > 5:
+        log(f"warning: {name}: skipped {len(dropped)} samples in all")
+    out = ds.subset(keep)
+    out.skipped = ds.skipped + dropped
+    return out
+
+
+def load_data(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], list[Sample], str]:
+    rule = LabelRule(cfg.label_regex, cfg.label_sep) if (cfg.label_regex or cfg.label_sep) else None
+    samples = read_samples(cfg.data, rule)
+    samples = sorted(samples, key=lambda s: s.path)
+    val_frac = 0.0 if cfg.val_data else cfg.val
+    test_frac = 0.0 if cfg.test_data else cfg.test
+    tr, va, te = split_items(samples, cfg.seed, val_frac, test_frac)
+    if cfg.val_data:
+        va = read_samples(cfg.val_data, rule)
+    if cfg.test_data:
+        te = read_samples(cfg.test_data, rule)
+    if not va:
+        raise CaptchaError(f"{cfg.data}: too few images for a validation split ({len(samples)})")
+    if cfg.case == "insensitive":
+        tr, va, te = ([replace(s, label=s.label.lower()) for s in part] for part in (tr, va, te))
+    elif cfg.case != "sensitive":
+        raise CaptchaError(f"--case must be sensitive or insensitive, not {cfg.case!r}")
+    how = f"seeded split (seed {cfg.seed}, val {val_frac:.0%}, test {test_frac:.0%})"
+    if cfg.val_data or cfg.test_data:
+        how += f"; val from {cfg.val_data or 'split'}, test from {cfg.test_data or 'split'}"
+    return tr, va, te, how
+
+
+@dataclass
+class Data:
+    """The loaded sets of a run and how their pixels and labels are encoded."""
+
+    train: ImageSet
+    val: ImageSet
+    test: list[Sample]
+    pre: Preprocess
+    alphabet: Alphabet
+    how: str
+
+
+def load_set(samples: list[Sample], pre: Preprocess, cfg: TrainConfig, name: str, d: Dist | None = None) -> ImageSet:
+    """Decoded images of `samples`: through the on-disk cache (cfg.cache_dir, default OUT/cache), built by
+    the first process on each machine and reused when it exists; or held in memory (cache_dir "memory")."""
+    d = d or Dist()
+    threads = cfg.threads or distributed.threads_per_process(Dist(local_world=1))
+    if cfg.cache_dir == "memory":
+        return load_samples(samples, pre, f"loading {name}", cfg.progress, threads)
+    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
+    t0 = time.perf_counter()
+    ds = cached_samples(samples, pre, root, f"decoding {name}", cfg.progress, threads, build=d.local_rank == 0)
+    if isinstance(ds.images, DiskImages):
+        mb = int(ds.images.widths.sum()) * pre.channels * pre.height / 1e6
+        log(f"decoded {name} images: {len(ds)} ({mb:.1f} MB) in {ds.images.folder} ({time.perf_counter() - t0:.1f}s)")
+    return ds
+
+
+def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, d: Dist | None = None) -> tuple[TrainConfig, Data]:
+    """Split, resolve the auto settings, decode the train and val images; a checkpoint fixes the encoding."""
+    tr, va, te, how = load_data(cfg)
+    cfg, notes = resolve(cfg, tr)
+    if notes:
+        log("auto config: " + "; ".join(notes))
+    pre = Preprocess.from_dict(ckpt["preprocess"]) if ckpt else choose_preprocess(cfg, tr)
+    log(f"data: {cfg.data}: {len(tr)} train, {len(va)} val, {len(te)} test images; {how}")
+    log(f"input: height {pre.height}, width {pre.width or 'aspect-preserving, padded'}, "
+        f"{'grey' if pre.channels == 1 else 'colour'}")
+    train_set = load_set(tr, pre, cfg, "train", d)
+    val_set = load_set(va, pre, cfg, "val", d)
+    alphabet = Alphabet(ckpt["alphabet"]) if ckpt else Alphabet.from_labels(train_set.labels)
+    train_set = usable(train_set, alphabet, "train")
+    if len(train_set) == 0:
+        raise CaptchaError(f"{cfg.data}: no usable training images")
+    val_set = usable(val_set, alphabet, "val")
+    log(f"alphabet ({len(alphabet)}): {alphabet.chars}")
+    return cfg, Data(train_set, val_set, te, pre, alphabet, how)
+
+

@@ -1,0 +1,316 @@
+"""The training loop: CTC loss, AdamW, warm-up + cosine, clipping, early stopping, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.alphabet import Alphabet
+from ..data.augment import augment
+from ..data.dataset import Prefetcher, bucketed_order
+from ..data.images import Preprocess, to_ink
+from ..data.labels import Sample
+from ..evaluate import Report
+from ..model.crnn import CRNN
+from ..model.modelfile import ModelBundle, save_bundle
+from . import distributed
+from .checkpoint import CHECKPOINT, remove_stale_temporaries, save_checkpoint
+from .config import TrainConfig
+from .data import Data, ctc_targets, load_set, prepare_data
+from .distributed import Dist
+from .ema import EMA
+from .log import log
+from .schedule import lr_at
+from .setup import build_model, make_optimizer, pick_device
+from .state import Clock, RunState, rank_state, restore, shared_checkpoint, snapshot
+from .validate import evaluate_set
+
+EpochHook = Callable[[dict[str, Any], ModelBundle], None]
+
+@dataclass
+class TrainResult:
+    """What a run produced: paths, the best validation figures and the test report."""
+
+    out: Path
+    model_path: Path
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+    test: Report | None
+    config: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0  # in a distributed run, the process's rank (only rank 0 evaluates the test split)
+
+
+
+class Run:
+    """One training run's moving parts; `loop()` trains until a stop condition and returns why it stopped.
+
+    Distributed (d.world > 1): the model is wrapped in DistributedDataParallel, `cfg.batch_size` is
+    the global batch (each rank takes its share), every decision that depends on time uses rank 0's
+    clock, and only rank 0 writes files.
+    """
+
+    def __init__(self, cfg: TrainConfig, data: Data, model: CRNN, device: str, out: Path,
+                 on_epoch: EpochHook | None = None, d: Dist | None = None):
+        self.cfg, self.data, self.model, self.device, self.out = cfg, data, model, device, out
+        self.d = d = d or Dist()
+        self.on_epoch = on_epoch if d.main else None
+        self.net = distributed.wrap(model, d, device)  # what the training steps run
+        self.opt = make_optimizer(model, cfg)
+        self.ema = EMA(model, cfg.ema) if cfg.ema else None  # the weights evaluated and saved
+        self.order_gen = torch.Generator().manual_seed(cfg.seed)  # epoch permutations, alike on every rank
+        self.aug_gen = torch.Generator().manual_seed(cfg.seed * 65_537 + 1 + d.rank)  # augmentation, per rank
+        if d.enabled:
+            torch.manual_seed(cfg.seed * 65_537 + 1 + d.rank)  # dropout masks differ between ranks
+        self.batch_size = -(-cfg.batch_size // d.world)  # per rank
+        self.train_widths = data.train.widths().tolist()  # epoch orders group similar widths
+        shard_len = -(-len(data.train) // d.world)
+        self.steps_per_epoch = -(-shard_len // self.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+        self.st = RunState()
+        self.info = {"training": {"data": cfg.data, "split": data.how, "seed": cfg.seed,
+                                  "train_images": len(data.train), "val_images": len(data.val),
+                                  "processes": d.world, "config": cfg.to_dict()}}
+
+    def now(self) -> float:
+        """Training seconds so far, by rank 0's clock on every rank."""
+        return distributed.broadcast_float(self.clock.elapsed(), self.d)
+
+    def save(self) -> None:
+        """Write the checkpoint atomically (temporary file, fsync, rename); every rank takes part."""
+        self.st.elapsed = self.now()
+        ranks = distributed.all_gather(rank_state(self), self.d)
+        if self.d.main:
+            save_checkpoint(self.out / CHECKPOINT, snapshot(self, ranks))
+        self.last_save = self.st.elapsed
+
+    def bundle(self) -> ModelBundle:
+        info = {**self.info, "metrics": {"val": self.st.best}}
+        return ModelBundle(self.kept(), self.data.alphabet, self.data.pre, info)
+
+    def kept(self) -> CRNN:
+        """The model that is validated and saved: the weight average when there is one."""
+        return self.ema.shadow if self.ema else self.model
+
+    # the loop ------------------------------------------------------------------------------------
+    def loop(self) -> str:
+        """Train epoch after epoch from the current state; return the reason for stopping."""
+        from tqdm import tqdm
+
+        self.clock = Clock(self.st.elapsed)
+        self.last_save = self.st.elapsed
+        self.bar = tqdm(total=self.total_steps, initial=self.st.step, desc="training", unit="step",
+                        disable=not (self.cfg.progress and self.d.main), file=sys.stderr, dynamic_ncols=True)
+        try:
+            while not (reason := self.stop_reason()):
+                self.train_epoch()
+                self.end_epoch()
+        finally:
+            self.bar.close()
+        return reason
+
+    def progress(self, elapsed: float) -> float:
+        """How far through the schedule the run is: by steps, or by time when that is further."""
+        return max(self.st.step / self.total_steps, elapsed / self.budget if self.budget else 0.0)
+
+    def stop_reason(self) -> str:
+        """Why training should stop now (empty: go on). Checked between epochs, resumed runs included."""
+        st, cfg = self.st, self.cfg
+        if st.epoch >= cfg.epochs:
+            return "epochs done"
+        if st.batch == 0 and st.epoch - st.best["epoch"] >= cfg.patience:
+            return f"early stop: no val improvement for {cfg.patience} epochs"
+        if self.budget and self.now() > self.budget:
+            return f"time budget of {cfg.max_minutes} min spent"
+        return ""
+
+    def fetch(self, idx: list[int]) -> tuple[list[int], torch.Tensor, np.ndarray]:
+        """A batch as the model takes it (runs in the loader thread): indices, float ink (B, C, H, W), widths."""
+        u8, widths = self.data.train.batch(idx)  # (B, C, H, W) uint8 from the cache, (B,)
+        x = torch.from_numpy(to_ink(u8))  # (B, C, H, W) float ink
+        return idx, x.pin_memory() if self.device.startswith("cuda") else x, widths
+
+    def train_epoch(self) -> None:
+        """Train on epoch `st.epoch` from batch `st.batch`; checkpoint every cfg.checkpoint_minutes.
+
+        Batches are read and converted in a background thread a few steps ahead of the model.
+        """
+        st = self.st
+        self.model.train()
+        self.freeze_backbone(self.frozen())
+        if st.order is None:
+            order = torch.randperm(len(self.data.train), generator=self.order_gen).tolist()
+            seed = int(torch.randint(2**31 - 1, (1,), generator=self.order_gen))
+            st.order = bucketed_order(order, self.train_widths, self.batch_size * self.d.world, seed)
+        mine = distributed.shard(st.order, self.d.rank, self.d.world)
+        bs, every = self.batch_size, self.cfg.checkpoint_minutes * 60 if self.cfg.checkpoint_minutes else None
+        loader = Prefetcher(self.fetch, (mine[b * bs : (b + 1) * bs] for b in range(st.batch, self.steps_per_epoch)))
+        t0, images = time.perf_counter(), 0
+        try:
+            for b, (idx, x, widths) in enumerate(loader, start=st.batch):
+                elapsed = self.now()
+                if self.budget and elapsed > self.budget:
+                    break
+                if every and elapsed - self.last_save >= every:
+                    self.save()  # mid-epoch: the permutation and batch index come along
+                loss = self.train_step(idx, x, widths, lr_at(self.progress(elapsed), self.cfg.lr, self.cfg.warmup))
+                st.batch, st.step, images = b + 1, st.step + 1, images + len(idx)
+                st.losses.append(loss)
+                self.bar.update(1)
+                self.bar.set_postfix(epoch=st.epoch + 1, loss=f"{loss:.3f}",
+                                     lr=f"{self.opt.param_groups[0]['lr']:.1e}")
+        finally:
+            loader.close()
+        self.speed = {"train_s": time.perf_counter() - t0, "images": images,
+                      "loader_wait_s": loader.wait_s, "loader_busy_s": loader.busy_s}
+
+    def frozen(self) -> bool:
+        """Whether the pretrained backbone stays fixed this epoch (the first cfg.freeze_epochs)."""
+        return self.cfg.pretrained == "on" and self.st.epoch < self.cfg.freeze_epochs
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        """No gradients through a frozen backbone (its learning rate is 0 as well, which is what a
+        distributed run relies on: DDP fixes the trained parameters when it wraps the model)."""
+        if not self.d.enabled:
+            for p in self.model.backbone.parameters():
+                p.requires_grad_(not frozen)
+
+    def train_step(self, idx: list[int], x: torch.Tensor, widths: np.ndarray, lr: float) -> float:
+        """One optimizer step on the training images `idx` (ink x (B, C, H, W)); returns the mean CTC loss."""
+        ds, alphabet = self.data.train, self.data.alphabet
+        x = x.to(self.device, non_blocking=True)
+        x = augment(x, float(self.cfg.augment), self.aug_gen)
+        targets, target_lens = ctc_targets([ds.labels[j] for j in idx], alphabet)
+        frozen = self.frozen()
+        for g in self.opt.param_groups:
+            g["lr"] = 0.0 if frozen and g.get("backbone") else lr * g.get("lr_scale", 1.0)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
+            logp = self.net(x)  # (B, T, classes)
+        in_lens = CRNN.output_lengths(widths)
+        loss = F.ctc_loss(logp.float().transpose(0, 1), targets, in_lens, target_lens,
+                          blank=0, reduction="mean", zero_infinity=True)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # DDP: gradients averaged over the ranks here
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        self.opt.step()
+        if self.ema:
+            self.ema.update(self.model, self.st.step)
+        return loss.item()
+
+    def end_epoch(self) -> None:
+        """Validate, record, keep the best model, call the hook, checkpoint at the epoch boundary."""
+        st, data = self.st, self.data
+        distributed.average_buffers(self.kept(), self.d)
+        val_loss, rep, preds = evaluate_set(self.kept(), data.val, data.alphabet, self.device, self.d)
+        elapsed = self.now()
+        sp = self.speed
+        loss_sum, n, images = distributed.all_sum([float(np.sum(st.losses)), float(len(st.losses)), sp["images"]],
+                                                  self.d)
+        rec = {"epoch": st.epoch + 1, "step": st.step, "time_s": round(elapsed, 2),
+               "train_loss": loss_sum / n if n else float("nan"), "val_loss": val_loss,
+               "val_sequence_accuracy": rep.sequence_accuracy, "val_char_accuracy": rep.char_accuracy,
+               "val_cer": rep.cer, "lr": self.opt.param_groups[0]["lr"],
+               # throughput of this epoch's training steps (all processes), and rank 0's loader:
+               # busy = time spent reading batches, wait = the part of it the model waited for
+               "train_images": int(images), "train_s": round(sp["train_s"], 3),
+               "images_per_s": round(images / sp["train_s"], 1) if sp["train_s"] else 0.0,
+               "loader_busy_s": round(sp["loader_busy_s"], 3), "loader_wait_s": round(sp["loader_wait_s"], 3)}
+        st.history.append(rec)
+        improved = (rep.sequence_accuracy, -val_loss) > (st.best["val_sequence_accuracy"], -st.best["val_loss"])
+        if improved:
+            st.best = {"val_sequence_accuracy": rep.sequence_accuracy, "val_char_accuracy": rep.char_accuracy,
+                       "val_cer": rep.cer, "val_loss": val_loss, "epoch": st.epoch + 1}
+            if self.d.main:
+                save_bundle(self.bundle(), self.out / "model.safetensors")
+        shown = ", ".join(f"{t}->{p}{'' if t == p else ' x'}" for t, p in list(zip(data.val.labels, preds))[:3])
+        log(f"epoch {st.epoch + 1:3d}/{self.cfg.epochs}  train loss {rec['train_loss']:.4f}  "
+            f"val loss {val_loss:.4f}  val acc {rep.sequence_accuracy:6.2%}  CER {rep.cer:.4f}  "
+            f"{elapsed:5.0f}s{' *' if improved else '  '}  {shown}")
+        if self.on_epoch:
+            h0 = time.perf_counter()
+            self.on_epoch(rec, self.bundle())
+            self.clock.pause(time.perf_counter() - h0)
+        st.epoch, st.batch, st.order, st.losses = st.epoch + 1, 0, None, []
+        self.save()
+
+
+def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None = None) -> TrainResult:
+    """Train a CRNN on a folder or CSV of labelled images; writes model.safetensors and more to cfg.out.
+
+    With cfg.resume, continues from cfg.out/checkpoint.pt, mid-epoch if that is where it was written,
+    with the same split, weights, optimizer, schedule position, time spent and random states.
+    Launched by torchrun (RANK, WORLD_SIZE, ... in the environment), trains data-parallel across the
+    processes; only rank 0 logs, writes files and calls `on_epoch`.
+    """
+    cfg = cfg or TrainConfig()
+    cfg.data = str(data)
+    d, device = distributed.setup(pick_device(cfg.device))
+    try:
+        return _train(cfg, device, d, on_epoch)
+    finally:
+        distributed.shutdown(d)
+
+
+def _train(cfg: TrainConfig, device: str, d: Dist, on_epoch: EpochHook | None) -> TrainResult:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads or distributed.threads_per_process(d))
+    torch.manual_seed(cfg.seed)
+    if not d.main:
+        cfg = replace(cfg, progress=False)
+
+    ckpt = shared_checkpoint(out / CHECKPOINT, d) if cfg.resume else None
+    if ckpt and d.main:
+        remove_stale_temporaries(out)
+    cfg, data_ = prepare_data(cfg, ckpt, d)
+    model, init = build_model(cfg, data_, warm=ckpt is None)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {cfg.preset} {cfg.backbone}+{cfg.rnn}, {n_params / 1e6:.2f}M parameters, device {device}"
+        + (f", {d.world} processes (global batch {cfg.batch_size})" if d.enabled else ""))
+    log(f"init: {init}")
+    run = Run(cfg, data_, model.to(device), device, out, on_epoch, d)
+    if ckpt:
+        restore(run, ckpt)
+    reason = run.loop()
+    st = run.st
+    log(f"{reason}; best val sequence accuracy {st.best['val_sequence_accuracy']:.2%} at epoch {st.best['epoch']}")
+    result = TrainResult(out, out / "model.safetensors", st.history, st.best, None, cfg.to_dict(), d.rank)
+    if d.main:
+        result = finish(out, cfg, data_.test, data_.pre, data_.alphabet, st.history, st.best, run.info, device)
+    distributed.barrier(d)  # the other ranks return once the model file is final
+    return result
+
+
+def finish(out: Path, cfg: TrainConfig, te: list[Sample], pre: Preprocess, alphabet: Alphabet,
+           history: list[dict[str, Any]], best: dict[str, Any], info: dict[str, Any], device: str) -> TrainResult:
+    """Evaluate the best model on the test split, store metrics in it, write history and curves."""
+    from ..model.modelfile import load_bundle
+    from ..viz import plot_curves
+
+    model_path = out / "model.safetensors"
+    b = load_bundle(model_path, device)
+    test_rep = None
+    if te:
+        test_set = load_set(te, pre, cfg, "test")
+        if len(test_set):
+            _, test_rep, _ = evaluate_set(b.model, test_set, alphabet, device)
+            log("test: " + f"n={test_rep.n}  sequence accuracy {test_rep.sequence_accuracy:.2%}  "
+                f"CER {test_rep.cer:.4f}")
+    metrics = {"val": best}
+    if test_rep:
+        metrics["test"] = {k: v for k, v in test_rep.to_dict().items() if k != "confusions"}
+    b.info = {**info, "metrics": metrics, "history_epochs": len(history)}
+    save_bundle(b, model_path)
+    (out / "history.json").write_text(json.dumps({"history": history, "best": best, "metrics": metrics}, indent=1))
+    plot_curves(history, out / "curves.png")
+    log(f"wrote {model_path}, {out / CHECKPOINT}, {out / 'history.json'}, {out / 'curves.png'}")
+    return TrainResult(out, model_path, history, best, test_rep, cfg.to_dict())

@@ -1,0 +1,69 @@
+"""What a run starts from: the device, the model and its initial weights, the optimiser."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.alphabet import Alphabet
+from ..errors import CaptchaError
+from ..model.backbones import NATIVE_NORM
+from ..model.crnn import CRNN, preset
+from .config import TrainConfig
+from .data import Data
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CaptchaError("--device cuda: no CUDA device is available")
+    return name
+
+
+def init_weights(model: CRNN, alphabet: Alphabet, init: str | None, pretrained: str = "off") -> str:
+    """Initialise `model`: from the `init` model when one is named, else from the pretrained backbone
+    (`pretrained` "on"), else from the shipped synthetic model (init "auto") when present;
+    describe what happened."""
+    from ..model.zoo import zoo_path
+    from .pretrained import load_pretrained
+    from .warmstart import warm_start
+
+    if init not in (None, "", "none", "auto"):
+        return f"warm start from {init}: " + warm_start(model, alphabet, init)
+    if pretrained == "on":
+        return "pretrained " + load_pretrained(model) + "; new RNN and head"
+    if init in (None, "", "none"):
+        return "random (from scratch)"
+    if zoo_path("synthetic") is None:
+        return "random (from scratch; no shipped synthetic model to start from)"
+    try:
+        return "warm start from synthetic: " + warm_start(model, alphabet, "synthetic")
+    except CaptchaError as e:
+        return f"random (from scratch; {e})"
+
+
+def build_model(cfg: TrainConfig, data: Data, warm: bool) -> tuple[CRNN, str]:
+    """The CRNN for this data, initialised when `warm` (not when resuming); with a description of its init."""
+    mcfg = preset(cfg.preset, num_classes=data.alphabet.num_classes, in_channels=data.pre.channels,
+                  height=data.pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout,
+                  input_norm=NATIVE_NORM.get(cfg.backbone, "ink"))
+    model = CRNN(mcfg)
+    return model, init_weights(model, data.alphabet, cfg.init, cfg.pretrained) if warm else "from the checkpoint"
+
+
+def make_optimizer(model: CRNN, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices and kernels only (not on biases and norms). A pretrained
+    backbone gets groups of its own, at cfg.backbone_lr times the learning rate (`lr_scale`)."""
+    parts = [(list(model.parameters()), 1.0, False)]
+    if cfg.pretrained == "on":
+        mine = {id(p) for p in model.backbone.parameters()}
+        parts = [(list(model.backbone.parameters()), cfg.backbone_lr, True),
+                 ([p for p in model.parameters() if id(p) not in mine], 1.0, False)]
+    groups = []
+    for params, scale, backbone in parts:
+        for decay in (True, False):
+            groups.append({"params": [p for p in params if (p.ndim > 1) == decay], "lr_scale": scale,
+                           "weight_decay": cfg.weight_decay if decay else 0.0, "backbone": backbone})
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+

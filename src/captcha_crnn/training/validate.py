@@ -1,0 +1,63 @@
+"""Reading a loaded set during training: CTC loss per image, greedy readings, and the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.alphabet import Alphabet
+from ..data.dataset import ImageSet, width_batches
+from ..data.images import to_ink
+from ..decode.ctc import greedy_decode_batch
+from ..evaluate import Report, score_both
+from ..model.crnn import CRNN
+from . import distributed
+from .data import ctc_targets
+from .distributed import Dist
+
+
+@torch.inference_mode()
+def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
+             batch_size: int = 64) -> tuple[list[float], list[str]]:
+    """Per image: CTC loss per character (nan where the label cannot be scored) and the greedy reading.
+
+    Batched by width: one forward, one greedy decode and one CTC loss call per batch.
+    """
+    model.eval()
+    losses, preds = [float("nan")] * len(ds), [""] * len(ds)
+    for idx in width_batches(ds.widths().tolist(), batch_size):
+        u8, widths = ds.batch(idx)  # (B, C, H, W) uint8, (B,)
+        lp = model(torch.from_numpy(to_ink(u8)).to(device)).float().cpu()  # (B, T, classes)
+        lens = CRNN.output_lengths(widths)  # (B,) valid frames
+        for i, d in zip(idx, greedy_decode_batch(lp.numpy(), lens.tolist())):
+            preds[i] = alphabet.decode(d.indices)
+        ok = [k for k, i in enumerate(idx) if ds.labels[i] and not alphabet.unknown(ds.labels[i])]
+        if ok:
+            targets, target_lens = ctc_targets([ds.labels[idx[k]] for k in ok], alphabet)
+            nll = F.ctc_loss(lp[ok].transpose(0, 1), targets, lens[ok], target_lens, blank=0,
+                             reduction="none", zero_infinity=True)  # (B',) summed over each label
+            for k, v in zip(ok, (nll / target_lens).tolist()):
+                losses[idx[k]] = v
+    return losses, preds
+
+
+def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
+                 d: Dist | None = None) -> tuple[float, Report, list[str]]:
+    """(mean CTC loss, report, predictions) of the model on a loaded set.
+
+    In a distributed run each rank reads every world-th image and all ranks get the same figures.
+    """
+    d = d or Dist()
+    idx = list(range(d.rank, len(ds), d.world))
+    losses, preds = read_set(model, ds.subset(idx) if d.enabled else ds, alphabet, device)
+    if d.enabled:
+        parts = distributed.all_gather((idx, losses, preds), d)
+        losses, preds = [float("nan")] * len(ds), [""] * len(ds)
+        for part_idx, part_losses, part_preds in parts:
+            for i, loss, pred in zip(part_idx, part_losses, part_preds):
+                losses[i], preds[i] = loss, pred
+    scored = [v for v in losses if not np.isnan(v)]
+    return float(np.mean(scored)) if scored else float("nan"), score_both(ds.labels, preds, alphabet.chars), preds
+
+
