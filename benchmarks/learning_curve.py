@@ -65,9 +65,11 @@ def run_dataset(ds: Dataset, root: Path, sizes: list[str], starts: list[str], se
     samples = sorted(read_samples(str(root / ds.path)), key=lambda s: s.path)
     pool, _, held = split_items(samples, seed, 0.0, 0.1)  # pool: seeded shuffle of the other 90%
     test = write_csv(held, tmp / f"{ds.name}-test.csv")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for size in sizes:
         n = len(pool) if size == "all" else min(int(size), len(pool))
+        if any(r["labelled"] == n for r in rows):  # a size above the pool is the pool: measured once
+            continue
         csv_path = write_csv(pool[:n], tmp / f"{ds.name}-{n}.csv")
         row: dict[str, Any] = {"dataset": ds.name, "labelled": n, "size": size, "budget_minutes": ds.minutes * scale}
         for start in starts:
