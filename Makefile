@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of PyTorch (a bare `torch` would pull GBs of CUDA packages).
 TORCH := torch==2.13.0
 
-.PHONY: install test lint demo bench readme models clean
+.PHONY: install test test-fast lint demo bench readme models clean
 
 $(BIN)/captcha-crnn: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: install
 test: install
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/pytest -m "not slow"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -3,15 +3,16 @@ scratch and from the pretrained ddddocr backbone, under the same time budget.
 
     python benchmarks/learning_curve.py [--datasets captcha_v2 henan_digits4 generic_varlen]
         [--sizes 50 100 250 500 1000 all] [--starts scratch pretrained] [--seed 0]
-        [--minutes-scale 1.0] [--root ../shared/datasets] [--json benchmarks/results/learning_curve.json]
+        [--minutes-scale 1.0 | --minutes M] [--root ../shared/datasets]
+        [--json benchmarks/results/learning_curve.json]
         [--plot benchmarks/results/learning_curve.png]
 
 Per dataset, a seeded 10% is held out (the same images for every size and start). From the other
 90%, the first N of a seeded shuffle are labelled (each smaller set is part of every larger one);
 training takes its own 10% of them for validation, as ``captcha-crnn train`` does. Each point is
 ``captcha-crnn train POOL --max-minutes M --pretrained off|on`` with M = 3 (captcha_v2), 5
-(henan_digits4) or 10 (generic_varlen, case-blind) minutes times --minutes-scale; every other
-setting is the default. Figures are sequence accuracy on the held-out images.
+(henan_digits4) or 10 (generic_varlen, case-blind) minutes times --minutes-scale, or --minutes for
+every point; every other setting is the default. Figures are sequence accuracy on the held-out images.
 
 Prints a Markdown table, writes JSON and draws accuracy against labelled images (log x).
 """
@@ -48,10 +49,12 @@ def write_csv(samples: list[Sample], path: Path) -> Path:
     return path
 
 
-def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: float, tmp: Path) -> dict[str, Any]:
+def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: float, tmp: Path,
+          overrides: dict[str, Any]) -> dict[str, Any]:
     """Train one start on one pool under the budget; score it on the held-out images."""
     cfg = TrainConfig(out=str(tmp / f"{ds.name}-{pool.stem}-{start}"), max_minutes=minutes, seed=seed,
-                      case=ds.case, test=0.0, test_data=str(test), pretrained=STARTS[start], progress=False)
+                      case=ds.case, test=0.0, test_data=str(test), pretrained=STARTS[start], progress=False,
+                      **overrides)
     t0 = time.perf_counter()
     r = train(str(pool), cfg)
     assert r.test is not None
@@ -60,8 +63,8 @@ def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: f
             "wall_minutes": (time.perf_counter() - t0) / 60, "val_sequence_accuracy": r.best["val_sequence_accuracy"]}
 
 
-def run_dataset(ds: Dataset, root: Path, sizes: list[str], starts: list[str], seed: int, scale: float,
-                tmp: Path) -> list[dict[str, Any]]:
+def run_dataset(ds: Dataset, root: Path, sizes: list[str], starts: list[str], seed: int, minutes: float,
+                tmp: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
     samples = sorted(read_samples(str(root / ds.path)), key=lambda s: s.path)
     pool, _, held = split_items(samples, seed, 0.0, 0.1)  # pool: seeded shuffle of the other 90%
     test = write_csv(held, tmp / f"{ds.name}-test.csv")
@@ -71,9 +74,9 @@ def run_dataset(ds: Dataset, root: Path, sizes: list[str], starts: list[str], se
         if any(r["labelled"] == n for r in rows):  # a size above the pool is the pool: measured once
             continue
         csv_path = write_csv(pool[:n], tmp / f"{ds.name}-{n}.csv")
-        row: dict[str, Any] = {"dataset": ds.name, "labelled": n, "size": size, "budget_minutes": ds.minutes * scale}
+        row: dict[str, Any] = {"dataset": ds.name, "labelled": n, "size": size, "budget_minutes": minutes}
         for start in starts:
-            row[start] = point(ds, csv_path, test, start, seed, ds.minutes * scale, tmp)
+            row[start] = point(ds, csv_path, test, start, seed, minutes, tmp, overrides)
             p = row[start]
             print(f"{ds.name} n={n} {start}: {p['sequence_accuracy']:.2%} ({p['epochs']} epochs, "
                   f"{p['train_minutes']:.1f} min)", file=sys.stderr, flush=True)
@@ -123,17 +126,25 @@ def main() -> int:
     ap.add_argument("--root", default="../shared/datasets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes-scale", type=float, default=1.0)
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="one time budget for every point, instead of each dataset's budget times --minutes-scale")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="TrainConfig overrides for every point, e.g. epochs=200 (trials; the table uses defaults)")
     ap.add_argument("--json", default="benchmarks/results/learning_curve.json")
     ap.add_argument("--plot", default="benchmarks/results/learning_curve.png")
     a = ap.parse_args()
+    overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v
+                 for k, v in (item.split("=", 1) for item in a.set)}
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.datasets:
-            rows += run_dataset(DATASETS[name], Path(a.root), a.sizes, a.starts, a.seed, a.minutes_scale, Path(tmp))
-            report = {"seed": a.seed, "minutes_scale": a.minutes_scale, "machine": machine(),
+            minutes = a.minutes or DATASETS[name].minutes * a.minutes_scale
+            rows += run_dataset(DATASETS[name], Path(a.root), a.sizes, a.starts, a.seed, minutes, Path(tmp), overrides)
+            report = {"seed": a.seed, "minutes_scale": a.minutes_scale, "minutes": a.minutes, "overrides": overrides,
+                      "machine": machine(),
                       "load_average_before": load_before, "load_average_after": os.getloadavg(), "results": rows}
             out.write_text(json.dumps(report, indent=1))  # after every dataset: a long run keeps what it did
     print(table(rows, a.starts))

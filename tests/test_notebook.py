@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains models or runs subprocesses (make test-fast skips)
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "walkthrough.ipynb"
 
 

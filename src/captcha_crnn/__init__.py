@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import CaptchaError
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["CaptchaError", "Prediction", "Recognizer", "TrainConfig", "train", "__version__"]
 
 

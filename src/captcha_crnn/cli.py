@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__
 from .errors import CaptchaError
+from .version import __version__
 
 MAX_BEAM = 256  # wider beams cost seconds per image and read no better
 
@@ -129,7 +129,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     paths = list_images(a.images)
     if not paths:
         raise CaptchaError(f"{' '.join(a.images)}: no images found")
-    got = rec.read_images(paths, a.beam, a.length, a.charset, a.batch_size, errors="return")
+    got = rec.predict(paths, beam=a.beam, length=a.length, charset=a.charset, batch_size=a.batch_size,
+                      errors="return")
     ok, preds, failed = [], [], 0
     for p, pr in zip(paths, got):
         if isinstance(pr, CaptchaError):
@@ -239,13 +240,17 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (also used to generate the CLI reference in the README)."""
-    from .data.synth import DEFAULT_CHARSET, STYLES
-    from .training.config import TrainConfig
-
+    """The full argument parser (also used to generate the CLI reference, docs/cli.md)."""
     p = argparse.ArgumentParser(prog="captcha-crnn", description="Train CRNN captcha readers and read captchas.")
     p.add_argument("--version", action="version", version=f"captcha-crnn {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_reading, _add_data, _add_serve):
+        add(sub)
+    return p
+
+
+def _add_train(sub: Any) -> None:
+    from .training.config import TrainConfig
 
     t = sub.add_parser("train", help="train a model on a folder or CSV of labelled images")
     t.add_argument("data", help="folder of images (label = file stem) or a CSV with filename,label")
@@ -255,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_labels(t)
     t.set_defaults(func=cmd_train)
 
+
+def _add_reading(sub: Any) -> None:
     e = sub.add_parser("eval", help="evaluate a model on labelled images")
     e.add_argument("model", help="model file, run folder or shipped model name")
     e.add_argument("data", help="folder of labelled images or a CSV")
@@ -293,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--json", action="store_true", help="print the cards as a JSON list")
     ms.set_defaults(func=cmd_models)
 
+
+def _add_data(sub: Any) -> None:
+    from .data.synth import DEFAULT_CHARSET, STYLES
+
     s = sub.add_parser("synth", help="generate labelled synthetic captchas offline")
     s.add_argument("out", help="output folder")
     s.add_argument("--n", type=int, default=1000, help="number of images")
@@ -323,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--json", action="store_true", help="print the check as one JSON object")
     w.set_defaults(func=cmd_download)
 
+
+def _add_serve(sub: Any) -> None:
     v = sub.add_parser("serve", help="HTTP service and web page: POST /v1/read, GET /v1/models, /metrics, /")
     v.add_argument("models", nargs="*", metavar="MODEL",
                    help="model files, run folders, shipped names or NAME=PATH (default: the shipped models); "
@@ -345,7 +358,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     v.add_argument("--access-log", action="store_true", help="log every request (slower)")
     v.set_defaults(func=cmd_serve)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

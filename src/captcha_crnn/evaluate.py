@@ -138,7 +138,7 @@ def evaluate_model(
     ds = load_samples(samples, recognizer.preprocess, "reading", progress)
     if not len(ds):
         raise CaptchaError(f"{data}: no readable images")
-    preds = [p.text for p in recognizer.predict_arrays(ds.images, beam, length, charset)]
+    preds = [p.text for p in recognizer._predict_arrays(ds.images, beam, length, charset)]
     return score_both(ds.labels, preds, alphabet.chars, case_insensitive), ds, preds
 
 

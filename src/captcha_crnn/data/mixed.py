@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from .synth import captcha_image, font_files, user_fonts
+from .fonts import captcha_image, font_files, user_fonts
 
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts", "C:/Windows/Fonts")
 SKIP_FONTS = ("Math", "Symbol", "Emoji", "Dingbat", "Wingding")  # fonts without plain Latin glyphs

@@ -107,6 +107,37 @@ def _logadd(a: float, b: float) -> float:
     return a + math.log1p(math.exp(b - a))
 
 
+def _extend(
+    beams: dict[tuple[int, ...], list], row: np.ndarray, cands: list[int], length: int | None
+) -> dict[tuple[int, ...], list]:
+    """One frame of the prefix beam search: each prefix kept (blank, repeated last char) or grown by a candidate."""
+    nxt: dict[tuple[int, ...], list] = {}
+
+    def add(p: tuple[int, ...], which: int, logp: float, confs: list[float]) -> None:
+        if logp <= NEG / 2:  # impossible path (e.g. a repeat with no blank between)
+            return
+        e = nxt.get(p)
+        if e is None:
+            e = nxt[p] = [NEG, NEG, confs, logp]
+        e[which] = _logadd(e[which], logp)
+        if logp > e[3]:  # confidences follow the most probable alignment
+            e[2], e[3] = confs, logp
+
+    for prefix, (pb, pnb, confs, _) in beams.items():
+        total = _logadd(pb, pnb)
+        add(prefix, 0, total + row[0], confs)  # a blank keeps the prefix
+        if prefix and pnb > NEG / 2:  # the last char again, without a blank between
+            last = prefix[-1]
+            add(prefix, 1, pnb + row[last], confs[:-1] + [max(confs[-1], math.exp(row[last]))])
+        for c in cands:
+            new = prefix + (c,)
+            if length is not None and len(new) > length:
+                continue
+            p_new = (pb if prefix and prefix[-1] == c else total) + row[c]
+            add(new, 1, p_new, confs + [math.exp(row[c])])
+    return nxt
+
+
 def beam_decode(
     logp: Any,
     beam: int = 8,
@@ -132,31 +163,8 @@ def beam_decode(
         cands = [c for c in range(1, n_cls) if row[c] > floor]
         if not cands:
             cands = [int(row[1:].argmax()) + 1]
-        nxt: dict[tuple[int, ...], list] = {}
-
-        def add(p: tuple[int, ...], which: int, logp: float, confs: list[float], nxt: dict = nxt) -> None:
-            if logp <= NEG / 2:  # impossible path (e.g. a repeat with no blank between)
-                return
-            e = nxt.get(p)
-            if e is None:
-                e = nxt[p] = [NEG, NEG, confs, logp]
-            e[which] = _logadd(e[which], logp)
-            if logp > e[3]:  # confidences follow the most probable alignment
-                e[2], e[3] = confs, logp
-
+        nxt = _extend(beams, row, cands, length)
         left = t_max - t - 1  # frames after this one
-        for prefix, (pb, pnb, confs, _) in beams.items():
-            total = _logadd(pb, pnb)
-            add(prefix, 0, total + row[0], confs)  # a blank keeps the prefix
-            if prefix and pnb > NEG / 2:  # the last char again, without a blank between
-                last = prefix[-1]
-                add(prefix, 1, pnb + row[last], confs[:-1] + [max(confs[-1], math.exp(row[last]))])
-            for c in cands:
-                new = prefix + (c,)
-                if length is not None and len(new) > length:
-                    continue
-                p_new = (pb if prefix and prefix[-1] == c else total) + row[c]
-                add(new, 1, p_new, confs + [math.exp(row[c])])
         if length is not None:  # prefixes that can no longer reach the length
             feasible = {p: v for p, v in nxt.items() if length - len(p) <= left}
             if feasible:

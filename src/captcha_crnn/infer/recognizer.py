@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -11,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.dataset import width_batches
-from ..data.images import ImageInput, Preprocess, describe, time_steps
+from ..data.images import ImageInput, Preprocess, describe
 from ..decode.ctc import decode_batch
 from ..errors import CaptchaError
 from ..model.format import check_onnx_metadata, parse_metadata
+from ..model.run import run_batches
 from ..model.zoo import resolve_model
 from .batching import PARALLEL_MIN, default_threads, load_many, stack_batch
 from .engines import OnnxEngine, TorchEngine, onnx_for, pick_engine
@@ -143,7 +145,7 @@ class Recognizer:
             self._pool.shutdown(wait=False)
             self._pool = None
 
-    def load_arrays(self, images: Sequence[ImageInput], errors: str = "raise") -> list[np.ndarray | CaptchaError]:
+    def _load_arrays(self, images: Sequence[ImageInput], errors: str = "raise") -> list[np.ndarray | CaptchaError]:
         """Preprocess images in parallel to uint8 (C, H, W); errors="return" puts each error in its place."""
         return load_many(images, self.preprocess, self._get_pool(), self.threads, errors)
 
@@ -154,10 +156,11 @@ class Recognizer:
         """Read arrays on `run`, one width-grouped batch of at most batch_size after another."""
         decode: Callable[[list[int]], str] = self.alphabet.decode
         out: list[Prediction | None] = [None] * len(arrays)
-        for idx in width_batches([a.shape[-1] for a in arrays], batch_size):
-            x, widths = stack_batch([arrays[i] for i in idx])  # (B, C, H, W) float32 ink
-            lp = run(x)  # (B, T, classes)
-            lens = time_steps(widths)
+
+        def load(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            return stack_batch([arrays[i] for i in idx])  # (B, C, H, W) float32 ink, widths
+
+        for idx, lp, lens in run_batches([a.shape[-1] for a in arrays], batch_size, load, run):
             for i, d in zip(idx, decode_batch(lp, lens, beam=beam, length=length, allowed=allowed)):
                 out[i] = Prediction(decode(d.indices), d.confidence, d.char_confidences)
         return out  # type: ignore[return-value]
@@ -166,7 +169,7 @@ class Recognizer:
         """The thread pool when n images are worth spreading over the engine's lanes, else None."""
         return self._get_pool() if getattr(self.engine, "lanes", 1) > 1 and n >= 2 * PARALLEL_MIN else None
 
-    def predict_arrays(
+    def _predict_arrays(
         self,
         arrays: Sequence[np.ndarray],
         beam: int = 1,
@@ -195,7 +198,7 @@ class Recognizer:
         list(pool.map(read, width_batches([a.shape[-1] for a in arrays], bs)))
         return out  # type: ignore[return-value]
 
-    def read_images(
+    def _read_images(
         self,
         images: Sequence[ImageInput],
         beam: int = 1,
@@ -226,8 +229,8 @@ class Recognizer:
             return out
 
         if pool is None:
-            return fill(self.load_arrays(images, errors),
-                        lambda ok: self.predict_arrays(ok, beam, length, charset, batch_size))
+            return fill(self._load_arrays(images, errors),
+                        lambda ok: self._predict_arrays(ok, beam, length, charset, batch_size))
 
         def chunk(part: Sequence[ImageInput]) -> list[Prediction | CaptchaError]:
             """This thread decodes its chunk, then runs the network on its own lane."""
@@ -243,28 +246,55 @@ class Recognizer:
     def predict(
         self,
         images: ImageInput | Sequence[ImageInput],
+        *,
         beam: int = 1,
         length: int | None = None,
         charset: str | None = None,
         batch_size: int = 128,
-    ) -> Prediction | list[Prediction]:
+        errors: str = "raise",
+    ) -> Any:
         """Read one image or a list of them (paths, bytes, PIL images, numpy arrays).
 
         A list gives a list of Predictions in the same order; a single image gives one. Images are
         decoded on a thread pool and read batch_size at a time.
         beam: beam width (1 = greedy); length: exactly this many characters; charset: only these.
+        errors: "raise" (the first unreadable image raises CaptchaError) or "return" (its
+        CaptchaError takes its place in the list).
         """
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        preds: list[Prediction] = []
+        preds: list[Prediction | CaptchaError] = []
         step = max(1, batch_size) * 8  # images decoded at once: batches of similar widths, bounded memory
         for s in range(0, max(len(items), 1), step):  # one call at least: an empty list still checks charset
             part = items[s : s + step]
-            got = self.read_images(part, beam, length, charset, batch_size)
+            got = self._read_images(part, beam, length, charset, batch_size, errors)
             for p, src in zip(got, part):
-                p.source = describe(src)  # type: ignore[union-attr]
-            preds.extend(got)  # type: ignore[arg-type]
+                if isinstance(p, Prediction):
+                    p.source = describe(src)
+            preds.extend(got)
         return preds[0] if single else preds
+
+    # Deprecated: predict() reads every kind of input; these stay for code written against 0.1.
+    def read_images(self, images: Sequence[ImageInput], beam: int = 1, length: int | None = None,
+                    charset: str | None = None, batch_size: int = 128, errors: str = "raise") -> list[Any]:
+        """Deprecated: use predict(images, errors=...)."""
+        _deprecated("read_images", "predict(images, errors=...)")
+        return self._read_images(images, beam, length, charset, batch_size, errors)
+
+    def predict_arrays(self, arrays: Sequence[np.ndarray], beam: int = 1, length: int | None = None,
+                       charset: str | None = None, batch_size: int = 128) -> list[Prediction]:
+        """Deprecated: use predict(images)."""
+        _deprecated("predict_arrays", "predict(images)")
+        return self._predict_arrays(arrays, beam, length, charset, batch_size)
+
+    def load_arrays(self, images: Sequence[ImageInput], errors: str = "raise") -> list[np.ndarray | CaptchaError]:
+        """Deprecated: predict() preprocesses its inputs itself."""
+        _deprecated("load_arrays", "predict(images)")
+        return self._load_arrays(images, errors)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"Recognizer.{old} is deprecated; use Recognizer.{new}", DeprecationWarning, stacklevel=3)
 
 
 def _check_onnx_input(eng: OnnxEngine, pre: Preprocess, source: str) -> None:

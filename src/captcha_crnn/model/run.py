@@ -1,29 +1,49 @@
-"""Run a CRNN on preprocessed uint8 images, batching by width so padding stays small."""
+"""The one batched runner: images grouped by width, stacked, run, and cut to their valid time steps.
+
+Training validation, the Recognizer and log_probs all read through run_batches; only what they do
+with each batch's log-probabilities differs. Imports no torch (the runner takes any `run`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
-import torch
 
 from ..data.dataset import width_batches
 from ..data.images import stack_padded, time_steps, to_ink
-from .crnn import CRNN
+
+__all__ = ["log_probs", "run_batches", "width_batches"]
+
+Batch = tuple[np.ndarray, np.ndarray]  # float32 ink (B, C, H, W), widths (B,)
 
 
-@torch.inference_mode()
-def log_probs(
-    model: CRNN, arrays: Sequence[np.ndarray], batch_size: int = 128, device: str = "cpu"
-) -> list[np.ndarray]:
-    """Per image, float32 log-probabilities (T_i, C) over its valid time steps."""
+def run_batches(widths: Sequence[int], batch_size: int, load: Callable[[list[int]], Batch],
+                run: Callable[[np.ndarray], Any]) -> Iterator[tuple[list[int], Any, np.ndarray]]:
+    """For each batch of at most batch_size images of similar width: (indices, run(ink) (B, T, C),
+    valid time steps per image (B,))."""
+    for idx in width_batches(list(widths), batch_size):
+        x, w = load(idx)  # (B, C, H, W), (B,)
+        yield idx, run(x), time_steps(w)
+
+
+def log_probs(model: Any, arrays: Sequence[np.ndarray], batch_size: int = 128, device: str = "cpu") -> list[np.ndarray]:
+    """Per uint8 (C, H, W_i) image, float32 log-probabilities (T_i, C) of a torch CRNN."""
+    import torch
+
     model.eval()
-    out: list[np.ndarray | None] = [None] * len(arrays)
-    for idx in width_batches([a.shape[-1] for a in arrays], batch_size):
-        u8, widths = stack_padded([arrays[i] for i in idx])
-        x = torch.from_numpy(to_ink(u8)).to(device)  # (B, C, H, W)
-        lp = model(x).float().cpu().numpy()  # (B, T, C)
-        lens = time_steps(widths).tolist()
+
+    def load(idx: list[int]) -> Batch:
+        u8, w = stack_padded([arrays[i] for i in idx])
+        return to_ink(u8), w
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+
+    out: list[Any] = [None] * len(arrays)
+    for idx, lp, lens in run_batches([a.shape[-1] for a in arrays], batch_size, load, run):
         for j, i in enumerate(idx):
             out[i] = lp[j, : lens[j]]
-    return out  # type: ignore[return-value]
+    return out

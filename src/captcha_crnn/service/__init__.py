@@ -1,6 +1,7 @@
 """The HTTP service: ``captcha-crnn serve`` (FastAPI + uvicorn), micro-batching, metrics, web page."""
 
-from .app import ServiceConfig, create_app
+from .app import create_app
+from .config import ServiceConfig
 from .models import ModelEntry, load_models
 from .server import serve
 

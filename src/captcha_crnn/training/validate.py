@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.alphabet import Alphabet
-from ..data.dataset import ImageSet, width_batches
+from ..data.dataset import ImageSet
 from ..data.images import to_ink
 from ..decode.ctc import greedy_decode_batch
 from ..evaluate import Report, score_both
 from ..model.crnn import CRNN
+from ..model.run import run_batches
 from . import distributed
 from .data import ctc_targets
 from .distributed import Dist
@@ -26,11 +27,17 @@ def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
     """
     model.eval()
     losses, preds = [float("nan")] * len(ds), [""] * len(ds)
-    for idx in width_batches(ds.widths().tolist(), batch_size):
+
+    def load(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
         u8, widths = ds.batch(idx)  # (B, C, H, W) uint8, (B,)
-        lp = model(torch.from_numpy(to_ink(u8)).to(device)).float().cpu()  # (B, T, classes)
-        lens = CRNN.output_lengths(widths)  # (B,) valid frames
-        for i, d in zip(idx, greedy_decode_batch(lp.numpy(), lens.tolist())):
+        return to_ink(u8), widths
+
+    def run(x: np.ndarray) -> torch.Tensor:
+        return model(torch.from_numpy(x).to(device)).float().cpu()  # (B, T, classes)
+
+    for idx, lp, steps in run_batches(ds.widths().tolist(), batch_size, load, run):
+        lens = torch.from_numpy(steps)  # (B,) valid frames
+        for i, d in zip(idx, greedy_decode_batch(lp.numpy(), steps.tolist())):
             preds[i] = alphabet.decode(d.indices)
         ok = [k for k, i in enumerate(idx) if ds.labels[i] and not alphabet.unknown(ds.labels[i])]
         if ok:

@@ -20,6 +20,8 @@ from captcha_crnn.training import TrainConfig, train
 from captcha_crnn.training.checkpoint import CHECKPOINT, load_checkpoint
 from captcha_crnn.training.distributed import shard
 
+pytestmark = pytest.mark.slow  # trains models or runs subprocesses (make test-fast skips)
+
 FLAGS = ["--epochs", "3", "--batch-size", "16", "--preset", "small", "--label-sep", "-", "--seed", "2",
          "--crop", "off", "--quiet"]
 

@@ -30,6 +30,8 @@ from captcha_crnn.training import TrainConfig, train
 from captcha_crnn.training.data import load_data, min_frames
 from captcha_crnn.training.loop import TrainResult
 
+pytestmark = pytest.mark.slow  # trains models or runs subprocesses (make test-fast skips)
+
 LOWER = "abcdefghijklmnopqrstuvwxyz"
 DIGITS = "0123456789"
 PUNCT = "+-=@#%&?"

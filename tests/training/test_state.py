@@ -18,6 +18,8 @@ from captcha_crnn.evaluate import evaluate_model
 from captcha_crnn.training import TrainConfig, train
 from captcha_crnn.training.checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries, save_checkpoint
 
+pytestmark = pytest.mark.slow  # trains models or runs subprocesses (make test-fast skips)
+
 # Small, warm-started and single-threaded, so a run is both quick and bit-for-bit reproducible;
 # whole images (no auto crop), which this tiny set learns fastest.
 SETTINGS = dict(epochs=3, batch_size=16, preset="small", label_sep="-", seed=4, patience=50, threads=1,

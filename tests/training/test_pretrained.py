@@ -83,6 +83,7 @@ def test_choices_that_contradict_each_other() -> None:
         TrainConfig(backbone_lr=0).validate()
 
 
+@pytest.mark.slow
 @needs_ddddocr
 def test_pretrained_start_end_to_end(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Frozen for the first epoch (the backbone is the pretrained one), then fine-tuned; the model

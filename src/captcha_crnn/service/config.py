@@ -1,0 +1,29 @@
+"""Settings of one server: ``ServiceConfig`` (limits, batching) and the limits of the read options."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MAX_BEAM = 64
+MAX_LENGTH = 256
+MAX_CHARSET = 4096
+ENV_CONFIG = "CAPTCHA_CRNN_SERVE"  # models and config handed to ``uvicorn --factory`` workers (JSON)
+
+
+@dataclass
+class ServiceConfig:
+    """Limits and batching settings of one server."""
+
+    api_key: str | None = None
+    max_body_bytes: int = 8 * 1024 * 1024  # whole request body -> 413
+    max_pixels: int = 4_000_000  # per image (header check before decoding) -> 413
+    max_images: int = 64  # per request -> 413
+    max_batch: int = 64  # images per forward pass
+    max_wait_ms: float = 2.0  # how long a batch waits for more images
+    max_queue: int = 4096  # images waiting per model -> 503
+    timeout_s: float = 10.0  # per request -> 504
+    warmup: bool = True  # one dummy read per model at start
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

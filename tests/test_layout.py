@@ -1,0 +1,105 @@
+"""The source layout stays as docs/architecture.md draws it: each package imports only from the layers
+below it (function-level imports included), no module imports itself back through others, and no
+file or function grows past what a reader can hold."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "captcha_crnn"
+# Bottom up; a module may import from its own layer's package and from any layer below (as in
+# docs/architecture.md). "__init__" is the package's public face, cli/demo the entry points.
+LAYERS = [
+    {"errors", "files", "version"},
+    {"data"},
+    {"decode", "model"},
+    {"infer"},
+    {"evaluate", "viz"},
+    {"training"},
+    {"service"},
+    {"cli", "demo", "__init__", "__main__"},
+]
+MAX_FILE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """Module -> the captcha_crnn modules it imports, anywhere in its body."""
+    known = {module_name(p) for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        mod = module_name(path)
+        pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        out = graph.setdefault(mod, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                elif node.module and node.module.split(".")[0] == "captcha_crnn":
+                    target = node.module
+                else:
+                    continue
+                for alias in node.names:  # `from . import x` may name a module
+                    out.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in known else target)
+            elif isinstance(node, ast.Import):
+                out.update(a.name for a in node.names if a.name.split(".")[0] == "captcha_crnn")
+        out.discard(mod)
+    return {m: {t for t in ts if t in known} for m, ts in graph.items()}
+
+
+def layer(mod: str) -> int:
+    top = mod.split(".")[1] if "." in mod else "__init__"
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_every_package_has_a_layer() -> None:
+    for mod in imports():
+        layer(mod)  # StopIteration names a package missing from LAYERS
+
+
+def test_imports_go_down_the_layers() -> None:
+    bad = [f"{m} -> {t}" for m, ts in imports().items() for t in ts if layer(t) > layer(m)]
+    assert not bad, "imports against the layer order of docs/architecture.md:\n" + "\n".join(sorted(bad))
+
+
+def test_no_import_cycles() -> None:
+    graph = imports()
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph.get(m, ())):
+            if t == "captcha_crnn" or (m.startswith(t + ".") and t.count(".") < m.count(".")):
+                continue  # a package's __init__ re-exports its own modules: not a cycle of logic
+            if state.get(t) == 1:
+                cycles.append(path[path.index(t):] + [t] if t in path else [m, t])
+            elif t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_files_and_functions_stay_small() -> None:
+    long_files, long_functions = [], []
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > MAX_FILE_LINES:
+            long_files.append(f"{path.relative_to(SRC)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if n > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}: {n} lines")
+    assert not long_files and not long_functions, "\n".join(long_files + long_functions)
