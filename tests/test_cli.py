@@ -135,3 +135,28 @@ def test_bad_size_flags_are_usage_errors(flag: str, value: str, needle: str, tmp
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
     assert f"argument {flag}: " in err and needle in err
+
+
+def test_predict_min_confidence_rejects_and_says_so(trained, clean_dir: Path, capsys) -> None:
+    images = [str(p) for p in sorted(clean_dir.glob("*.png"))[:6]]
+    code, out, _ = run(["predict", str(trained.out), *images, "--json", "--min-confidence", "0"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and not any(r["rejected"] for r in rows)
+    floor = sorted(r["confidence"] for r in rows)[3]  # the three least confident fall under it
+    code, out, err = run(["predict", str(trained.out), *images, "--json", "--min-confidence", str(floor)], capsys)
+    rows = json.loads(out)
+    assert [r["rejected"] for r in rows] == [r["confidence"] < floor for r in rows]
+    assert code == 3 and sum(r["rejected"] for r in rows) == 3 and "rejected 3 of 6" in err
+    code, out, _ = run(["predict", str(trained.out), *images, "--min-confidence", str(floor)], capsys)
+    assert out.count("<rejected>") == 3
+    with pytest.raises(SystemExit):
+        main(["predict", str(trained.out), images[0], "--min-confidence", "1.5"])
+
+
+def test_eval_and_info_show_selective_accuracy(trained, clean_dir: Path, capsys) -> None:
+    code, out, _ = run(["eval", str(trained.out), str(clean_dir), "--label-sep", "-", "--json"], capsys)
+    table = json.loads(out)["selective"]
+    assert code == 0 and [r["threshold"] for r in table] == [0.0, 0.5, 0.8, 0.9, 0.95, 0.99]
+    assert table[0]["coverage"] == 1.0 and all(a["coverage"] >= b["coverage"] for a, b in zip(table, table[1:]))
+    code, out, _ = run(["info", str(trained.out)], capsys)
+    assert code == 0 and "test selective accuracy" in out

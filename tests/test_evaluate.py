@@ -146,3 +146,12 @@ def test_report_to_dict_and_format():
     text = format_report(r, "test")
     assert text.startswith("test: n=2")
     assert "50.00%" in text and "d->e x1" in text
+
+
+def test_selective_accuracy_trades_coverage_for_accuracy() -> None:
+    from captcha_crnn.evaluate import selective
+
+    rows = selective(["ab", "cd", "ef", "gh"], ["ab", "cd", "xx", "GH"], [0.99, 0.9, 0.4, 0.7],
+                     thresholds=(0.0, 0.5, 0.95, 1.0))
+    assert [(r["coverage"], r["accuracy"]) for r in rows] == [(1.0, 0.5), (0.75, 2 / 3), (0.25, 1.0), (0.0, 1.0)]
+    assert selective(["gh"], ["GH"], [0.7], case_insensitive=True, thresholds=(0.5,))[0]["accuracy"] == 1.0

@@ -11,8 +11,6 @@ from typing import Any
 from .errors import CaptchaError
 from .version import __version__
 
-MAX_BEAM = 256  # wider beams cost seconds per image and read no better
-
 
 def count(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
     """An argparse type: a whole number from lo to hi (a clear usage error otherwise)."""
@@ -28,6 +26,17 @@ def count(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
         return v
 
     return parse
+
+
+def _probability(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return v
 
 
 def add_config_flags(p: argparse.ArgumentParser, config: type) -> None:
@@ -71,9 +80,11 @@ def _checked(parse: Callable[[str], Any], rule: Callable[[Any], str | None] | No
 
 def _add_decode(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding")
+    from .decode.limits import MAX_BEAM, MAX_LENGTH
+
     g.add_argument("--beam", type=count(1, MAX_BEAM), default=1, metavar="K",
                    help="beam width (1 = greedy, the default)")
-    g.add_argument("--length", type=count(1), default=None, metavar="N", help="read exactly N characters")
+    g.add_argument("--length", type=count(1, MAX_LENGTH), default=None, metavar="N", help="read exactly N characters")
     g.add_argument("--charset", default=None, metavar="CHARS", help="read only these characters")
 
 
@@ -139,12 +150,19 @@ def cmd_predict(a: argparse.Namespace) -> int:
         else:
             ok.append(p)
             preds.append(pr)
+    floor = a.min_confidence
+    rejected = [floor is not None and pr.confidence < floor for pr in preds]
     if a.json:
-        print(json.dumps([{"path": str(p), **pr.to_dict(), "source": str(p)} for p, pr in zip(ok, preds)]))
+        rows = [{"path": str(p), **pr.to_dict(), "source": str(p)} for p, pr in zip(ok, preds)]
+        for row, r in zip(rows, rejected):
+            row.update({"rejected": r} if floor is not None else {})
+        print(json.dumps(rows))
     else:
-        for p, pr in zip(ok, preds):
-            print(f"{p}\t{pr.text}\t{pr.confidence:.4f}")
-    return 1 if failed else 0
+        for p, pr, r in zip(ok, preds, rejected):
+            print(f"{p}\t{'<rejected>' if r else pr.text}\t{pr.confidence:.4f}")
+    if any(rejected):
+        print(f"rejected {sum(rejected)} of {len(preds)} readings under confidence {floor:g}", file=sys.stderr)
+    return 1 if failed else (3 if any(rejected) else 0)
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -182,6 +200,10 @@ def cmd_info(a: argparse.Namespace) -> int:
     for split, m in b.info.get("metrics", {}).items():
         figs = {k: v for k, v in m.items() if isinstance(v, (int, float))}
         print(f"metrics ({split}): " + ", ".join(f"{k} {v:.4g}" for k, v in figs.items()))
+        if m.get("selective"):
+            from .evaluate import format_selective
+
+            print(f"  {split} {format_selective(m['selective'])}")
     return 0
 
 
@@ -282,6 +304,9 @@ def _add_reading(sub: Any) -> None:
                    help="onnx (ONNX Runtime), torch, or auto: onnx when onnxruntime is installed (default)")
     r.add_argument("--threads", type=count(1), default=None, help="threads for the engine and image decoding "
                    "(default: all cores)")
+    r.add_argument("--min-confidence", type=_probability, default=None, metavar="P",
+                   help="report readings under confidence P as rejected (JSON \"rejected\": true, exit status 3): "
+                        "in automation a refused captcha is cheaper than a wrong one; `eval` shows the trade-off")
     _add_decode(r)
     r.set_defaults(func=cmd_predict)
 

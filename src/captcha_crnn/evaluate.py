@@ -46,6 +46,7 @@ class Report:
     by_length: dict[str, dict[str, float]]
     confusions: list[tuple[str, str, int]]
     case_insensitive: dict[str, float] | None = None  # the same figures ignoring case, where case matters
+    selective: list[dict[str, float]] | None = None  # accuracy and coverage at confidence thresholds
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -86,6 +87,28 @@ def score(truths: Sequence[str], preds: Sequence[str], case_insensitive: bool = 
     )
 
 
+THRESHOLDS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)  # confidence thresholds of the selective-accuracy table
+
+
+def selective(truths: Sequence[str], preds: Sequence[str], confidences: Sequence[float],
+              case_insensitive: bool = False, thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, float]]:
+    """Per threshold P: coverage (share of readings with confidence >= P, the ones accepted) and the
+    sequence accuracy of those accepted (1.0 when none are): what `predict --min-confidence P` gives."""
+    right = [fold(t, case_insensitive) == fold(p, case_insensitive) for t, p in zip(truths, preds)]
+    out = []
+    for th in thresholds:
+        kept = [r for r, c in zip(right, confidences) if c >= th]
+        out.append({"threshold": th, "coverage": len(kept) / max(1, len(right)),
+                    "accuracy": sum(kept) / len(kept) if kept else 1.0, "accepted": len(kept)})
+    return out
+
+
+def format_selective(rows: Sequence[dict[str, float]]) -> str:
+    """One line: accuracy / coverage at each threshold."""
+    return "selective accuracy (min confidence: accuracy of accepted, coverage): " + ", ".join(
+        f"{r['threshold']:g}: {r['accuracy']:.2%} of {r['coverage']:.1%}" for r in rows)
+
+
 def format_report(r: Report, split: str = "") -> str:
     """A few human-readable lines."""
     head = f"{split}: " if split else ""
@@ -99,6 +122,8 @@ def format_report(r: Report, split: str = "") -> str:
         ci = r.case_insensitive
         lines.append(f"ignoring case: sequence accuracy {ci['sequence_accuracy']:.2%}  "
                      f"char accuracy {ci['char_accuracy']:.2%}  CER {ci['cer']:.4f}")
+    if r.selective:
+        lines.append(format_selective(r.selective))
     if r.confusions:
         lines.append("most confused (truth->read): " + ", ".join(f"{t}->{p} x{c}" for t, p, c in r.confusions))
     return "\n".join(lines)
@@ -138,8 +163,11 @@ def evaluate_model(
     ds = load_samples(samples, recognizer.preprocess, "reading", progress)
     if not len(ds):
         raise CaptchaError(f"{data}: no readable images")
-    preds = [p.text for p in recognizer._predict_arrays(ds.images, beam, length, charset)]
-    return score_both(ds.labels, preds, alphabet.chars, case_insensitive), ds, preds
+    read = recognizer._predict_arrays(ds.images, beam, length, charset)
+    preds = [p.text for p in read]
+    rep = score_both(ds.labels, preds, alphabet.chars, case_insensitive)
+    rep.selective = selective(ds.labels, preds, [p.confidence for p in read], case_insensitive)
+    return rep, ds, preds
 
 
 def has_both_cases(chars: str) -> bool:

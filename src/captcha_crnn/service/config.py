@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-MAX_BEAM = 64
-MAX_LENGTH = 256
-MAX_CHARSET = 4096
+from ..decode.limits import MAX_BEAM, MAX_CHARSET, MAX_LENGTH
+
+__all__ = ["ENV_CONFIG", "MAX_BEAM", "MAX_CHARSET", "MAX_LENGTH", "ServiceConfig"]
 ENV_CONFIG = "CAPTCHA_CRNN_SERVE"  # models and config handed to ``uvicorn --factory`` workers (JSON)
 
 

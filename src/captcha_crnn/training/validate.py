@@ -10,7 +10,7 @@ from ..data.alphabet import Alphabet
 from ..data.dataset import ImageSet
 from ..data.images import to_ink
 from ..decode.ctc import greedy_decode_batch
-from ..evaluate import Report, score_both
+from ..evaluate import Report, score_both, selective
 from ..model.crnn import CRNN
 from ..model.run import run_batches
 from . import distributed
@@ -20,13 +20,14 @@ from .distributed import Dist
 
 @torch.inference_mode()
 def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
-             batch_size: int = 64) -> tuple[list[float], list[str]]:
-    """Per image: CTC loss per character (nan where the label cannot be scored) and the greedy reading.
+             batch_size: int = 64) -> tuple[list[float], list[str], list[float]]:
+    """Per image: CTC loss per character (nan where the label cannot be scored), the greedy reading
+    and its confidence.
 
     Batched by width: one forward, one greedy decode and one CTC loss call per batch.
     """
     model.eval()
-    losses, preds = [float("nan")] * len(ds), [""] * len(ds)
+    losses, preds, confs = [float("nan")] * len(ds), [""] * len(ds), [0.0] * len(ds)
 
     def load(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
         u8, widths = ds.batch(idx)  # (B, C, H, W) uint8, (B,)
@@ -38,7 +39,7 @@ def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
     for idx, lp, steps in run_batches(ds.widths().tolist(), batch_size, load, run):
         lens = torch.from_numpy(steps)  # (B,) valid frames
         for i, d in zip(idx, greedy_decode_batch(lp.numpy(), steps.tolist())):
-            preds[i] = alphabet.decode(d.indices)
+            preds[i], confs[i] = alphabet.decode(d.indices), d.confidence
         ok = [k for k, i in enumerate(idx) if ds.labels[i] and not alphabet.unknown(ds.labels[i])]
         if ok:
             targets, target_lens = ctc_targets([ds.labels[idx[k]] for k in ok], alphabet)
@@ -46,7 +47,7 @@ def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
                              reduction="none", zero_infinity=True)  # (B',) summed over each label
             for k, v in zip(ok, (nll / target_lens).tolist()):
                 losses[idx[k]] = v
-    return losses, preds
+    return losses, preds, confs
 
 
 def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
@@ -57,14 +58,16 @@ def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
     """
     d = d or Dist()
     idx = list(range(d.rank, len(ds), d.world))
-    losses, preds = read_set(model, ds.subset(idx) if d.enabled else ds, alphabet, device)
+    losses, preds, confs = read_set(model, ds.subset(idx) if d.enabled else ds, alphabet, device)
     if d.enabled:
-        parts = distributed.all_gather((idx, losses, preds), d)
-        losses, preds = [float("nan")] * len(ds), [""] * len(ds)
-        for part_idx, part_losses, part_preds in parts:
-            for i, loss, pred in zip(part_idx, part_losses, part_preds):
-                losses[i], preds[i] = loss, pred
+        parts = distributed.all_gather((idx, losses, preds, confs), d)
+        losses, preds, confs = [float("nan")] * len(ds), [""] * len(ds), [0.0] * len(ds)
+        for part in parts:
+            for i, loss, pred, conf in zip(*part):
+                losses[i], preds[i], confs[i] = loss, pred, conf
     scored = [v for v in losses if not np.isnan(v)]
-    return float(np.mean(scored)) if scored else float("nan"), score_both(ds.labels, preds, alphabet.chars), preds
+    rep = score_both(ds.labels, preds, alphabet.chars)
+    rep.selective = selective(ds.labels, preds, confs)
+    return float(np.mean(scored)) if scored else float("nan"), rep, preds
 
 
