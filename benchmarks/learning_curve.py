@@ -35,6 +35,7 @@ from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import DATASETS, Dataset, machine  # noqa: E402
+from train_captcha_v2 import parse_value  # noqa: E402
 
 STARTS = {"scratch": "off", "pretrained": "on"}
 
@@ -133,8 +134,7 @@ def main() -> int:
     ap.add_argument("--json", default="benchmarks/results/learning_curve.json")
     ap.add_argument("--plot", default="benchmarks/results/learning_curve.png")
     a = ap.parse_args()
-    overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v
-                 for k, v in (item.split("=", 1) for item in a.set)}
+    overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in a.set)}
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
     out = Path(a.json)

@@ -127,3 +127,11 @@ def test_readme_training_one_liner_imports() -> None:
                         "assert callable(train) and callable(t2); TrainConfig(out='x')"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-500:]
+
+
+def test_readme_reads_in_ten_minutes() -> None:
+    """The README stays a user's page (under 300 lines); detail lives in docs/."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) < 300, len(lines)
+    for link in re.findall(r"\]\((docs/[^)#]+)\)", "\n".join(lines)):
+        assert (ROOT / link).is_file(), link

@@ -21,6 +21,14 @@ def _plt() -> Any:
     return plt
 
 
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay out, write and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    _plt().close(fig)
+    return Path(path)
+
+
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Loss (train, val) and validation accuracy per epoch, side by side."""
     plt = _plt()
@@ -39,10 +47,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     b.set_ylim(0, 101)
     b.set_title("validation accuracy")
     b.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def gallery(
@@ -69,10 +74,7 @@ def gallery(
         axes.flat[0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def errors_gallery(

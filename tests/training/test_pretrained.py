@@ -77,6 +77,11 @@ def test_choices_that_contradict_each_other() -> None:
         resolve_start(TrainConfig(pretrained="on", backbone="plain"))
     assert resolve_start(TrainConfig(pretrained="off"))[0] == {"pretrained": "off", "backbone": "plain"}
     assert resolve_start(TrainConfig(preset="tiny"))[0]["pretrained"] == "off"  # a scratch architecture
+    if pretrained.available():  # auto: a from-scratch start for very few images, the pretrained one above
+        changes, notes = resolve_start(TrainConfig(), n_train=20)
+        assert changes["pretrained"] == "off" and "20 training images" in notes[0]
+        assert resolve_start(TrainConfig(), n_train=500)[0]["pretrained"] == "on"
+        assert resolve_start(TrainConfig(pretrained="on"), n_train=20)[0]["pretrained"] == "on"
     with pytest.raises(CaptchaError, match="--freeze-epochs"):
         TrainConfig(freeze_epochs=-1).validate()
     with pytest.raises(CaptchaError, match="--backbone-lr"):
@@ -97,7 +102,7 @@ def test_pretrained_start_end_to_end(cache: Path, tmp_path: Path, monkeypatch: p
         seen.append({k: v.clone() for k, v in bundle.model.backbone.state_dict().items()})
 
     cfg = TrainConfig(out=str(tmp_path / "run"), epochs=3, batch_size=8, freeze_epochs=1, label_sep="-",
-                      progress=False, ema=0.0, lr=1e-3)
+                      progress=False, ema=0.0, lr=1e-3, pretrained="on")
     r = train(str(tmp_path / "d"), cfg, on_epoch=hook)
     assert r.config["pretrained"] == "on" and r.config["backbone"] == "ddddocr"
     assert all(torch.equal(seen[0][k], ref[k]) for k in ref)  # frozen in epoch 1

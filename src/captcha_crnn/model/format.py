@@ -147,13 +147,18 @@ def parse_metadata(meta: dict[str, Any], source: str) -> ModelSpec:
     return ModelSpec(arch, alphabet, pre, {k: v for k, v in meta.items() if k not in CORE_KEYS})
 
 
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise CaptchaError(f"{path}: no such model file")
+    return path
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON metadata of a .safetensors model file, without loading its weights."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise CaptchaError(f"{path}: no such model file")
+    path = _existing(path)
     try:
         with safe_open(str(path), framework="numpy") as f:
             raw = f.metadata() or {}
@@ -182,9 +187,7 @@ def onnx_metadata(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The metadata of an .onnx model file without running it (needs the onnx package)."""
     import onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise CaptchaError(f"{path}: no such model file")
+    path = _existing(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - onnx raises several types for a damaged file
