@@ -251,6 +251,13 @@ def cmd_download(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(a: argparse.Namespace) -> int:
+    from .service.labelling import serve_labels
+
+    serve_labels(a.dir, a.model, a.host, a.port, a.api_key, a.charset)
+    return 0
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from .service import ServiceConfig, serve
 
@@ -266,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="captcha-crnn", description="Train CRNN captcha readers and read captchas.")
     p.add_argument("--version", action="version", version=f"captcha-crnn {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_reading, _add_data, _add_serve):
+    for add in (_add_train, _add_reading, _add_data, _add_serve, _add_label):
         add(sub)
     return p
 
@@ -358,6 +365,19 @@ def _add_data(sub: Any) -> None:
     w.add_argument("--quiet", action="store_true", help="no progress bar")
     w.add_argument("--json", action="store_true", help="print the check as one JSON object")
     w.set_defaults(func=cmd_download)
+
+
+def _add_label(sub: Any) -> None:
+    lb = sub.add_parser("label", help="a web page to label a folder of captchas (model pre-fill, least sure first)")
+    lb.add_argument("dir", help="folder of unlabelled captchas; answers go to DIR/labels.csv")
+    lb.add_argument("--model", default=None, metavar="MODEL",
+                    help="pre-fill and order by this model's reading (path, run folder or shipped name)")
+    lb.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    lb.add_argument("--port", type=int, default=8001, help="port (default 8001)")
+    lb.add_argument("--api-key", default=None, metavar="KEY",
+                    help="require X-API-Key: KEY on /api/* (or set CAPTCHA_CRNN_API_KEY); the page URL carries it")
+    lb.add_argument("--charset", default=None, metavar="CHARS", help="only these characters in labels")
+    lb.set_defaults(func=cmd_label)
 
 
 def _add_serve(sub: Any) -> None:

@@ -1,0 +1,159 @@
+"""`captcha-crnn label DIR`: a page for labelling a folder of captchas, one at a time, with the
+model's reading pre-filled and the images it is least sure of first.
+
+Routes (all but the page need the API key when one is set): ``GET /`` the page, ``GET /api/next``
+(the next image to answer, after ``?after=NAME``), ``GET /api/item/NAME`` (one image's entry, for
+going back), ``GET /api/image/NAME`` (its bytes), ``POST /api/answer`` ({"name", "action": label |
+skip | unreadable, "label"}), ``GET /api/progress``. Answers go to DIR/labels.csv at once
+(data/label_store.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+
+from ..data.label_store import LabelStore
+from ..errors import CaptchaError
+from .middleware import _check_api_key
+
+MAX_BODY = 16_384  # bytes in one answer
+
+
+class Session:
+    """The order of a labelling session and its pace."""
+
+    def __init__(self, store: LabelStore, recognizer: Any = None):
+        self.store, self.recognizer = store, recognizer
+        self.readings: dict[str, tuple[str, float]] = {}
+        if recognizer is not None:
+            paths = [store.path(n) for n in store.names]
+            for name, p in zip(store.names, recognizer.predict(paths, errors="return")):
+                self.readings[name] = ("", 0.0) if isinstance(p, CaptchaError) else (p.text, p.confidence)
+        # least confident first (no model: file order); ties keep file order
+        self.order = sorted(store.names, key=lambda n: self.readings.get(n, ("", 0.0))[1])
+        self.known = set(store.names)
+        self.answered, self.t0 = 0, None
+
+    def entry(self, name: str) -> dict[str, Any]:
+        a = self.store.read()
+        text, conf = self.readings.get(name, ("", None))
+        state = ("labelled" if name in a.labels else "unreadable" if name in a.unreadable
+                 else "skipped" if name in a.skipped else "new")
+        return {"name": name, "prefill": a.labels.get(name, text), "confidence": conf, "state": state,
+                "progress": self.progress(a)}
+
+    def next(self, after: str | None) -> dict[str, Any] | None:
+        """The first unanswered image after `after` in the order (skipped ones come round again last)."""
+        a = self.store.read()
+        start = self.order.index(after) + 1 if after in self.order else 0
+        rotated = self.order[start:] + self.order[:start]
+        for pool in ([n for n in rotated if not a.done(n) and n not in a.skipped],
+                     [n for n in rotated if n in a.skipped and not a.done(n)]):
+            if pool:
+                return self.entry(pool[0])
+        return None
+
+    def answer(self, name: str, action: str, label: str | None) -> dict[str, Any]:
+        a = self.store.answer(name, action, label)
+        self.answered += 1
+        self.t0 = self.t0 or time.monotonic()
+        return self.progress(a)
+
+    def progress(self, a: Any = None) -> dict[str, Any]:
+        a = a or self.store.read()
+        minutes = (time.monotonic() - self.t0) / 60 if self.t0 else 0.0
+        return {"labelled": len(a.labels), "unreadable": len(a.unreadable), "skipped": len(a.skipped),
+                "total": len(self.store.names),
+                "per_minute": round(self.answered / minutes, 1) if minutes > 0.05 else None}
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def create_label_app(session: Session, api_key: str | None = None) -> FastAPI:
+    """The labelling page and its API over one Session."""
+    app = FastAPI(title="captcha-crnn label", docs_url=None, redoc_url=None)
+    key = api_key.encode() if api_key else None
+    page = resources.files(__package__).joinpath("label.html").read_text(encoding="utf-8")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        if key is not None and request.url.path.startswith("/api/") and not _check_api_key(request.scope, key):
+            return _error(401, "missing or wrong API key (send X-API-Key: KEY)")
+        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+            return _error(413, f"request body over {MAX_BODY} bytes")
+        try:
+            return await call_next(request)
+        except CaptchaError as e:  # a bad label or action
+            return _error(422, " ".join(str(e).split()))
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/api/next")
+    def next_item(after: str | None = None) -> Any:
+        return session.next(after) or {"name": None, "progress": session.progress()}
+
+    def unknown(name: str) -> JSONResponse | None:
+        return None if name in session.known else _error(404, f"{name}: not an image of {session.store.folder}")
+
+    @app.get("/api/item/{name}")
+    def item(name: str) -> Any:
+        return unknown(name) or session.entry(name)
+
+    @app.get("/api/image/{name}")
+    def image(name: str) -> Any:
+        return unknown(name) or FileResponse(session.store.path(name))
+
+    @app.get("/api/progress")
+    def progress() -> Any:
+        return session.progress()
+
+    @app.post("/api/answer")
+    async def answer(request: Request) -> Any:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return _error(413, f"request body over {MAX_BODY} bytes")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return _error(422, "body must be JSON: {\"name\", \"action\", \"label\"}")
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return _error(422, "body must be a JSON object with a string 'name'")
+        label = data.get("label")
+        if label is not None and not isinstance(label, str):
+            return _error(422, "'label' must be a string")
+        return unknown(data["name"]) or session.answer(data["name"], str(data.get("action", "label")), label)
+
+    return app
+
+
+def serve_labels(folder: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8001,
+                 api_key: str | None = None, charset: str | None = None) -> None:
+    """Run the labelling page for `folder` until stopped (pre-filled by `model` when given)."""
+    import os
+    import sys
+
+    import uvicorn
+
+    store = LabelStore(folder, charset)  # a bad folder or labels.csv fails here, before binding the port
+    recognizer = None
+    if model:
+        from ..infer import Recognizer
+
+        recognizer = Recognizer.load(model)
+        print(f"captcha-crnn: reading {len(store.names)} images with {model} to order them ...", file=sys.stderr)
+    session = Session(store, recognizer)
+    api_key = api_key or os.environ.get("CAPTCHA_CRNN_API_KEY") or None
+    url = f"http://{host}:{port}/" + (f"#key={api_key}" if api_key else "")
+    print(f"captcha-crnn: labelling {folder} ({session.progress()['labelled']} of {len(store.names)} labelled) "
+          f"on {url}", file=sys.stderr)
+    uvicorn.run(create_label_app(session, api_key), host=host, port=port, log_level="warning")

@@ -1,0 +1,116 @@
+"""The labelling page's API and its store: answers reach labels.csv at once, in the format `train`
+reads, in least-confident-first order, and bad requests get a 4xx with a message."""
+
+from __future__ import annotations
+
+import csv
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import make_clean_set
+from fastapi.testclient import TestClient
+
+from captcha_crnn.data.label_store import LabelStore
+from captcha_crnn.data.labels import read_samples
+from captcha_crnn.errors import CaptchaError
+from captcha_crnn.service.labelling import Session, create_label_app
+
+
+def unlabelled(folder: Path, n: int = 8) -> tuple[Path, list[str]]:
+    """n generated captchas renamed img000.png... (their truth returned, not in the names)."""
+    labels = make_clean_set(folder / "src", n)
+    folder.mkdir(exist_ok=True)
+    for i, p in enumerate(sorted((folder / "src").glob("*.png"), key=lambda q: int(q.stem.split("-")[1]))):
+        p.rename(folder / f"img{i:03d}.png")
+    (folder / "src").rmdir()
+    return folder, labels
+
+
+def test_answers_are_written_at_once_and_train_can_read_them(tmp_path: Path) -> None:
+    folder, truth = unlabelled(tmp_path / "d")
+    client = TestClient(create_label_app(Session(LabelStore(folder))))
+    first = client.get("/api/next").json()
+    assert first["name"] == "img000.png" and first["prefill"] == "" and first["progress"]["total"] == 8
+    assert client.get("/api/image/img000.png").content == (folder / "img000.png").read_bytes()
+    p = client.post("/api/answer", json={"name": "img000.png", "action": "label", "label": truth[0]}).json()
+    assert p["labelled"] == 1
+    rows = list(csv.reader((folder / "labels.csv").open()))
+    assert rows == [["filename", "label"], ["img000.png", truth[0]]]
+    client.post("/api/answer", json={"name": "img001.png", "action": "skip"})
+    client.post("/api/answer", json={"name": "img002.png", "action": "unreadable"})
+    nxt = client.get("/api/next", params={"after": "img002.png"}).json()
+    assert nxt["name"] == "img003.png"
+    # a corrected answer replaces the old one; going back shows what was given
+    client.post("/api/answer", json={"name": "img000.png", "action": "label", "label": "0000"})
+    assert client.get("/api/item/img000.png").json()["prefill"] == "0000"
+    samples = read_samples(folder)  # the folder's labels.csv, as `train DIR` reads it
+    assert [(Path(s.path).name, s.label) for s in samples] == [("img000.png", "0000")]
+    # a new session (a restarted server) resumes: answered images are not asked again
+    again = TestClient(create_label_app(Session(LabelStore(folder))))
+    assert again.get("/api/next").json()["name"] == "img003.png"
+    names = set()
+    for name in [f"img{i:03d}.png" for i in range(3, 8)]:
+        again.post("/api/answer", json={"name": name, "action": "label", "label": "1"})
+        names.add(name)
+    assert again.get("/api/next").json()["name"] == "img001.png"  # skipped images come round again last
+
+
+def test_bad_requests_get_4xx(tmp_path: Path) -> None:
+    folder, _ = unlabelled(tmp_path / "d", 3)
+    (tmp_path / "secret.png").write_bytes(b"x")
+    client = TestClient(create_label_app(Session(LabelStore(folder, charset="0123456789"))))
+    assert client.get("/api/image/nope.png").status_code == 404
+    assert client.get("/api/image/..%2Fsecret.png").status_code == 404
+    assert client.get("/api/item/labels.csv").status_code == 404
+    r = client.post("/api/answer", json={"name": "img000.png", "action": "label", "label": "12ab"})
+    assert r.status_code == 422 and "not allowed" in r.json()["detail"]
+    assert client.post("/api/answer", json={"name": "img000.png", "action": "label", "label": " "}).status_code == 422
+    assert client.post("/api/answer", json={"name": "img000.png", "action": "eat"}).status_code == 422
+    assert client.post("/api/answer", content=b"not json").status_code == 422
+    assert client.post("/api/answer", content=b"x" * 20_000).status_code == 413
+    assert client.post("/api/answer", json={"name": "../x.png", "action": "skip"}).status_code == 404
+    assert not (folder / "labels.csv").exists()
+
+
+def test_api_key_guards_the_api(tmp_path: Path) -> None:
+    folder, _ = unlabelled(tmp_path / "d", 2)
+    client = TestClient(create_label_app(Session(LabelStore(folder)), api_key="s3cret"))
+    assert client.get("/").status_code == 200  # the page itself carries no data
+    assert client.get("/api/next").status_code == 401
+    assert client.get("/api/next", headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def test_two_pages_do_not_lose_answers(tmp_path: Path) -> None:
+    folder, _ = unlabelled(tmp_path / "d", 8)
+    stores = [LabelStore(folder), LabelStore(folder)]  # two sessions on one folder
+
+    def label(store: LabelStore, names: list[str]) -> None:
+        for n in names:
+            store.answer(n, "label", n[3:6])
+
+    names = sorted(p.name for p in folder.glob("*.png"))
+    threads = [threading.Thread(target=label, args=(s, names[i::2])) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(LabelStore(folder).read().labels) == 8
+
+
+def test_model_orders_least_confident_first(trained, tmp_path: Path) -> None:
+    from captcha_crnn import Recognizer
+
+    folder, _ = unlabelled(tmp_path / "d", 10)
+    session = Session(LabelStore(folder), Recognizer.load(trained.model_path))
+    confs = [session.readings[n][1] for n in session.order]
+    assert confs == sorted(confs)
+    first = TestClient(create_label_app(session)).get("/api/next").json()
+    assert first["name"] == session.order[0] and first["prefill"] == session.readings[first["name"]][0]
+
+
+def test_damaged_labels_file_is_one_clear_error(tmp_path: Path) -> None:
+    folder, _ = unlabelled(tmp_path / "d", 2)
+    (folder / "labels.state.json").write_text("{not json")
+    with pytest.raises(CaptchaError, match="labels.state.json"):
+        LabelStore(folder)
