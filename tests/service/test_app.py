@@ -7,13 +7,10 @@ import base64
 import contextlib
 import io
 import os
-import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import warnings
 import zlib
@@ -30,15 +27,13 @@ from conftest import render_clean  # noqa: E402
 with warnings.catch_warnings():  # starlette's notice about httpx2; httpx works
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
+from browser import CHROMIUM, CHROMIUM_ARGS, free_port, run_server, sync_playwright  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from captcha_crnn.infer import Recognizer  # noqa: E402
 from captcha_crnn.service import ServiceConfig, create_app  # noqa: E402
 from captcha_crnn.service.models import ModelEntry, model_name  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 LABELS = ["123", "4567", "890", "2468", "1357", "0909"]
 
 
@@ -407,12 +402,6 @@ def test_model_names_and_empty_zoo(tmp_path, monkeypatch, capsys, trained):
     assert "two models named" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_serve_subprocess(trained, images):
     """`captcha-crnn serve` in its own process: binds 127.0.0.1, answers, stops on SIGINT."""
     port = free_port()
@@ -445,31 +434,9 @@ def test_cli_serve_subprocess(trained, images):
     assert proc.returncode == 0, proc.stdout.read().decode()
 
 
-def run_server(app):
-    """Serve `app` with uvicorn on a free loopback port in a thread; returns (base url, stop)."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-
-    def stop():
-        server.should_exit = True
-        th.join(10)
-
-    return f"http://127.0.0.1:{port}", stop
-
-
 def test_browser_page(app, rec, images, tmp_path):
     """The web page in headless Chromium: models listed, choose / paste / drop an image, bars drawn."""
-    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); browser test skipped")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    sync_api = sync_playwright()
     want = [p.text for p in rec.predict(images)]
     base, stop = run_server(app)
     try:

@@ -114,3 +114,83 @@ def test_damaged_labels_file_is_one_clear_error(tmp_path: Path) -> None:
     (folder / "labels.state.json").write_text("{not json")
     with pytest.raises(CaptchaError, match="labels.state.json"):
         LabelStore(folder)
+
+
+def test_browser_labels_a_folder(trained, tmp_path: Path) -> None:
+    """In headless Chromium: pre-fill, accept (Enter), correct, skip (Esc), unreadable (Alt+U), back
+    (Alt+Left), reload and continue where it stopped."""
+    from browser import CHROMIUM, CHROMIUM_ARGS, run_server, sync_playwright
+
+    from captcha_crnn import Recognizer
+
+    sync_api = sync_playwright()
+    folder, _ = unlabelled(tmp_path / "d", 6)
+    session = Session(LabelStore(folder), Recognizer.load(trained.model_path))
+    base, stop = run_server(create_label_app(session))
+    answers = lambda: LabelStore(folder).read()  # noqa: E731
+
+    def current(page) -> str:
+        return page.inner_text("#meta").split(" ")[0]
+
+    def wait_next(page, old: str) -> str:
+        page.wait_for_function("old => !document.getElementById('meta').textContent.startsWith(old + ' ')", arg=old)
+        return current(page)
+
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(base + "/")
+                page.wait_for_function("document.getElementById('meta').textContent.length > 0")
+                first = current(page)
+                assert first == session.order[0]
+                assert page.input_value("#label") == session.readings[first][0]  # pre-filled
+                page.keyboard.press("Enter")  # accept the pre-fill
+                second = wait_next(page, first)
+                assert answers().labels[first] == session.readings[first][0]
+                page.fill("#label", "9999")
+                page.keyboard.press("Enter")  # correct
+                third = wait_next(page, second)
+                assert answers().labels[second] == "9999"
+                page.keyboard.press("Escape")  # skip
+                fourth = wait_next(page, third)
+                assert third in answers().skipped
+                page.keyboard.press("Alt+u")  # unreadable
+                fifth = wait_next(page, fourth)
+                assert fourth in answers().unreadable
+                page.keyboard.press("Alt+ArrowLeft")  # back to the previous answer
+                assert wait_next(page, fifth) == fourth
+                page.reload()  # a closed tab or a reload continues with what is left
+                page.wait_for_function("document.getElementById('meta').textContent.length > 0")
+                assert current(page) not in (first, second, fourth)
+                assert "2 labelled / 6" in page.inner_text("#progress") and not errors
+            finally:
+                browser.close()
+    finally:
+        stop()
+
+
+@pytest.mark.slow
+def test_train_now_runs_in_the_background_and_swaps_the_model(tmp_path: Path) -> None:
+    import time
+
+    folder, truth = unlabelled(tmp_path / "d", 40)
+    session = Session(LabelStore(folder))
+    client = TestClient(create_label_app(session, train_args=("--epochs", "2", "--preset", "tiny")))
+    assert client.post("/api/train").status_code == 409  # too few labels yet
+    for i, t in enumerate(truth):
+        client.post("/api/answer", json={"name": f"img{i:03d}.png", "action": "label", "label": t})
+    assert client.post("/api/train").json()["state"] == "running"
+    t0 = time.monotonic()
+    while client.get("/api/train").json()["state"] == "running" and time.monotonic() - t0 < 240:
+        t1 = time.perf_counter()
+        assert client.get("/api/next").status_code == 200
+        assert time.perf_counter() - t1 < 1.0  # labelling goes on while the model trains
+        time.sleep(0.5)
+    status = client.get("/api/train").json()
+    assert status["state"] == "done", status
+    assert status["model_in_use"] == status["model"] and Path(status["model"]).is_file()
+    assert session.readings and status["test_accuracy"] is not None  # the new model pre-fills

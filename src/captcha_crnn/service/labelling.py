@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from ..data.label_store import LabelStore
 from ..errors import CaptchaError
 from .middleware import _check_api_key
+from .trainer import BackgroundTrainer
 
 MAX_BODY = 16_384  # bytes in one answer
 
@@ -29,16 +31,27 @@ class Session:
     """The order of a labelling session and its pace."""
 
     def __init__(self, store: LabelStore, recognizer: Any = None):
-        self.store, self.recognizer = store, recognizer
-        self.readings: dict[str, tuple[str, float]] = {}
-        if recognizer is not None:
-            paths = [store.path(n) for n in store.names]
-            for name, p in zip(store.names, recognizer.predict(paths, errors="return")):
-                self.readings[name] = ("", 0.0) if isinstance(p, CaptchaError) else (p.text, p.confidence)
-        # least confident first (no model: file order); ties keep file order
-        self.order = sorted(store.names, key=lambda n: self.readings.get(n, ("", 0.0))[1])
+        self.store = store
         self.known = set(store.names)
         self.answered, self.t0 = 0, None
+        self.model: str | None = None
+        self.use(recognizer)
+
+    def use(self, recognizer: Any, name: str | None = None) -> None:
+        """Pre-fill and order by `recognizer` (None: no pre-fill, file order): least confident first."""
+        readings: dict[str, tuple[str, float]] = {}
+        if recognizer is not None:
+            paths = [self.store.path(n) for n in self.store.names]
+            for n, p in zip(self.store.names, recognizer.predict(paths, errors="return")):
+                readings[n] = ("", 0.0) if isinstance(p, CaptchaError) else (p.text, p.confidence)
+        order = sorted(self.store.names, key=lambda n: readings.get(n, ("", 0.0))[1])  # ties keep file order
+        self.readings, self.order, self.model = readings, order, name  # swapped at once for the handlers
+
+    def use_model(self, path: Path) -> None:
+        """Swap in a newly trained model (called by the background trainer when it is done)."""
+        from ..infer import Recognizer
+
+        self.use(Recognizer.load(path, threads=1), str(path))
 
     def entry(self, name: str) -> dict[str, Any]:
         a = self.store.read()
@@ -77,9 +90,15 @@ def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-def create_label_app(session: Session, api_key: str | None = None) -> FastAPI:
-    """The labelling page and its API over one Session."""
+MIN_TRAIN_LABELS = 10  # labels needed before "Train now" (training keeps 10% for validation)
+
+
+def create_label_app(session: Session, api_key: str | None = None,
+                     train_args: tuple[str, ...] = ("--max-minutes", "3")) -> FastAPI:
+    """The labelling page and its API over one Session; "Train now" runs `captcha-crnn train` with
+    `train_args` on the labels so far."""
     app = FastAPI(title="captcha-crnn label", docs_url=None, redoc_url=None)
+    trainer = BackgroundTrainer(session.store.folder, session.use_model, train_args)
     key = api_key.encode() if api_key else None
     page = resources.files(__package__).joinpath("label.html").read_text(encoding="utf-8")
 
@@ -117,6 +136,17 @@ def create_label_app(session: Session, api_key: str | None = None) -> FastAPI:
     def progress() -> Any:
         return session.progress()
 
+    @app.get("/api/train")
+    def train_status() -> Any:
+        return {**trainer.status(), "model_in_use": session.model}
+
+    @app.post("/api/train")
+    def train_now() -> Any:
+        n = len(session.store.read().labels)
+        if n < MIN_TRAIN_LABELS:
+            return _error(409, f"label at least {MIN_TRAIN_LABELS} images before training ({n} so far)")
+        return {**trainer.start(), "model_in_use": session.model}
+
     @app.post("/api/answer")
     async def answer(request: Request) -> Any:
         body = await request.body()
@@ -152,6 +182,7 @@ def serve_labels(folder: str, model: str | None = None, host: str = "127.0.0.1",
         recognizer = Recognizer.load(model)
         print(f"captcha-crnn: reading {len(store.names)} images with {model} to order them ...", file=sys.stderr)
     session = Session(store, recognizer)
+    session.model = model
     api_key = api_key or os.environ.get("CAPTCHA_CRNN_API_KEY") or None
     url = f"http://{host}:{port}/" + (f"#key={api_key}" if api_key else "")
     print(f"captcha-crnn: labelling {folder} ({session.progress()['labelled']} of {len(store.names)} labelled) "

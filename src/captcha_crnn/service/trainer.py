@@ -1,0 +1,74 @@
+"""Training in the background for the labelling page: `captcha-crnn train DIR/labels.csv` in its own
+process (so the page's process stays responsive), its progress read from its log, and the new
+model handed back when it is done."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class BackgroundTrainer:
+    """One training process at a time; `status()` says where it stands."""
+
+    def __init__(self, folder: Path, on_done: Callable[[Path], None], args: Sequence[str] = ("--max-minutes", "3")):
+        self.folder, self.on_done, self.args = folder, on_done, list(args)
+        self.runs = folder / ".label-runs"
+        self._lock = threading.Lock()
+        self._state: dict[str, Any] = {"state": "idle"}
+        self._proc: subprocess.Popen | None = None
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._state)
+
+    def start(self) -> dict[str, Any]:
+        """Start training on the labels so far (no-op while one runs)."""
+        with self._lock:
+            if self._state["state"] == "running":
+                return dict(self._state)
+            out = self.runs / time.strftime("%Y%m%d-%H%M%S")
+            cmd = [sys.executable, "-m", "captcha_crnn", "train", str(self.folder / "labels.csv"), "--out", str(out),
+                   "--quiet", "--json", *self.args]
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self._state = {"state": "running", "line": "starting", "out": str(out), "started": time.time()}
+        threading.Thread(target=self._watch, args=(self._proc,), daemon=True).start()
+        return self.status()
+
+    def _watch(self, proc: subprocess.Popen) -> None:
+        assert proc.stderr is not None and proc.stdout is not None
+        for line in proc.stderr:  # one line per epoch with the validation figures, and the choices made
+            line = line.strip()
+            if line:
+                with self._lock:
+                    self._state["line"] = line[-300:]
+        out = proc.stdout.read()
+        code = proc.wait()
+        summary = _last_json(out)
+        if code != 0 or summary is None:
+            with self._lock:
+                self._state.update(state="failed", exit_status=code)
+            return
+        with self._lock:
+            self._state["line"] = "reading the folder with the new model"
+        self.on_done(Path(summary["model"]))  # the pre-fill switches before the page hears "done"
+        test = summary.get("test") or {}
+        with self._lock:
+            self._state.update(state="done", model=summary["model"], exit_status=0,
+                               val_accuracy=summary["best"].get("val_sequence_accuracy"),
+                               test_accuracy=test.get("sequence_accuracy"), test_n=test.get("n"))
+
+
+def _last_json(text: str) -> dict[str, Any] | None:
+    for line in reversed(text.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    return None
