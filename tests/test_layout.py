@@ -18,7 +18,7 @@ LAYERS = [
     {"evaluate", "viz"},
     {"training"},
     {"service"},
-    {"cli", "demo", "__init__", "__main__"},
+    {"cli", "commands", "demo", "__init__", "__main__"},
 ]
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60

@@ -98,9 +98,7 @@ def create_label_app(session: Session, api_key: str | None = None,
     """The labelling page and its API over one Session; "Train now" runs `captcha-crnn train` with
     `train_args` on the labels so far."""
     app = FastAPI(title="captcha-crnn label", docs_url=None, redoc_url=None)
-    trainer = BackgroundTrainer(session.store.folder, session.use_model, train_args)
     key = api_key.encode() if api_key else None
-    page = resources.files(__package__).joinpath("label.html").read_text(encoding="utf-8")
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
@@ -113,6 +111,18 @@ def create_label_app(session: Session, api_key: str | None = None,
         except CaptchaError as e:  # a bad label or action
             return _error(422, " ".join(str(e).split()))
 
+    _add_item_routes(app, session)
+    _add_answer_routes(app, session, BackgroundTrainer(session.store.folder, session.use_model, train_args))
+    return app
+
+
+def _unknown(session: Session, name: str) -> JSONResponse | None:
+    return None if name in session.known else _error(404, f"{name}: not an image of {session.store.folder}")
+
+
+def _add_item_routes(app: FastAPI, session: Session) -> None:
+    page = resources.files(__package__).joinpath("label.html").read_text(encoding="utf-8")
+
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         return page
@@ -121,21 +131,20 @@ def create_label_app(session: Session, api_key: str | None = None,
     def next_item(after: str | None = None) -> Any:
         return session.next(after) or {"name": None, "progress": session.progress()}
 
-    def unknown(name: str) -> JSONResponse | None:
-        return None if name in session.known else _error(404, f"{name}: not an image of {session.store.folder}")
-
     @app.get("/api/item/{name}")
     def item(name: str) -> Any:
-        return unknown(name) or session.entry(name)
+        return _unknown(session, name) or session.entry(name)
 
     @app.get("/api/image/{name}")
     def image(name: str) -> Any:
-        return unknown(name) or FileResponse(session.store.path(name))
+        return _unknown(session, name) or FileResponse(session.store.path(name))
 
     @app.get("/api/progress")
     def progress() -> Any:
         return session.progress()
 
+
+def _add_answer_routes(app: FastAPI, session: Session, trainer: BackgroundTrainer) -> None:
     @app.get("/api/train")
     def train_status() -> Any:
         return {**trainer.status(), "model_in_use": session.model}
@@ -161,9 +170,7 @@ def create_label_app(session: Session, api_key: str | None = None,
         label = data.get("label")
         if label is not None and not isinstance(label, str):
             return _error(422, "'label' must be a string")
-        return unknown(data["name"]) or session.answer(data["name"], str(data.get("action", "label")), label)
-
-    return app
+        return _unknown(session, data["name"]) or session.answer(data["name"], str(data.get("action", "label")), label)
 
 
 def serve_labels(folder: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8001,
