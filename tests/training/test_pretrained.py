@@ -126,3 +126,5 @@ def test_pretrained_start_end_to_end(cache: Path, tmp_path: Path, monkeypatch: p
     exported = Recognizer.load(out).predict(images)
     assert [p.text for p in exported] == [p.text for p in torch_read]
     np.testing.assert_allclose([p.confidence for p in exported], [p.confidence for p in torch_read], atol=1e-3)
+    int8 = Recognizer.load(export_onnx(r.model_path, tmp_path / "m8.onnx", int8=True)).predict(images)
+    assert len(int8) == len(images) and all(0.0 <= p.confidence <= 1.0 for p in int8)

@@ -73,8 +73,8 @@ def resolve_start(cfg: TrainConfig, n_train: int | None = None) -> tuple[dict[st
         raise CaptchaError(f"--pretrained on needs --backbone ddddocr (or auto), not {cfg.backbone}")
     wants = cfg.pretrained == "on" or (cfg.pretrained == "auto" and (
         cfg.backbone == "ddddocr" or (cfg.backbone == "auto" and cfg.preset == "auto")))
-    few = cfg.pretrained == "auto" and cfg.backbone == "auto" and (n_train or 0) < PRETRAINED_MIN_IMAGES
-    few = few and n_train is not None
+    few = (cfg.pretrained == "auto" and cfg.backbone == "auto"
+           and n_train is not None and n_train < PRETRAINED_MIN_IMAGES)
     if not wants or few:
         notes = [f"from scratch: {n_train} training images, under the {PRETRAINED_MIN_IMAGES} from which the "
                  "pretrained start reads better"] if wants else []
