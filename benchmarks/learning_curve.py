@@ -108,6 +108,8 @@ def plot(rows: list[dict[str, Any]], starts: list[str], path: Path) -> None:
         for s in starts:
             ax.plot([r["labelled"] for r in mine], [100 * r[s]["sequence_accuracy"] for r in mine], "o-", label=s)
         ax.set_xscale("log")
+        ax.set_xticks([r["labelled"] for r in mine], [str(r["labelled"]) for r in mine])
+        ax.minorticks_off()
         ax.set_ylim(0, 101)
         ax.set_title(name)
         ax.set_xlabel("labelled images")
@@ -129,11 +131,17 @@ def main() -> int:
     ap.add_argument("--minutes-scale", type=float, default=1.0)
     ap.add_argument("--minutes", type=float, default=None,
                     help="one time budget for every point, instead of each dataset's budget times --minutes-scale")
+    ap.add_argument("--replot", default=None, metavar="JSON", help="only redraw the plot and table of an earlier run")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="TrainConfig overrides for every point, e.g. epochs=200 (trials; the table uses defaults)")
     ap.add_argument("--json", default="benchmarks/results/learning_curve.json")
     ap.add_argument("--plot", default="benchmarks/results/learning_curve.png")
     a = ap.parse_args()
+    if a.replot:
+        rows = json.loads(Path(a.replot).read_text())["results"]
+        print(table(rows, a.starts))
+        plot(rows, a.starts, Path(a.plot))
+        return 0
     overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in a.set)}
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []

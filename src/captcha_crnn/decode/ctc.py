@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CaptchaError
+from .limits import MAX_BEAM, MAX_LENGTH
 
 NEG = -1e30
 
@@ -180,6 +181,15 @@ def beam_decode(
     return Decoded(list(prefix), [float(c) for c in confs], float(math.exp(_logadd(pb, pnb))))
 
 
+def check_options(beam: Any, length: Any) -> None:
+    """CaptchaError unless beam is 1 to MAX_BEAM and length None or 1 to MAX_LENGTH (whole numbers)."""
+    for name, v, hi in (("beam", beam, MAX_BEAM), ("length", length, MAX_LENGTH)):
+        if v is None and name == "length":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= hi:
+            raise CaptchaError(f"{name} must be a whole number from 1 to {hi}, got {v!r}")
+
+
 def decode_batch(
     logp: Any,
     lengths: Sequence[int] | None = None,
@@ -189,12 +199,9 @@ def decode_batch(
 ) -> list[Decoded]:
     """Decode a batch (B, T, C) of log-probabilities; lengths gives valid frames per item.
 
-    A beam below 1 or a length below 1 is a CaptchaError (they come from users' options).
+    A beam or length outside decode/limits.py is a CaptchaError (they come from users' options).
     """
-    if isinstance(beam, bool) or not isinstance(beam, (int, np.integer)) or beam < 1:
-        raise CaptchaError(f"beam must be a whole number of at least 1, got {beam!r}")
-    if length is not None and (isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1):
-        raise CaptchaError(f"length must be a whole number of at least 1, got {length!r}")
+    check_options(beam, length)
     lp = _as_numpy(logp)
     b, t, c = lp.shape
     mask = allowed_mask(c, allowed)

@@ -13,8 +13,7 @@ import numpy as np
 
 from ..data.dataset import width_batches
 from ..data.images import ImageInput, Preprocess, describe
-from ..decode.ctc import decode_batch
-from ..decode.limits import MAX_BEAM, MAX_LENGTH
+from ..decode.ctc import check_options, decode_batch
 from ..errors import CaptchaError
 from ..model.format import check_onnx_metadata, parse_metadata
 from ..model.run import run_batches
@@ -217,8 +216,7 @@ class Recognizer:
         """
         if batch_size < 1:
             raise CaptchaError(f"batch size must be at least 1, got {batch_size}")
-        if not 1 <= beam <= MAX_BEAM or (length is not None and not 1 <= length <= MAX_LENGTH):
-            raise CaptchaError(f"beam must be 1 to {MAX_BEAM} and length 1 to {MAX_LENGTH}, got {beam} and {length}")
+        check_options(beam, length)
         allowed = self._allowed(charset)  # a bad charset fails before any image is decoded
         pool = self._lanes_pool(len(images)) if self.preprocess.width is not None else None
 
