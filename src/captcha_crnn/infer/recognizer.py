@@ -247,7 +247,6 @@ class Recognizer:
     def predict(
         self,
         images: ImageInput | Sequence[ImageInput],
-        *,
         beam: int = 1,
         length: int | None = None,
         charset: str | None = None,
