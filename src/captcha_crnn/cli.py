@@ -40,17 +40,6 @@ def count(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _probability(text: str) -> float:
-    """An argparse type: a number from 0 to 1."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return v
-
-
 def add_config_flags(p: argparse.ArgumentParser, config: type) -> None:
     """One flag per field of a config dataclass (train/config.py: opt): help, parser and rule from
     the field's metadata, so a bad value is argparse's usage error naming the flag."""
@@ -70,6 +59,11 @@ def add_config_flags(p: argparse.ArgumentParser, config: type) -> None:
         parse = m["parse"] or type(default)
         p.add_argument(name, type=_checked(parse, m["rule"]), default=default, choices=m["choices"],
                        metavar=m["metavar"], help=help_text)
+
+
+def _probability(v: Any) -> str | None:
+    """A rule: None for a number from 0 to 1."""
+    return None if isinstance(v, float) and 0 <= v <= 1 else "a number from 0 to 1"
 
 
 def _checked(parse: Callable[[str], Any], rule: Callable[[Any], str | None] | None) -> Callable[[str], Any]:
@@ -151,7 +145,7 @@ def _add_reading(sub: Any) -> None:
                    help="onnx (ONNX Runtime), torch, or auto: onnx when onnxruntime is installed (default)")
     r.add_argument("--threads", type=count(1), default=None, help="threads for the engine and image decoding "
                    "(default: all cores)")
-    r.add_argument("--min-confidence", type=_probability, default=None, metavar="P",
+    r.add_argument("--min-confidence", type=_checked(float, _probability), default=None, metavar="P",
                    help="report readings under confidence P as rejected (JSON \"rejected\": true, exit status 3): "
                         "in automation a refused captcha is cheaper than a wrong one; `eval` shows the trade-off")
     _add_decode(r)

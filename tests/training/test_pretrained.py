@@ -52,11 +52,12 @@ def test_conversion_is_checked_and_cached(cache: Path, monkeypatch: pytest.Monke
     assert len(files) == 1 and ("converted" in note or str(files[0]) in note)
     again, note2 = pretrained.backbone_weights()
     assert str(files[0]) in note2 and all(torch.equal(state[k], again[k]) for k in state)
-    assert pretrained.check(state, pretrained._onnx_path()) < pretrained.TOLERANCE
+    onnx_path = pretrained._onnx_path()
+    assert pretrained.check(state, pretrained._load(onnx_path), onnx_path) < pretrained.TOLERANCE
     bad = {k: v.clone() for k, v in state.items()}
     bad["body.0.0.bias"] += 0.01
     with pytest.raises(CaptchaError, match="differs from onnxruntime"):
-        pretrained.check(bad, pretrained._onnx_path())
+        pretrained.check(bad, pretrained._load(onnx_path), onnx_path)
 
 
 def test_not_installed_is_one_clear_line(uninstalled: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -52,10 +52,13 @@ class LabelStore:
         self._lock = threading.Lock()
         self.read()  # a damaged labels.csv is reported now, before any answer
 
+    def has(self, name: str) -> bool:
+        """Whether `name` is one of the folder's images (not another file, a path or `..`)."""
+        return name in self._known
+
     def path(self, name: str) -> Path:
-        """The image file of `name`; CaptchaError for anything that is not one of the folder's images
-        (other files, paths, `..`)."""
-        if name not in self._known:
+        """The image file of `name`; CaptchaError for anything that is not one of the folder's images."""
+        if not self.has(name):
             raise CaptchaError(f"{name}: not an image of {self.folder}")
         return self.folder / name
 

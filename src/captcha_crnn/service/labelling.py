@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from ..data.label_store import LabelStore
+from ..data.label_store import Answers, LabelStore
 from ..errors import CaptchaError
 from .middleware import _check_api_key
 from .trainer import BackgroundTrainer
@@ -32,7 +32,6 @@ class Session:
 
     def __init__(self, store: LabelStore, recognizer: Any = None):
         self.store = store
-        self.known = set(store.names)
         self.answered, self.t0 = 0, None
         self.model: str | None = None
         self.use(recognizer)
@@ -53,8 +52,9 @@ class Session:
 
         self.use(Recognizer.load(path, threads=1), str(path))
 
-    def entry(self, name: str) -> dict[str, Any]:
-        a = self.store.read()
+    def entry(self, name: str, a: Answers | None = None) -> dict[str, Any]:
+        """What the page shows of one image; `a`: the answers, when just read."""
+        a = a or self.store.read()
         text, conf = self.readings.get(name, ("", None))
         state = ("labelled" if name in a.labels else "unreadable" if name in a.unreadable
                  else "skipped" if name in a.skipped else "new")
@@ -69,7 +69,7 @@ class Session:
         for pool in ([n for n in rotated if not a.done(n) and n not in a.skipped],
                      [n for n in rotated if n in a.skipped and not a.done(n)]):
             if pool:
-                return self.entry(pool[0])
+                return self.entry(pool[0], a)
         return None
 
     def answer(self, name: str, action: str, label: str | None) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def create_label_app(session: Session, api_key: str | None = None,
 
 
 def _unknown(session: Session, name: str) -> JSONResponse | None:
-    return None if name in session.known else _error(404, f"{name}: not an image of {session.store.folder}")
+    return None if session.store.has(name) else _error(404, f"{name}: not an image of {session.store.folder}")
 
 
 def _add_item_routes(app: FastAPI, session: Session) -> None:

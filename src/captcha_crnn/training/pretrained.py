@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import CaptchaError
-from ..files import cache_dir
+from ..files import atomic_write, cache_dir
 from ..model.backbones import DdddocrBackbone
 from ..model.crnn import CRNN
+from ..model.format import one_line
 
 INSTALL_HINT = 'pip install "captcha-crnn[pretrained]"'
 ONNX_FILE = "common.onnx"
@@ -30,9 +31,10 @@ TOLERANCE = 1e-4  # largest difference allowed between the rebuilt backbone and 
 def available() -> bool:
     """Whether the ddddocr package (and so its ONNX model) is installed; imports nothing."""
     try:
-        return importlib.util.find_spec("ddddocr") is not None and _onnx_path().is_file()
+        _onnx_path()
     except CaptchaError:
         return False
+    return True
 
 
 def _onnx_path() -> Path:
@@ -45,15 +47,20 @@ def _onnx_path() -> Path:
     return path
 
 
-def _graph(path: Path) -> tuple[list, dict[str, np.ndarray], str]:
-    """(the Conv nodes before the sequence part, initialisers by name, the backbone's output tensor)."""
+def _load(path: Path) -> Any:
+    """The ONNX model proto of `path` (read once per conversion: the file is about 54 MB)."""
     import onnx
-    from onnx import numpy_helper
 
     try:
-        proto = onnx.load(str(path))
+        return onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - onnx raises several types for a damaged file
-        raise CaptchaError(f"{path}: not a readable ONNX model ({e})") from None
+        raise CaptchaError(f"{path}: not a readable ONNX model ({one_line(e)})") from None
+
+
+def _graph(proto: Any, path: Path) -> tuple[list, dict[str, np.ndarray], str]:
+    """(the Conv nodes before the sequence part, initialisers by name, the backbone's output tensor)."""
+    from onnx import numpy_helper
+
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     convs = []
     for node in proto.graph.node:
@@ -64,9 +71,9 @@ def _graph(path: Path) -> tuple[list, dict[str, np.ndarray], str]:
     raise CaptchaError(f"{path}: no sequence step found; not the ddddocr model this backbone expects")
 
 
-def convert(path: Path) -> dict[str, torch.Tensor]:
-    """The DdddocrBackbone state dict from the ONNX file's initialisers, shape by shape."""
-    convs, inits, _ = _graph(path)
+def convert(proto: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The DdddocrBackbone state dict from the ONNX model's initialisers, shape by shape."""
+    convs, inits, _ = _graph(proto, path)
     backbone = DdddocrBackbone()
     mine = [(name, m) for name, m in backbone.named_modules() if isinstance(m, torch.nn.Conv2d)]
     if len(convs) != len(mine):
@@ -82,14 +89,13 @@ def convert(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def check(state: dict[str, torch.Tensor], path: Path) -> float:
+def check(state: dict[str, torch.Tensor], proto: Any, path: Path) -> float:
     """Largest difference between the rebuilt backbone and onnxruntime on a probe image; CaptchaError
-    above TOLERANCE."""
+    above TOLERANCE. Adds the backbone's output to `proto`'s graph outputs."""
     import onnx
     import onnxruntime as ort
 
-    _, _, out_name = _graph(path)
-    proto = onnx.load(str(path))
+    _, _, out_name = _graph(proto, path)
     proto.graph.output.insert(0, onnx.helper.make_empty_tensor_value_info(out_name))  # the backbone's output
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     probe = np.random.default_rng(0).random((1, 1, 64, 160), dtype=np.float32)  # (1, 1, 64, W) grey / 255
@@ -108,7 +114,7 @@ def check(state: dict[str, torch.Tensor], path: Path) -> float:
 def backbone_weights() -> tuple[dict[str, torch.Tensor], str]:
     """The checked backbone weights (converted on first use, then read from the safetensors cache)
     and a note saying where they came from."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     path = _onnx_path()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -119,14 +125,13 @@ def backbone_weights() -> tuple[dict[str, torch.Tensor], str]:
             return load_file(str(cached)), f"ddddocr backbone ({cached})"
         except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt
             cached.unlink(missing_ok=True)
-    state = convert(path)
-    err = check(state, path)
+    proto = _load(path)
+    state = convert(proto, path)
+    err = check(state, proto, path)
     if cached is not None:
+        data = save(state, metadata={"source": str(path), "sha256_16": digest, "max_error": f"{err:.3g}"})
         try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            save_file(state, str(tmp), metadata={"source": str(path), "sha256_16": digest, "max_error": f"{err:.3g}"})
-            os.replace(tmp, cached)
+            atomic_write(cached, lambda f: f.write(data))
         except OSError:
             pass  # a read-only cache only costs a conversion per run
     return state, f"ddddocr backbone (converted from {path}, max difference from onnxruntime {err:.1e})"
