@@ -16,6 +16,7 @@ from .commands import (
     cmd_label,
     cmd_models,
     cmd_predict,
+    cmd_pretrain,
     cmd_serve,
     cmd_synth,
     cmd_train,
@@ -183,6 +184,19 @@ def _add_data(sub: Any) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("pretrain", help="pre-train the project's own backbone on mixed-style synthetic captchas "
+                                        "(resumable; for train --backbone-weights)")
+    p.add_argument("--out", default="runs/pretrain", help="folder for the synthetic set, the run and the backbone")
+    p.add_argument("--count", type=count(100), default=60_000, help="synthetic images, generated once (default 60000)")
+    p.add_argument("--max-minutes", type=float, default=None, help="training time budget, counted across resumes")
+    p.add_argument("--epochs", type=count(1), default=30, help="maximum epochs (default 30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=count(1), default=2, help="processes generating images (default 2)")
+    p.add_argument("--threads", type=count(1), default=None, help="CPU threads for training (default: all cores)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pretrain)
 
     m = sub.add_parser("demo", help="synthesize captchas, train, evaluate and read (no data needed)")
     m.add_argument("--out", default="runs/demo")

@@ -22,6 +22,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(a: argparse.Namespace) -> int:
+    from .training.pretrain import PretrainConfig, pretrain
+
+    pretrain(PretrainConfig(out=a.out, count=a.count, max_minutes=a.max_minutes, epochs=a.epochs, seed=a.seed,
+                            workers=a.workers, threads=a.threads, resume=a.resume, progress=not a.quiet))
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import evaluate_model, format_report
     from .infer import Recognizer

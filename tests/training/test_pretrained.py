@@ -28,8 +28,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def uninstalled(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As if the ddddocr package were not installed."""
+def uninstalled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """As if the ddddocr package were not installed (and no mixed backbone shipped)."""
+    monkeypatch.setattr(pretrained, "MIXED_FILE", tmp_path / "no-mixed.safetensors")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ddddocr" else real(name, *a))
 

@@ -83,16 +83,26 @@ class ResNetBackbone(nn.Module):
         return self.body(self.stem(x))  # (B, C, H, W) -> (B, C', H/16, W/4)
 
 
-def conv_silu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.SiLU())
+def conv_silu(cin: int, cout: int, stride: int = 1, norm: bool = False) -> nn.Sequential:
+    """3x3 conv + SiLU; with `norm`, batch norm between them (and no conv bias: the norm has one)."""
+    if not norm:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.SiLU())
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+def pointwise(cin: int, cout: int, norm: bool = False) -> nn.Module:
+    """1x1 conv; with `norm`, followed by batch norm."""
+    if not norm:
+        return nn.Conv2d(cin, cout, 1)
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
 
 
 class Residual(nn.Module):
     """x + 1x1(SiLU(3x3(x))): the block of the ddddocr backbone (batch norm folded into conv biases)."""
 
-    def __init__(self, c: int, mid: int):
+    def __init__(self, c: int, mid: int, norm: bool = False):
         super().__init__()
-        self.body = nn.Sequential(conv_silu(c, mid), nn.Conv2d(mid, c, 1))
+        self.body = nn.Sequential(conv_silu(c, mid, norm=norm), pointwise(mid, c, norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -101,20 +111,26 @@ class Residual(nn.Module):
 class DdddocrBackbone(nn.Module):
     """The convolutional part of the captcha model shipped in the `ddddocr` package (common.onnx):
     21 convolutions with SiLU, three stride-2 stages, 64 channels out. Its weights come from
-    train/pretrained.py; the layer order here is the ONNX graph's order of Conv nodes.
+    training/pretrained.py; the layer order here is the ONNX graph's order of Conv nodes.
+
+    `norm` adds batch norm after every convolution: the same network, trainable from random weights
+    (training/pretrain.py); fold_batchnorm turns it back into the plain one.
 
     The original gives W/8 columns; each is repeated twice so the CRNN keeps T = W/4 (CTC then has
     room for a blank between repeated characters even in narrow images).
     """
 
-    def __init__(self, in_ch: int = 1, widths: tuple[int, ...] = (), depth: int = 1):
+    def __init__(self, in_ch: int = 1, widths: tuple[int, ...] = (), depth: int = 1, norm: bool = False):
         super().__init__()
         if in_ch != 1:
             raise ValueError("the ddddocr backbone reads grey images (1 channel)")
+        n = norm
         self.body = nn.Sequential(
-            conv_silu(1, 24, 2), Residual(24, 24), Residual(24, 24),  # (B, 24, H/2, W/2)
-            conv_silu(24, 96, 2), nn.Conv2d(96, 48, 1), *[Residual(48, 192) for _ in range(3)],  # (B, 48, H/4, W/4)
-            conv_silu(48, 192, 2), nn.Conv2d(192, 64, 1), *[Residual(64, 256) for _ in range(3)],  # (B, 64, H/8, W/8)
+            conv_silu(1, 24, 2, n), Residual(24, 24, n), Residual(24, 24, n),  # (B, 24, H/2, W/2)
+            conv_silu(24, 96, 2, n), pointwise(96, 48, n),
+            *[Residual(48, 192, n) for _ in range(3)],  # (B, 48, H/4, W/4)
+            conv_silu(48, 192, 2, n), pointwise(192, 64, n),
+            *[Residual(64, 256, n) for _ in range(3)],  # (B, 64, H/8, W/8)
         )
         self.out_channels = 64
         self.height_div = 8
@@ -127,7 +143,32 @@ class DdddocrBackbone(nn.Module):
         return f[..., :t]  # (B, 64, H/8, W/4)
 
 
-BACKBONES = {"plain": PlainBackbone, "resnet": ResNetBackbone, "ddddocr": DdddocrBackbone}
+def ddddocr_bn(in_ch: int = 1, widths: tuple[int, ...] = (), depth: int = 1) -> DdddocrBackbone:
+    """The ddddocr layout with batch norm after every convolution (for pre-training from scratch)."""
+    return DdddocrBackbone(in_ch, widths, depth, norm=True)
+
+
+def fold_batchnorm(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The plain DdddocrBackbone state dict equal (in eval mode) to a `norm` one: each batch norm
+    folded into the convolution before it. Conv modules appear in the same order in both."""
+    mods = list(backbone.modules())
+    folded: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.Conv2d):
+            bn = mods[i + 1]
+            if not isinstance(bn, nn.BatchNorm2d):
+                raise ValueError("fold_batchnorm needs batch norm after every convolution")
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C,)
+            w = m.weight * scale[:, None, None, None]
+            b = bn.bias - bn.running_mean * scale + (m.bias * scale if m.bias is not None else 0)
+            folded.append((w.detach().clone(), b.detach().clone()))
+    plain = DdddocrBackbone()
+    names = [name for name, m in plain.named_modules() if isinstance(m, nn.Conv2d)]
+    return {k: v for name, (w, b) in zip(names, folded, strict=True)
+            for k, v in ((f"{name}.weight", w), (f"{name}.bias", b))}
+
+
+BACKBONES = {"plain": PlainBackbone, "resnet": ResNetBackbone, "ddddocr": DdddocrBackbone, "ddddocr-bn": ddddocr_bn}
 # The input each pretrained backbone reads best (benchmarks/ddddocr_norm.py: zero-shot, centred input
 # read 98.0/97.5/8.5% of captcha_v2/henan_digits4/generic_varlen against 97.5/97.5/6.5% for grey / 255).
-NATIVE_NORM = {"ddddocr": "centered"}
+NATIVE_NORM = {"ddddocr": "centered", "ddddocr-bn": "centered"}

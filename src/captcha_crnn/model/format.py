@@ -24,7 +24,7 @@ META_KEY = "captcha_crnn"
 ONNX_KEY = "captcha_crnn.onnx"  # ONNX metadata_props key: how the graph was made (names, quantisation)
 INPUT, OUTPUT = "image", "log_probs"  # the ONNX graph's input (float ink) and output names
 CORE_KEYS = ("format", "version", "alphabet", "preprocess", "model")
-BACKBONES = ("plain", "resnet", "ddddocr")
+BACKBONES = ("plain", "resnet", "ddddocr", "ddddocr-bn")
 # What a backbone is fed: ink (0 paper, 1 ink: the project's own), grey / 255 ("pixel"), or
 # (grey / 255 - 0.5) / 0.5 ("centered"), as the ddddocr model was trained on.
 INPUT_NORMS = ("ink", "pixel", "centered")
@@ -40,7 +40,7 @@ class CRNNConfig:
     num_classes: int = 37  # alphabet + CTC blank
     in_channels: int = 1
     height: int = 32
-    backbone: str = "plain"  # plain | resnet | ddddocr
+    backbone: str = "plain"  # plain | resnet | ddddocr | ddddocr-bn
     input_norm: str = "ink"  # what the backbone is fed (INPUT_NORMS)
     widths: tuple[int, ...] = field(default_factory=lambda: (32, 64, 96, 128))
     depth: int = 1

@@ -71,28 +71,31 @@ def resolve_start(cfg: TrainConfig, n_train: int | None = None) -> tuple[dict[st
     the from-scratch default. Also the input the pretrained backbone expects (grey, height 64)."""
     if cfg.pretrained == "on" and cfg.backbone not in ("auto", "ddddocr"):
         raise CaptchaError(f"--pretrained on needs --backbone ddddocr (or auto), not {cfg.backbone}")
+    named = cfg.backbone == "ddddocr" or cfg.backbone_weights != "auto"
     wants = cfg.pretrained == "on" or (cfg.pretrained == "auto" and (
-        cfg.backbone == "ddddocr" or (cfg.backbone == "auto" and cfg.preset == "auto")))
-    few = (cfg.pretrained == "auto" and cfg.backbone == "auto"
+        named or (cfg.backbone == "auto" and cfg.preset == "auto")))
+    few = (cfg.pretrained == "auto" and not named and cfg.backbone == "auto"
            and n_train is not None and n_train < PRETRAINED_MIN_IMAGES)
     if not wants or few:
         notes = [f"from scratch: {n_train} training images, under the {PRETRAINED_MIN_IMAGES} from which the "
                  "pretrained start reads better"] if wants else []
         return {"pretrained": "off", "backbone": "plain" if cfg.backbone == "auto" else cfg.backbone}, notes
-    if not pretrained.available():
-        if cfg.pretrained == "on" or cfg.backbone == "ddddocr":
-            raise CaptchaError(f"the pretrained ddddocr backbone is not installed: {pretrained.INSTALL_HINT}"
+    source = pretrained.pick_source(cfg.backbone_weights)
+    if source is None:
+        hint = pretrained.missing_hint(cfg.backbone_weights if cfg.backbone_weights != "auto" else "ddddocr")
+        if cfg.pretrained == "on" or named:
+            raise CaptchaError(f"the pretrained backbone is not at hand: {hint}"
                                + ("" if cfg.pretrained == "on" else " (or --pretrained off for random weights)"))
         return {"pretrained": "off", "backbone": "plain"}, [
-            f"from scratch: the pretrained backbone is not installed ({pretrained.INSTALL_HINT} adds it)"]
+            f"from scratch: the pretrained backbone is not installed ({hint} adds it)"]
     if cfg.channels not in ("auto", 1, "1"):
         raise CaptchaError("--pretrained: the ddddocr backbone reads grey images; drop --channels 3")
-    changes: dict[str, Any] = {"pretrained": "on", "backbone": "ddddocr", "channels": 1}
+    changes: dict[str, Any] = {"pretrained": "on", "backbone": "ddddocr", "channels": 1, "backbone_weights": source}
     if cfg.height == "auto":
         changes["height"] = PRETRAINED_HEIGHT
     if cfg.preset == "auto":
         changes["preset"] = "pretrained"
-    return changes, [f"pretrained start from the ddddocr backbone ({PRETRAINED_WHY}), grey, height "
+    return changes, [f"pretrained start from the {source} backbone ({PRETRAINED_WHY}), grey, height "
                      f"{changes.get('height', cfg.height)}"]
 
 

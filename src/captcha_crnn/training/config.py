@@ -132,11 +132,15 @@ class TrainConfig:
     # model
     preset: str = opt("auto", "model size of a from-scratch model; auto: small, base from 50 000 images",
                       choices=("tiny", "small", "base", "pretrained", "auto"))
-    backbone: str = opt("auto", "convolutional part; auto: ddddocr for the pretrained start, else plain",
-                        choices=("plain", "resnet", "ddddocr", "auto"))
+    backbone: str = opt("auto", "convolutional part; auto: ddddocr for the pretrained start, else plain; "
+                        "ddddocr-bn: its layout with batch norm, for training it from random weights (pretrain)",
+                        choices=("plain", "resnet", "ddddocr", "ddddocr-bn", "auto"))
     pretrained: str = opt("auto", "start from the captcha-pretrained ddddocr backbone (pip install "
                           "\"captcha-crnn[pretrained]\"); auto: where installed and the architecture is auto",
                           choices=("on", "off", "auto"))
+    backbone_weights: str = opt("auto", "pretrained start: whose weights: ddddocr (the package's), mixed (the "
+                                "project's own, where shipped) or a file from `captcha-crnn pretrain`; auto: ddddocr "
+                                "where installed, else mixed", parse=str, metavar="SOURCE")
     freeze_epochs: int = opt(2, "pretrained start: train only the RNN and head for the first N epochs", whole(0),
                              metavar="N")
     backbone_lr: float = opt(0.1, "pretrained start: the backbone's learning rate as a fraction of --lr",

@@ -1,4 +1,5 @@
-"""The captcha-pretrained backbone: the convolutions of the model inside the `ddddocr` package.
+"""The captcha-pretrained backbone: the convolutions of the model inside the `ddddocr` package, or
+the project's own weights for the same layout (training/pretrain.py), shipped or from a file.
 
 The package (an optional extra: ``pip install "captcha-crnn[pretrained]"``, MIT licence) ships
 ``common.onnx``, a captcha reader trained on a very large set of captchas. Its initialisers are read
@@ -25,16 +26,41 @@ from ..model.format import one_line
 
 INSTALL_HINT = 'pip install "captcha-crnn[pretrained]"'
 ONNX_FILE = "common.onnx"
+SOURCES = ("ddddocr", "mixed")  # or the path of a backbone file written by `captcha-crnn pretrain`
+MIXED_FILE = Path(__file__).resolve().parent.parent / "zoo" / "backbones" / "mixed.safetensors"
 TOLERANCE = 1e-4  # largest difference allowed between the rebuilt backbone and onnxruntime
 
 
-def available() -> bool:
-    """Whether the ddddocr package (and so its ONNX model) is installed; imports nothing."""
-    try:
-        _onnx_path()
-    except CaptchaError:
-        return False
-    return True
+def available(source: str = "ddddocr") -> bool:
+    """Whether the weights of `source` are at hand: the ddddocr package installed (nothing is
+    imported), the project's own shipped, or a file there."""
+    if source == "ddddocr":
+        try:
+            _onnx_path()
+        except CaptchaError:
+            return False
+        return True
+    return _source_file(source).is_file()
+
+
+def pick_source(requested: str) -> str | None:
+    """The weights `requested` ("auto": ddddocr where installed, else the shipped mixed ones) or None."""
+    if requested != "auto":
+        return requested if available(requested) else None
+    return next((s for s in SOURCES if available(s)), None)
+
+
+def missing_hint(source: str) -> str:
+    """How to get the weights of `source`."""
+    if source == "ddddocr":
+        return INSTALL_HINT
+    if source == "mixed":
+        return "this installation ships no mixed backbone; write one with `captcha-crnn pretrain`"
+    return f"{source}: no such file (write one with `captcha-crnn pretrain`)"
+
+
+def _source_file(source: str) -> Path:
+    return MIXED_FILE if source == "mixed" else Path(source)
 
 
 def _onnx_path() -> Path:
@@ -111,9 +137,9 @@ def check(state: dict[str, torch.Tensor], proto: Any, path: Path) -> float:
     return err
 
 
-def backbone_weights() -> tuple[dict[str, torch.Tensor], str]:
-    """The checked backbone weights (converted on first use, then read from the safetensors cache)
-    and a note saying where they came from."""
+def _ddddocr_weights() -> tuple[dict[str, torch.Tensor], str]:
+    """The checked ddddocr backbone weights (converted on first use, then read from the safetensors
+    cache) and a note saying where they came from."""
     from safetensors.torch import load_file, save
 
     path = _onnx_path()
@@ -137,10 +163,34 @@ def backbone_weights() -> tuple[dict[str, torch.Tensor], str]:
     return state, f"ddddocr backbone (converted from {path}, max difference from onnxruntime {err:.1e})"
 
 
-def load_pretrained(model: CRNN) -> str:
-    """Copy the pretrained backbone into `model` (whose backbone must be `ddddocr`); describe it."""
+def _file_weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Backbone weights from a file `captcha-crnn pretrain` wrote (or the shipped mixed one), checked
+    tensor by tensor against the layout."""
+    from safetensors.torch import load_file
+
+    path = _source_file(source)
+    if not path.is_file():
+        raise CaptchaError(f"--backbone-weights {source}: {missing_hint(source)}")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+        raise CaptchaError(f"{path}: not a safetensors backbone file ({one_line(e)})") from None
+    want = DdddocrBackbone().state_dict()
+    bad = sorted(set(want) ^ set(state)) or [k for k in want if state[k].shape != want[k].shape]
+    if bad:
+        raise CaptchaError(f"{path}: not a ddddocr-layout backbone (tensor {bad[0]} missing, extra or misshapen)")
+    return {k: v.float() for k, v in state.items()}, f"{source} backbone ({path})"
+
+
+def backbone_weights(source: str = "ddddocr") -> tuple[dict[str, torch.Tensor], str]:
+    """The backbone weights of `source` (SOURCES or a file) and a note saying where they came from."""
+    return _ddddocr_weights() if source == "ddddocr" else _file_weights(source)
+
+
+def load_pretrained(model: CRNN, source: str = "ddddocr") -> str:
+    """Copy the pretrained backbone of `source` into `model` (whose backbone must be `ddddocr`); describe it."""
     if model.cfg.backbone != "ddddocr":
         raise CaptchaError(f"the pretrained weights are for --backbone ddddocr, not {model.cfg.backbone}")
-    state, note = backbone_weights()
+    state, note = backbone_weights(source)
     model.backbone.load_state_dict(state)
     return note

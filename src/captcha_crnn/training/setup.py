@@ -20,9 +20,10 @@ def pick_device(name: str) -> str:
     return name
 
 
-def init_weights(model: CRNN, alphabet: Alphabet, init: str | None, pretrained: str = "off") -> str:
+def init_weights(model: CRNN, alphabet: Alphabet, init: str | None, pretrained: str = "off",
+                 source: str = "ddddocr") -> str:
     """Initialise `model`: from the `init` model when one is named, else from the pretrained backbone
-    (`pretrained` "on"), else from the shipped synthetic model (init "auto") when present;
+    of `source` (`pretrained` "on"), else from the shipped synthetic model (init "auto") when present;
     describe what happened."""
     from ..model.zoo import zoo_path
     from .pretrained import load_pretrained
@@ -31,7 +32,7 @@ def init_weights(model: CRNN, alphabet: Alphabet, init: str | None, pretrained: 
     if init not in (None, "", "none", "auto"):
         return f"warm start from {init}: " + warm_start(model, alphabet, init)
     if pretrained == "on":
-        return "pretrained " + load_pretrained(model) + "; new RNN and head"
+        return "pretrained " + load_pretrained(model, source) + "; new RNN and head"
     if init in (None, "", "none"):
         return "random (from scratch)"
     if zoo_path("synthetic") is None:
@@ -48,7 +49,9 @@ def build_model(cfg: TrainConfig, data: Data, warm: bool) -> tuple[CRNN, str]:
                   height=data.pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout,
                   input_norm=NATIVE_NORM.get(cfg.backbone, "ink"))
     model = CRNN(mcfg)
-    return model, init_weights(model, data.alphabet, cfg.init, cfg.pretrained) if warm else "from the checkpoint"
+    if not warm:
+        return model, "from the checkpoint"
+    return model, init_weights(model, data.alphabet, cfg.init, cfg.pretrained, cfg.backbone_weights)
 
 
 def make_optimizer(model: CRNN, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,101 @@
+"""The project's own pretrained backbone: batch norm folding, `pretrain` (generate, train, resume,
+export) and using its file as the pretrained start, with or without ddddocr installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_clean_set
+
+from captcha_crnn.cli import main
+from captcha_crnn.errors import CaptchaError
+from captcha_crnn.model.backbones import DdddocrBackbone, ddddocr_bn, fold_batchnorm
+from captcha_crnn.training import TrainConfig, pretrained
+from captcha_crnn.training.autoconfig import resolve_start
+from captcha_crnn.training.pretrain import PretrainConfig, pretrain
+
+
+def test_folded_backbone_equals_the_batch_norm_one() -> None:
+    torch.manual_seed(0)
+    bn = ddddocr_bn()
+    for m in bn.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics far from the identity
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    plain = DdddocrBackbone()
+    plain.load_state_dict(fold_batchnorm(bn.eval()))
+    x = torch.rand(2, 1, 64, 96)
+    with torch.inference_mode():
+        assert torch.allclose(bn(x), plain(x), atol=1e-4)
+    with pytest.raises(ValueError, match="batch norm after every convolution"):
+        fold_batchnorm(plain)
+
+
+@pytest.fixture(scope="module")
+def pretrained_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain")
+    assert main(["pretrain", "--out", str(out), "--count", "120", "--epochs", "1", "--quiet"]) == 0
+    return out
+
+
+def test_pretrain_writes_a_backbone_and_resumes(pretrained_file: Path, capsys: pytest.CaptureFixture) -> None:
+    out = pretrained_file
+    state, note = pretrained.backbone_weights(str(out / "backbone.safetensors"))
+    assert set(state) == set(DdddocrBackbone().state_dict()) and str(out) in note
+    pngs = sorted((out / "data").glob("*.png"))
+    assert len(pngs) == 120
+    stamp = pngs[0].stat().st_mtime_ns
+    capsys.readouterr()
+    # a second run with --resume reuses the set and continues the finished run (nothing left: 1 epoch)
+    assert main(["pretrain", "--out", str(out), "--count", "120", "--epochs", "1", "--resume", "--quiet"]) == 0
+    assert pngs[0].stat().st_mtime_ns == stamp
+    assert "generating" not in capsys.readouterr().out
+
+
+def test_backbone_file_is_the_pretrained_start(pretrained_file: Path, tmp_path: Path) -> None:
+    path = str(pretrained_file / "backbone.safetensors")
+    changes, notes = resolve_start(TrainConfig(backbone_weights=path), n_train=20)  # named: no small-set rule
+    assert changes["pretrained"] == "on" and changes["backbone_weights"] == path and path in notes[0]
+    make_clean_set(tmp_path / "d", 24)
+    from captcha_crnn.training import train
+
+    r = train(str(tmp_path / "d"), TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=8, label_sep="-",
+                                              progress=False, backbone_weights=path, freeze_epochs=1))
+    from safetensors.torch import load_file
+
+    saved, ref = load_file(str(r.model_path)), load_file(path)
+    assert all(torch.equal(saved[f"backbone.{k}"], v) for k, v in ref.items())  # frozen for its one epoch
+
+
+def test_bad_backbone_files_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(CaptchaError, match="no such file"):
+        resolve_start(TrainConfig(backbone_weights=str(tmp_path / "nope.safetensors")))
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors")
+    with pytest.raises(CaptchaError, match="not a safetensors backbone file"):
+        pretrained.backbone_weights(str(junk))
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CaptchaError, match="not a ddddocr-layout backbone"):
+        pretrained.backbone_weights(str(tmp_path / "other.safetensors"))
+    with pytest.raises(CaptchaError, match="at least 100"):
+        pretrain(PretrainConfig(out=str(tmp_path / "p"), count=10))
+
+
+def test_auto_prefers_ddddocr_then_the_shipped_mixed_backbone(pretrained_file: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pretrained, "MIXED_FILE", pretrained_file / "backbone.safetensors")
+    if pretrained.available("ddddocr"):
+        assert pretrained.pick_source("auto") == "ddddocr"
+    monkeypatch.setattr(pretrained, "_onnx_path", lambda: (_ for _ in ()).throw(CaptchaError("absent")))
+    assert pretrained.pick_source("auto") == "mixed"
+    changes, notes = resolve_start(TrainConfig(), n_train=500)
+    assert changes["backbone_weights"] == "mixed" and "mixed backbone" in notes[0]
+    monkeypatch.setattr(pretrained, "MIXED_FILE", pretrained_file / "absent.safetensors")
+    assert pretrained.pick_source("auto") is None
+    assert resolve_start(TrainConfig(), n_train=500)[0] == {"pretrained": "off", "backbone": "plain"}
