@@ -219,7 +219,9 @@ def _add_label(sub: Any) -> None:
     lb = sub.add_parser("label", help="a web page to label a folder of captchas (model pre-fill, least sure first)")
     lb.add_argument("dir", help="folder of unlabelled captchas; answers go to DIR/labels.csv")
     lb.add_argument("--model", default=None, metavar="MODEL",
-                    help="pre-fill and order by this model's reading (path, run folder or shipped name)")
+                    help="pre-fill and order by this model's reading (path, run folder or shipped name; ddddocr: "
+                         "ddddocr's own model, zero-shot; 'none': file order). Default: ddddocr where the "
+                         "pretrained extra is installed, else none")
     lb.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     lb.add_argument("--port", type=int, default=8001, help="port (default 8001)")
     lb.add_argument("--api-key", default=None, metavar="KEY",

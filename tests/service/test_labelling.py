@@ -118,16 +118,21 @@ def test_damaged_labels_file_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_browser_labels_a_folder(trained, tmp_path: Path) -> None:
     """In headless Chromium: pre-fill, accept (Enter), correct, skip (Esc), unreadable (Alt+U), back
-    (Alt+Left), reload and continue where it stopped."""
+    (Alt+Left), reload and continue where it stopped, then "Train now" and the new model's pre-fill."""
     from browser import CHROMIUM, CHROMIUM_ARGS, run_server, sync_playwright
 
     from captcha_crnn import Recognizer
 
     sync_api = sync_playwright()
-    folder, _ = unlabelled(tmp_path / "d", 6)
+    folder, truth = unlabelled(tmp_path / "d", 16)
+    store = LabelStore(folder)
+    for i in range(6, 16):  # ten answered earlier, so "Train now" has enough labels
+        store.answer(f"img{i:03d}.png", "label", truth[i])
     session = Session(LabelStore(folder), Recognizer.load(trained.model_path))
-    base, stop = run_server(create_label_app(session))
+    app = create_label_app(session, train_args=("--epochs", "2", "--preset", "tiny"))
+    base, stop = run_server(app)
     answers = lambda: LabelStore(folder).read()  # noqa: E731
+    old_model = session.model
 
     def current(page) -> str:
         return page.inner_text("#meta").split(" ")[0]
@@ -146,7 +151,7 @@ def test_browser_labels_a_folder(trained, tmp_path: Path) -> None:
                 page.goto(base + "/")
                 page.wait_for_function("document.getElementById('meta').textContent.length > 0")
                 first = current(page)
-                assert first == session.order[0]
+                assert first == next(n for n in session.order if n not in answers().labels)
                 assert page.input_value("#label") == session.readings[first][0]  # pre-filled
                 page.keyboard.press("Enter")  # accept the pre-fill
                 second = wait_next(page, first)
@@ -165,8 +170,17 @@ def test_browser_labels_a_folder(trained, tmp_path: Path) -> None:
                 assert wait_next(page, fifth) == fourth
                 page.reload()  # a closed tab or a reload continues with what is left
                 page.wait_for_function("document.getElementById('meta').textContent.length > 0")
-                assert current(page) not in (first, second, fourth)
-                assert "2 labelled / 6" in page.inner_text("#progress") and not errors
+                now = current(page)
+                assert now not in (first, second, fourth)
+                assert "12 labelled / 16" in page.inner_text("#progress") and not errors
+                page.click("#train")  # train in the background; the page swaps in the new model's pre-fill
+                page.wait_for_function("document.getElementById('training').textContent.startsWith('trained:')",
+                                       timeout=240_000)
+                assert session.model not in (None, old_model) and Path(session.model).is_file()
+                assert session.model in page.inner_text("#training")
+                page.wait_for_function("want => document.getElementById('label').value === want",
+                                       arg=session.readings[now][0])
+                assert current(page) == now and not errors
             finally:
                 browser.close()
     finally:

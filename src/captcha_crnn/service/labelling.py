@@ -173,23 +173,37 @@ def _add_answer_routes(app: FastAPI, session: Session, trainer: BackgroundTraine
         return _unknown(session, data["name"]) or session.answer(data["name"], str(data.get("action", "label")), label)
 
 
+def load_reader(model: str | None, charset: str | None) -> tuple[Any, str | None]:
+    """(what pre-fills the page, its name): a trained model; ddddocr's own model zero-shot (the
+    default where the pretrained extra is installed), restricted to `charset`; or nothing."""
+    from ..infer.ddddocr_reader import NAME, ONNX_FILE, DdddocrReader
+    from ..model.ddddocr_package import installed
+
+    if model in (None, "auto"):
+        model = NAME if installed(ONNX_FILE) else None
+    if model in (None, "none"):
+        return None, None
+    if model == NAME:
+        return DdddocrReader(charset), f"{NAME} (zero-shot)"
+    from ..infer import Recognizer
+
+    return Recognizer.load(model), model
+
+
 def serve_labels(folder: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8001,
                  api_key: str | None = None, charset: str | None = None) -> None:
-    """Run the labelling page for `folder` until stopped (pre-filled by `model` when given)."""
+    """Run the labelling page for `folder` until stopped, pre-filled by `model` (load_reader)."""
     import os
     import sys
 
     import uvicorn
 
     store = LabelStore(folder, charset)  # a bad folder or labels.csv fails here, before binding the port
-    recognizer = None
-    if model:
-        from ..infer import Recognizer
-
-        recognizer = Recognizer.load(model)
-        print(f"captcha-crnn: reading {len(store.names)} images with {model} to order them ...", file=sys.stderr)
+    recognizer, name = load_reader(model, charset)
+    if recognizer is not None:
+        print(f"captcha-crnn: reading {len(store.names)} images with {name} to order them ...", file=sys.stderr)
     session = Session(store, recognizer)
-    session.model = model
+    session.model = name
     api_key = api_key or os.environ.get("CAPTCHA_CRNN_API_KEY") or None
     url = f"http://{host}:{port}/" + (f"#key={api_key}" if api_key else "")
     print(f"captcha-crnn: labelling {folder} ({session.progress()['labelled']} of {len(store.names)} labelled) "

@@ -11,7 +11,6 @@ safetensors. A trained model file holds every weight, so reading never needs `dd
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,9 @@ from ..errors import CaptchaError
 from ..files import atomic_write, cache_dir
 from ..model.backbones import DdddocrBackbone
 from ..model.crnn import CRNN
+from ..model.ddddocr_package import INSTALL_HINT, package_file
 from ..model.format import one_line
 
-INSTALL_HINT = 'pip install "captcha-crnn[pretrained]"'
 ONNX_FILE = "common.onnx"
 SOURCES = ("ddddocr", "mixed")  # or the path of a backbone file written by `captcha-crnn pretrain`
 MIXED_FILE = Path(__file__).resolve().parent.parent / "zoo" / "backbones" / "mixed.safetensors"
@@ -64,13 +63,7 @@ def _source_file(source: str) -> Path:
 
 
 def _onnx_path() -> Path:
-    spec = importlib.util.find_spec("ddddocr")
-    if spec is None or not spec.submodule_search_locations:
-        raise CaptchaError(f"the pretrained backbone needs the ddddocr package: {INSTALL_HINT}")
-    path = Path(next(iter(spec.submodule_search_locations))) / ONNX_FILE
-    if not path.is_file():
-        raise CaptchaError(f"{path}: not found in the installed ddddocr package; reinstall it ({INSTALL_HINT})")
-    return path
+    return package_file(ONNX_FILE)
 
 
 def _load(path: Path) -> Any:
