@@ -7,8 +7,11 @@ against labelling in file order with nothing pre-filled. The person is simulated
 A seeded 10% of the set is held out. Each round, `--batch` more images are labelled: with the
 pre-fill, the images the current model is least sure of (confidence of the CTC decode), where a
 right pre-fill costs no correction (Enter) and a wrong one costs one; in file order, every label
-is typed. After each round `captcha-crnn train` (defaults, `--max-minutes`) trains on the labels
-so far, as "Train now" does, and the held-out accuracy is measured. Prints a table and writes JSON.
+is typed. Before the first training the pre-fill is the page's default (`captcha-crnn label` with
+no --model): ddddocr's own model zero-shot where the pretrained extra is installed, restricted to
+the set's alphabet as `--charset` would be. After each round `captcha-crnn train` (defaults,
+`--max-minutes`) trains on the labels so far, as "Train now" does, and the held-out accuracy is
+measured. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 from captcha_crnn import Recognizer
 from captcha_crnn.data.labels import Sample, read_samples
 from captcha_crnn.data.split import split_items
+from captcha_crnn.service.labelling import load_reader
 from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,10 +43,12 @@ def train_round(labelled: list[Sample], test_csv: Path, tmp: Path, name: str, mi
 
 def simulate(samples: list[Sample], test_csv: Path, tmp: Path, prefill: bool, a: argparse.Namespace) -> list[dict]:
     """Rounds of labelling `a.batch` images and training; corrections counted as the person would make them."""
-    todo, labelled, corrections, rows, model = list(samples), [], 0, [], None
+    todo, labelled, corrections, rows = list(samples), [], 0, []
+    charset = "".join(sorted({c for s in samples for c in s.label}))
+    reader = load_reader(None, charset)[0] if prefill else None  # the page's default pre-fill
     for r in range(1, a.rounds + 1):
-        if prefill and model is not None:
-            preds = Recognizer.load(model).predict([s.path for s in todo])
+        if reader is not None:
+            preds = reader.predict([s.path for s in todo])
             ranked = sorted(range(len(todo)), key=lambda i: preds[i].confidence)[: a.batch]
             right = sum(preds[i].text == todo[i].label for i in ranked)
             corrections += len(ranked) - right
@@ -53,7 +59,7 @@ def simulate(samples: list[Sample], test_csv: Path, tmp: Path, prefill: bool, a:
         labelled += [todo[i] for i in sorted(picked)]
         todo = [s for i, s in enumerate(todo) if i not in picked]
         res = train_round(labelled, test_csv, tmp, f"{'prefill' if prefill else 'order'}-{r}", a.minutes, a.seed)
-        model = res.model_path
+        reader = Recognizer.load(res.model_path) if prefill else None
         acc = res.test.sequence_accuracy if res.test else 0.0
         rows.append({"round": r, "labelled": len(labelled), "corrections": corrections,
                      "prefill_right": None if right is None else right / a.batch, "held_out_accuracy": acc})
@@ -76,6 +82,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--minutes", type=float, default=1.0, help="training budget per round")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--strategies", default="prefill,order", help="comma-separated: prefill, order")
     ap.add_argument("--json", default="benchmarks/results/labelling.json")
     a = ap.parse_args()
     ds = DATASETS[a.dataset]
@@ -84,7 +91,7 @@ def main() -> int:
     rest = sorted(rest, key=lambda s: s.path)  # file order: what a person sees in a folder
     with tempfile.TemporaryDirectory() as tmp:
         test_csv = write_csv(held, Path(tmp) / "test.csv")
-        runs = {k: simulate(rest, test_csv, Path(tmp), k == "prefill", a) for k in ("prefill", "order")}
+        runs = {k: simulate(rest, test_csv, Path(tmp), k == "prefill", a) for k in a.strategies.split(",")}
     print("| strategy | round | labelled | corrections | pre-fills right | held-out accuracy |")
     print("|---|---|---|---|---|---|")
     for k, rows in runs.items():
