@@ -2,7 +2,7 @@
 scratch and from the pretrained ddddocr backbone, under the same time budget.
 
     python benchmarks/learning_curve.py [--datasets captcha_v2 henan_digits4 generic_varlen]
-        [--sizes 50 100 250 500 1000 all] [--starts scratch pretrained] [--seed 0]
+        [--sizes 50 100 250 500 1000 all] [--starts scratch pretrained own] [--seed 0]
         [--minutes-scale 1.0 | --minutes M] [--root ../shared/datasets]
         [--json benchmarks/results/learning_curve.json]
         [--plot benchmarks/results/learning_curve.png]
@@ -37,7 +37,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from datasets import DATASETS, Dataset, machine  # noqa: E402
 from train_captcha_v2 import parse_value  # noqa: E402
 
-STARTS = {"scratch": "off", "pretrained": "on"}
+# each start as TrainConfig fields: from scratch, the ddddocr backbone, the project's own (`pretrain`)
+STARTS: dict[str, dict[str, str]] = {"scratch": {"pretrained": "off"},
+                                     "pretrained": {"pretrained": "on", "backbone_weights": "ddddocr"},
+                                     "own": {"pretrained": "on", "backbone_weights": "mixed"}}
 
 
 def write_csv(samples: list[Sample], path: Path) -> Path:
@@ -54,8 +57,8 @@ def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: f
           overrides: dict[str, Any]) -> dict[str, Any]:
     """Train one start on one pool under the budget; score it on the held-out images."""
     cfg = TrainConfig(out=str(tmp / f"{ds.name}-{pool.stem}-{start}"), max_minutes=minutes, seed=seed,
-                      case=ds.case, test=0.0, test_data=str(test), pretrained=STARTS[start], progress=False,
-                      **overrides)
+                      case=ds.case, test=0.0, test_data=str(test), progress=False,
+                      **{**STARTS[start], **overrides})
     t0 = time.perf_counter()
     r = train(str(pool), cfg)
     assert r.test is not None
@@ -125,7 +128,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     ap.add_argument("--sizes", nargs="+", default=["50", "100", "250", "500", "1000", "all"])
-    ap.add_argument("--starts", nargs="+", choices=list(STARTS), default=list(STARTS))
+    ap.add_argument("--starts", nargs="+", choices=list(STARTS), default=["scratch", "pretrained"])
+    ap.add_argument("--own-weights", default=None, metavar="FILE", help="the own start's backbone (default: shipped)")
     ap.add_argument("--root", default="../shared/datasets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes-scale", type=float, default=1.0)
@@ -143,6 +147,8 @@ def main() -> int:
         plot(rows, a.starts, Path(a.plot))
         return 0
     overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in a.set)}
+    if a.own_weights:
+        STARTS["own"]["backbone_weights"] = str(Path(a.own_weights).resolve())
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
     out = Path(a.json)
