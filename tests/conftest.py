@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
+pytest.register_assert_rewrite("bad_input")  # its shared assertions explain their failures
+
 CHARS = "0123456789"
 
 
