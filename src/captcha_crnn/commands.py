@@ -25,8 +25,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_pretrain(a: argparse.Namespace) -> int:
     from .training.pretrain import PretrainConfig, pretrain
 
-    pretrain(PretrainConfig(out=a.out, count=a.count, max_minutes=a.max_minutes, epochs=a.epochs, seed=a.seed,
-                            workers=a.workers, threads=a.threads, resume=a.resume, progress=not a.quiet))
+    pretrain(PretrainConfig(out=a.out, count=a.count, max_minutes=a.max_minutes, epochs=a.epochs, height=a.height,
+                            seed=a.seed, workers=a.workers, threads=a.threads, resume=a.resume,
+                            progress=not a.quiet))
     return 0
 
 

@@ -60,6 +60,8 @@ def test_backbone_file_is_the_pretrained_start(pretrained_file: Path, tmp_path: 
     path = str(pretrained_file / "backbone.safetensors")
     changes, notes = resolve_start(TrainConfig(backbone_weights=path), n_train=20)  # named: no small-set rule
     assert changes["pretrained"] == "on" and changes["backbone_weights"] == path and path in notes[0]
+    assert changes["height"] == 32 == pretrained.native_height(path)  # the height it was pre-trained at
+    assert pretrained.native_height("ddddocr") == 64
     make_clean_set(tmp_path / "d", 24)
     from captcha_crnn.training import train
 

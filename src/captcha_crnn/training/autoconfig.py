@@ -61,14 +61,13 @@ def text_share(images: list[Image.Image]) -> tuple[float, int]:
 PRETRAINED_MIN_IMAGES = 90
 PRETRAINED_WHY = ("measured from 100 labelled images up: as good or better on captcha_v2 and henan_digits4, "
                   "better on generic_varlen in a 10-minute run; short runs on wide images favour from-scratch")
-PRETRAINED_HEIGHT = 64  # the height the ddddocr backbone was trained at
 
 
 def resolve_start(cfg: TrainConfig, n_train: int | None = None) -> tuple[dict[str, Any], list[str]]:
     """Settle --pretrained and --backbone: the ddddocr backbone with its weights where asked for, or
     (auto) where installed, the architecture is left to auto (a --preset or a plain/resnet backbone
     names a from-scratch model) and there are at least PRETRAINED_MIN_IMAGES training images; else
-    the from-scratch default. Also the input the pretrained backbone expects (grey, height 64)."""
+    the from-scratch default. Also the input the pretrained backbone expects (grey, its height)."""
     if cfg.pretrained == "on" and cfg.backbone not in ("auto", "ddddocr"):
         raise CaptchaError(f"--pretrained on needs --backbone ddddocr (or auto), not {cfg.backbone}")
     named = cfg.backbone == "ddddocr" or cfg.backbone_weights != "auto"
@@ -92,7 +91,7 @@ def resolve_start(cfg: TrainConfig, n_train: int | None = None) -> tuple[dict[st
         raise CaptchaError("--pretrained: the ddddocr backbone reads grey images; drop --channels 3")
     changes: dict[str, Any] = {"pretrained": "on", "backbone": "ddddocr", "channels": 1, "backbone_weights": source}
     if cfg.height == "auto":
-        changes["height"] = PRETRAINED_HEIGHT
+        changes["height"] = pretrained.native_height(source)  # what the backbone was trained at
     if cfg.preset == "auto":
         changes["preset"] = "pretrained"
     return changes, [f"pretrained start from the {source} backbone ({PRETRAINED_WHY}), grey, height "

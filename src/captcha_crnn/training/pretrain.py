@@ -32,6 +32,7 @@ class PretrainConfig:
     count: int = 60_000  # synthetic images, generated once
     charset: str = CHARSET
     lengths: tuple[int, int] = (3, 8)
+    height: int = 32  # input height: a quarter of the cost of ddddocr's 64 per image, to train and to read
     max_minutes: float | None = None  # the schedule fits into it; counted across resumed runs
     epochs: int = 30
     batch_size: int = 32
@@ -59,10 +60,10 @@ def synthetic_set(cfg: PretrainConfig) -> Path:
 
 
 def train_config(cfg: PretrainConfig) -> TrainConfig:
-    """The training run: ddddocr layout with batch norm, random weights, grey at height 64."""
+    """The training run: ddddocr layout with batch norm, random weights, grey at cfg.height."""
     out = Path(cfg.out) / "model"
     return TrainConfig(out=str(out), backbone="ddddocr-bn", preset="pretrained", pretrained="off", init="none",
-                       channels=1, height=64, crop=False, label_sep="_", val=0.02, test=0.02,
+                       channels=1, height=cfg.height, crop=False, label_sep="_", val=0.02, test=0.02,
                        epochs=cfg.epochs, patience=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                        max_minutes=cfg.max_minutes, threads=cfg.threads, progress=cfg.progress,
                        resume=cfg.resume and (out / "checkpoint.pt").is_file())
@@ -81,6 +82,7 @@ def export_backbone(model_path: str | Path, out: str | Path) -> Path:
     state = fold_batchnorm(b.model.backbone.eval())
     test = b.info.get("metrics", {}).get("test", {})
     meta = {"source": "captcha-crnn pretrain (synth --style mixed)", "model": str(model_path),
+            "height": str(b.preprocess.height), "input_norm": b.model.cfg.input_norm,
             "test_sequence_accuracy": str(test.get("sequence_accuracy", "")),
             "train_images": str(b.info.get("training", {}).get("train_images", ""))}
     data = save({k: v.contiguous() for k, v in state.items()}, metadata=meta)
@@ -94,6 +96,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
     if cfg.count < 100:
         raise CaptchaError(f"--count {cfg.count}: pre-training needs at least 100 images")
+    if cfg.height % 16:
+        raise CaptchaError(f"--height {cfg.height}: must be a multiple of 16")
     if cfg.max_minutes is not None and cfg.max_minutes <= 0:
         raise CaptchaError(f"--max-minutes {cfg.max_minutes}: must be above 0")
     data = synthetic_set(cfg)

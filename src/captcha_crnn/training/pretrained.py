@@ -27,6 +27,7 @@ from ..model.format import one_line
 ONNX_FILE = "common.onnx"
 SOURCES = ("ddddocr", "mixed")  # or the path of a backbone file written by `captcha-crnn pretrain`
 MIXED_FILE = Path(__file__).resolve().parent.parent / "zoo" / "backbones" / "mixed.safetensors"
+DDDDOCR_HEIGHT = 64  # the height ddddocr's model reads at
 TOLERANCE = 1e-4  # largest difference allowed between the rebuilt backbone and onnxruntime
 
 
@@ -173,6 +174,21 @@ def _file_weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
     if bad:
         raise CaptchaError(f"{path}: not a ddddocr-layout backbone (tensor {bad[0]} missing, extra or misshapen)")
     return {k: v.float() for k, v in state.items()}, f"{source} backbone ({path})"
+
+
+def native_height(source: str) -> int:
+    """The input height the backbone of `source` was trained at: 64 for ddddocr, else what the file's
+    metadata says (`captcha-crnn pretrain` writes it), 64 when it says nothing."""
+    if source == "ddddocr":
+        return DDDDOCR_HEIGHT
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(_source_file(source)), framework="numpy") as f:
+            height = int((f.metadata() or {}).get("height", DDDDOCR_HEIGHT))
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when its weights are loaded
+        return DDDDOCR_HEIGHT
+    return height if height >= 16 and height % 16 == 0 else DDDDOCR_HEIGHT
 
 
 def backbone_weights(source: str = "ddddocr") -> tuple[dict[str, torch.Tensor], str]:
