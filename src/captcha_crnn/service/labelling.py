@@ -27,21 +27,35 @@ from .trainer import BackgroundTrainer
 MAX_BODY = 16_384  # bytes in one answer
 
 
+def _read_all(recognizer: Any, paths: list[Path], progress: bool, chunk: int = 256) -> list[Any]:
+    """Every image read (CaptchaError in place of an unreadable one), with a progress bar if asked."""
+    import sys
+
+    from tqdm import tqdm
+
+    out: list[Any] = []
+    with tqdm(total=len(paths), desc="pre-fill", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for i in range(0, len(paths), chunk):
+            out += recognizer.predict(paths[i : i + chunk], errors="return")
+            bar.update(min(chunk, len(paths) - i))
+    return out
+
+
 class Session:
     """The order of a labelling session and its pace."""
 
-    def __init__(self, store: LabelStore, recognizer: Any = None):
+    def __init__(self, store: LabelStore, recognizer: Any = None, progress: bool = False):
         self.store = store
         self.answered, self.t0 = 0, None
         self.model: str | None = None
-        self.use(recognizer)
+        self.use(recognizer, progress=progress)
 
-    def use(self, recognizer: Any, name: str | None = None) -> None:
+    def use(self, recognizer: Any, name: str | None = None, progress: bool = False) -> None:
         """Pre-fill and order by `recognizer` (None: no pre-fill, file order): least confident first."""
         readings: dict[str, tuple[str, float]] = {}
         if recognizer is not None:
             paths = [self.store.path(n) for n in self.store.names]
-            for n, p in zip(self.store.names, recognizer.predict(paths, errors="return")):
+            for n, p in zip(self.store.names, _read_all(recognizer, paths, progress)):
                 readings[n] = ("", 0.0) if isinstance(p, CaptchaError) else (p.text, p.confidence)
         order = sorted(self.store.names, key=lambda n: readings.get(n, ("", 0.0))[1])  # ties keep file order
         self.readings, self.order, self.model = readings, order, name  # swapped at once for the handlers
@@ -202,7 +216,7 @@ def serve_labels(folder: str, model: str | None = None, host: str = "127.0.0.1",
     recognizer, name = load_reader(model, charset)
     if recognizer is not None:
         print(f"captcha-crnn: reading {len(store.names)} images with {name} to order them ...", file=sys.stderr)
-    session = Session(store, recognizer)
+    session = Session(store, recognizer, progress=True)
     session.model = name
     api_key = api_key or os.environ.get("CAPTCHA_CRNN_API_KEY") or None
     url = f"http://{host}:{port}/" + (f"#key={api_key}" if api_key else "")
