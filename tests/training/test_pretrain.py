@@ -3,6 +3,7 @@ export) and using its file as the pretrained start, with or without ddddocr inst
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from captcha_crnn.cli import main
 from captcha_crnn.errors import CaptchaError
 from captcha_crnn.model.backbones import DdddocrBackbone, ddddocr_bn, fold_batchnorm
 from captcha_crnn.training import TrainConfig, pretrained
+from captcha_crnn.training import pretrain as pretrain_module
 from captcha_crnn.training.autoconfig import resolve_start
 from captcha_crnn.training.pretrain import PretrainConfig, pretrain
 
@@ -53,7 +55,49 @@ def test_pretrain_writes_a_backbone_and_resumes(pretrained_file: Path, capsys: p
     # a second run with --resume reuses the set and continues the finished run (nothing left: 1 epoch)
     assert main(["pretrain", "--out", str(out), "--count", "120", "--epochs", "1", "--resume", "--quiet"]) == 0
     assert pngs[0].stat().st_mtime_ns == stamp
-    assert "generating" not in capsys.readouterr().out
+    got = capsys.readouterr()
+    assert "generating" not in got.out and "resumed from" in got.err
+    # the file is the trained backbone with its batch norms folded in: the same features
+    from captcha_crnn.model.modelfile import load_bundle
+
+    bn = load_bundle(out / "model" / "model.safetensors").model.backbone.eval()
+    plain = DdddocrBackbone()
+    plain.load_state_dict(state)
+    x = torch.rand(2, 1, 32, 80)
+    with torch.inference_mode():
+        assert torch.allclose(bn(x), plain.eval()(x), atol=1e-4)
+
+
+def test_changed_settings_are_a_new_set(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "p"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / pretrain_module.DONE).write_text("{damaged")  # an unreadable marker: generate again
+    cfg = PretrainConfig(out=str(out), count=100, progress=False)
+    folder = pretrain_module.synthetic_set(cfg)
+    assert len(list(folder.glob("*.png"))) == 100
+    cfg.seed = 1
+    pretrain_module.synthetic_set(cfg)  # other settings: the old images go
+    assert len(list(folder.glob("*.png"))) == 100
+    (out / "model").mkdir()
+    (out / "model" / "checkpoint.pt").write_bytes(b"x")
+    cfg.seed, cfg.resume = 2, True
+    with pytest.raises(CaptchaError, match="settings changed since the checkpoint"):
+        pretrain(cfg)
+    assert main(["pretrain", "--out", str(tmp_path / "p2"), "--count", "100", "--epochs", "1", "--resume",
+                 "--quiet"]) == 0
+    assert "no checkpoint" in capsys.readouterr().out
+    (tmp_path / "file").write_text("x")
+    assert main(["pretrain", "--out", str(tmp_path / "file"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a folder" in err[0]
+
+
+def test_start_options_that_contradict_each_other(pretrained_file: Path) -> None:
+    path = str(pretrained_file / "backbone.safetensors")
+    with pytest.raises(CaptchaError, match="--backbone-weights needs --backbone ddddocr"):
+        resolve_start(TrainConfig(backbone_weights=path, backbone="plain"))
+    with pytest.raises(CaptchaError, match="--pretrained off"):
+        resolve_start(TrainConfig(backbone_weights=path, pretrained="off"))
 
 
 def test_backbone_file_is_the_pretrained_start(pretrained_file: Path, tmp_path: Path) -> None:
@@ -87,6 +131,12 @@ def test_bad_backbone_files_are_one_line(tmp_path: Path) -> None:
         pretrained.backbone_weights(str(tmp_path / "other.safetensors"))
     with pytest.raises(CaptchaError, match="at least 100"):
         pretrain(PretrainConfig(out=str(tmp_path / "p"), count=10))
+    state = {k: v.contiguous() for k, v in DdddocrBackbone().state_dict().items()}
+    save_file(state, str(tmp_path / "plain.safetensors"))  # no metadata: ddddocr's height
+    assert pretrained.native_height(str(tmp_path / "plain.safetensors")) == 64
+    save_file(state, str(tmp_path / "odd.safetensors"), metadata={"height": "40"})
+    with pytest.raises(CaptchaError, match="odd.safetensors: its metadata gives the input height '40'"):
+        resolve_start(TrainConfig(backbone_weights=str(tmp_path / "odd.safetensors")))
 
 
 def test_auto_prefers_ddddocr_then_the_shipped_mixed_backbone(pretrained_file: Path,
@@ -94,10 +144,11 @@ def test_auto_prefers_ddddocr_then_the_shipped_mixed_backbone(pretrained_file: P
     monkeypatch.setattr(pretrained, "MIXED_FILE", pretrained_file / "backbone.safetensors")
     if pretrained.available("ddddocr"):
         assert pretrained.pick_source("auto") == "ddddocr"
-    monkeypatch.setattr(pretrained, "_onnx_path", lambda: (_ for _ in ()).throw(CaptchaError("absent")))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ddddocr" else real(n, *a))
     assert pretrained.pick_source("auto") == "mixed"
     changes, notes = resolve_start(TrainConfig(), n_train=500)
-    assert changes["backbone_weights"] == "mixed" and "mixed backbone" in notes[0]
+    assert changes["backbone_weights"] == "mixed" and "the project's own" in notes[0]
     monkeypatch.setattr(pretrained, "MIXED_FILE", pretrained_file / "absent.safetensors")
     assert pretrained.pick_source("auto") is None
     assert resolve_start(TrainConfig(), n_train=500)[0] == {"pretrained": "off", "backbone": "plain"}

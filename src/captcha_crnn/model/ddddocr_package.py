@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import CaptchaError
 
 INSTALL_HINT = 'pip install "captcha-crnn[pretrained]"'
+HEIGHT = 64  # the input height ddddocr's models read at
 
 
 def package_file(name: str) -> Path:

@@ -68,9 +68,13 @@ def resolve_start(cfg: TrainConfig, n_train: int | None = None) -> tuple[dict[st
     (auto) where installed, the architecture is left to auto (a --preset or a plain/resnet backbone
     names a from-scratch model) and there are at least PRETRAINED_MIN_IMAGES training images; else
     the from-scratch default. Also the input the pretrained backbone expects (grey, its height)."""
-    if cfg.pretrained == "on" and cfg.backbone not in ("auto", "ddddocr"):
-        raise CaptchaError(f"--pretrained on needs --backbone ddddocr (or auto), not {cfg.backbone}")
-    named = cfg.backbone == "ddddocr" or cfg.backbone_weights != "auto"
+    weights = cfg.backbone_weights != "auto"  # naming the weights asks for the pretrained start
+    if (cfg.pretrained == "on" or weights) and cfg.backbone not in ("auto", "ddddocr"):
+        flag = "--pretrained on" if cfg.pretrained == "on" else "--backbone-weights"
+        raise CaptchaError(f"{flag} needs --backbone ddddocr (or auto), not {cfg.backbone}")
+    if weights and cfg.pretrained == "off":
+        raise CaptchaError("--backbone-weights names pretrained weights, --pretrained off asks for none; drop one")
+    named = cfg.backbone == "ddddocr" or weights
     wants = cfg.pretrained == "on" or (cfg.pretrained == "auto" and (
         named or (cfg.backbone == "auto" and cfg.preset == "auto")))
     few = (cfg.pretrained == "auto" and not named and cfg.backbone == "auto"
@@ -81,12 +85,13 @@ def resolve_start(cfg: TrainConfig, n_train: int | None = None) -> tuple[dict[st
         return {"pretrained": "off", "backbone": "plain" if cfg.backbone == "auto" else cfg.backbone}, notes
     source = pretrained.pick_source(cfg.backbone_weights)
     if source is None:
-        hint = pretrained.missing_hint(cfg.backbone_weights if cfg.backbone_weights != "auto" else "ddddocr")
+        hint = pretrained.missing_hint(cfg.backbone_weights)
         if cfg.pretrained == "on" or named:
-            raise CaptchaError(f"the pretrained backbone is not at hand: {hint}"
-                               + ("" if cfg.pretrained == "on" else " (or --pretrained off for random weights)"))
-        return {"pretrained": "off", "backbone": "plain"}, [
-            f"from scratch: the pretrained backbone is not installed ({hint} adds it)"]
+            raise CaptchaError(hint + ("" if cfg.pretrained == "on" or weights else
+                                       " (or --pretrained off for random weights)"))
+        return {"pretrained": "off", "backbone": "plain"}, [f"from scratch: {hint}"]
+    if source != "ddddocr":
+        pretrained.backbone_weights(source)  # a bad file fails now, before the images are decoded
     if cfg.channels not in ("auto", 1, "1"):
         raise CaptchaError("--pretrained: the ddddocr backbone reads grey images; drop --channels 3")
     changes: dict[str, Any] = {"pretrained": "on", "backbone": "ddddocr", "channels": 1, "backbone_weights": source}
@@ -94,7 +99,9 @@ def resolve_start(cfg: TrainConfig, n_train: int | None = None) -> tuple[dict[st
         changes["height"] = pretrained.native_height(source)  # what the backbone was trained at
     if cfg.preset == "auto":
         changes["preset"] = "pretrained"
-    return changes, [f"pretrained start from the {source} backbone ({PRETRAINED_WHY}), grey, height "
+    why = (PRETRAINED_WHY if source == "ddddocr" else "named by --backbone-weights" if weights
+           else "the project's own, as ddddocr is not installed")
+    return changes, [f"pretrained start from the {source} backbone ({why}), grey, height "
                      f"{changes.get('height', cfg.height)}"]
 
 

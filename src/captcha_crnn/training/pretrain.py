@@ -14,6 +14,7 @@ import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import CaptchaError
 from ..files import atomic_write
@@ -43,19 +44,34 @@ class PretrainConfig:
     progress: bool = True
 
 
+def _settings(cfg: PretrainConfig) -> dict[str, Any]:
+    return {"count": cfg.count, "charset": cfg.charset, "lengths": list(cfg.lengths), "seed": cfg.seed}
+
+
+def _marked(folder: Path) -> dict[str, Any] | None:
+    """The settings of the complete set in `folder`, or None (none, or an unreadable marker)."""
+    try:
+        got = json.loads((folder / DONE).read_text())
+    except (OSError, ValueError):
+        return None
+    return got if isinstance(got, dict) else None
+
+
 def synthetic_set(cfg: PretrainConfig) -> Path:
-    """The mixed-style set under OUT/data, generated unless a complete one with these settings is there."""
+    """The mixed-style set under OUT/data, generated unless a complete one with these settings is there
+    (a set of other settings, or a half-written one, is removed first)."""
     from ..data.synth import synthesize
 
     folder = Path(cfg.out) / "data"
-    want = {"count": cfg.count, "charset": cfg.charset, "lengths": list(cfg.lengths), "seed": cfg.seed}
-    done = folder / DONE
-    if done.is_file() and json.loads(done.read_text()) == want:
+    if _marked(folder) == _settings(cfg):
         return folder
+    (folder / DONE).unlink(missing_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
     print(f"generating {cfg.count} mixed-style captchas into {folder} (once) ...")
     synthesize(folder, cfg.count, cfg.charset, cfg.lengths, seed=cfg.seed, workers=cfg.workers,
                progress=cfg.progress, style="mixed")
-    atomic_write(done, lambda f: f.write(json.dumps(want).encode()))
+    atomic_write(folder / DONE, lambda f: f.write(json.dumps(_settings(cfg)).encode()))
     return folder
 
 
@@ -96,14 +112,16 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
     if cfg.count < 100:
         raise CaptchaError(f"--count {cfg.count}: pre-training needs at least 100 images")
-    if cfg.height % 16:
-        raise CaptchaError(f"--height {cfg.height}: must be a multiple of 16")
-    if cfg.max_minutes is not None and cfg.max_minutes <= 0:
-        raise CaptchaError(f"--max-minutes {cfg.max_minutes}: must be above 0")
-    data = synthetic_set(cfg)
-    tcfg = train_config(cfg)
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise CaptchaError(f"--out {cfg.out}: not a folder")
+    tcfg = train_config(cfg).validate()  # the height and the budget follow train's rules
+    marked = _marked(Path(cfg.out) / "data")
+    if tcfg.resume and marked is not None and marked != _settings(cfg):
+        raise CaptchaError(f"{cfg.out}: the synthetic set's settings changed since the checkpoint "
+                           f"({marked}); drop --resume to start again, or use another --out")
     if cfg.resume and not tcfg.resume:
         print(f"no checkpoint in {tcfg.out} yet: starting the training")
+    data = synthetic_set(cfg)
     res = train(str(data), tcfg)
     out = export_backbone(res.model_path, Path(cfg.out) / BACKBONE_FILE)
     print(f"wrote {out} (use it with: captcha-crnn train DATA --backbone-weights {out})")

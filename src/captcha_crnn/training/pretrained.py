@@ -21,26 +21,21 @@ from ..errors import CaptchaError
 from ..files import atomic_write, cache_dir
 from ..model.backbones import DdddocrBackbone
 from ..model.crnn import CRNN
-from ..model.ddddocr_package import INSTALL_HINT, package_file
+from ..model.ddddocr_package import HEIGHT, INSTALL_HINT, installed, package_file
 from ..model.format import one_line
+from ..model.zoo import ZOO_DIR
+from .config import height_problem
 
 ONNX_FILE = "common.onnx"
 SOURCES = ("ddddocr", "mixed")  # or the path of a backbone file written by `captcha-crnn pretrain`
-MIXED_FILE = Path(__file__).resolve().parent.parent / "zoo" / "backbones" / "mixed.safetensors"
-DDDDOCR_HEIGHT = 64  # the height ddddocr's model reads at
+MIXED_FILE = ZOO_DIR / "backbones" / "mixed.safetensors"  # the project's own, when shipped
 TOLERANCE = 1e-4  # largest difference allowed between the rebuilt backbone and onnxruntime
 
 
 def available(source: str = "ddddocr") -> bool:
     """Whether the weights of `source` are at hand: the ddddocr package installed (nothing is
     imported), the project's own shipped, or a file there."""
-    if source == "ddddocr":
-        try:
-            _onnx_path()
-        except CaptchaError:
-            return False
-        return True
-    return _source_file(source).is_file()
+    return installed(ONNX_FILE) if source == "ddddocr" else _source_file(source).is_file()
 
 
 def pick_source(requested: str) -> str | None:
@@ -51,12 +46,12 @@ def pick_source(requested: str) -> str | None:
 
 
 def missing_hint(source: str) -> str:
-    """How to get the weights of `source`."""
-    if source == "ddddocr":
-        return INSTALL_HINT
+    """Which weights are missing and how to get them."""
+    if source in ("ddddocr", "auto"):
+        return f"the pretrained ddddocr backbone is not installed: {INSTALL_HINT}"
     if source == "mixed":
-        return "this installation ships no mixed backbone; write one with `captcha-crnn pretrain`"
-    return f"{source}: no such file (write one with `captcha-crnn pretrain`)"
+        return "--backbone-weights mixed: none is shipped here (make one with `captcha-crnn pretrain`)"
+    return f"--backbone-weights {source}: no such file (make one with `captcha-crnn pretrain`)"
 
 
 def _source_file(source: str) -> Path:
@@ -164,7 +159,7 @@ def _file_weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
 
     path = _source_file(source)
     if not path.is_file():
-        raise CaptchaError(f"--backbone-weights {source}: {missing_hint(source)}")
+        raise CaptchaError(missing_hint(source))
     try:
         state = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers
@@ -177,18 +172,22 @@ def _file_weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def native_height(source: str) -> int:
-    """The input height the backbone of `source` was trained at: 64 for ddddocr, else what the file's
-    metadata says (`captcha-crnn pretrain` writes it), 64 when it says nothing."""
+    """The input height the backbone of `source` was trained at: ddddocr's 64, or what the file's
+    metadata says (`captcha-crnn pretrain` writes it; 64 when it says nothing)."""
     if source == "ddddocr":
-        return DDDDOCR_HEIGHT
+        return HEIGHT
     from safetensors import safe_open
 
+    path = _source_file(source)
     try:
-        with safe_open(str(_source_file(source)), framework="numpy") as f:
-            height = int((f.metadata() or {}).get("height", DDDDOCR_HEIGHT))
-    except Exception:  # noqa: BLE001 - an unreadable file is reported when its weights are loaded
-        return DDDDOCR_HEIGHT
-    return height if height >= 16 and height % 16 == 0 else DDDDOCR_HEIGHT
+        with safe_open(str(path), framework="numpy") as f:
+            raw = (f.metadata() or {}).get("height", str(HEIGHT))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+        raise CaptchaError(f"{path}: not a safetensors backbone file ({one_line(e)})") from None
+    height = int(raw) if raw.isdigit() else raw
+    if height_problem(height) or height == "auto":
+        raise CaptchaError(f"{path}: its metadata gives the input height {raw!r}, not a multiple of 16")
+    return height
 
 
 def backbone_weights(source: str = "ddddocr") -> tuple[dict[str, torch.Tensor], str]:
