@@ -10,11 +10,10 @@ from conftest import make_clean_set
 
 from captcha_crnn.cli import main
 from captcha_crnn.errors import CaptchaError
-from captcha_crnn.infer.ddddocr_reader import ONNX_FILE, DdddocrReader
-from captcha_crnn.model.ddddocr_package import installed
+from captcha_crnn.infer.ddddocr_reader import DdddocrReader, available
 from captcha_crnn.service.labelling import load_reader
 
-needs_ddddocr = pytest.mark.skipif(not installed(ONNX_FILE), reason="the pretrained extra (ddddocr) is not installed")
+needs_ddddocr = pytest.mark.skipif(not available(), reason="the pretrained extra (ddddocr 1.6+) is not installed")
 
 
 @pytest.fixture
@@ -40,6 +39,10 @@ def test_reads_clean_digits_within_the_charset(tmp_path: Path) -> None:
         reader.predict([tmp_path / "broken.png"])
     with pytest.raises(CaptchaError, match="reads none of the characters"):
         DdddocrReader("\u2603")
+    upper = DdddocrReader("AB\u2603")  # an allowed letter also collects the other case's class
+    assert upper.missing == "\u2603" and all(len(cols) == 2 for cols in upper.columns[1:])
+    both = DdddocrReader("aA")
+    assert all(len(cols) == 1 for cols in both.columns)
 
 
 @needs_ddddocr
@@ -47,6 +50,7 @@ def test_label_defaults_to_ddddocr_where_installed() -> None:
     reader, name = load_reader(None, "0123")
     assert isinstance(reader, DdddocrReader) and name == "ddddocr (zero-shot)" and reader.chars == list("0123")
     assert load_reader("none", None) == (None, None)
+    assert load_reader(None, "\u2603") == (None, None)  # the default falls back to file order
 
 
 def test_label_without_ddddocr(uninstalled: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

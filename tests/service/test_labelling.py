@@ -178,9 +178,10 @@ def test_browser_labels_a_folder(trained, tmp_path: Path) -> None:
                                        timeout=240_000)
                 assert session.model not in (None, old_model) and Path(session.model).is_file()
                 assert session.model in page.inner_text("#training")
-                page.wait_for_function("want => document.getElementById('label').value === want",
-                                       arg=session.readings[now][0])
-                assert current(page) == now and not errors
+                text, conf = session.readings[now]  # the new model's reading and confidence
+                page.wait_for_function("want => document.getElementById('meta').textContent.includes(want)",
+                                       arg=f"model confidence {100 * conf:.1f}%")
+                assert page.input_value("#label") == text and current(page) == now and not errors
             finally:
                 browser.close()
     finally:

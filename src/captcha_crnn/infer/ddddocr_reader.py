@@ -15,17 +15,22 @@ from typing import Any
 
 import numpy as np
 
-from ..data.images import ImageInput, describe, open_image, to_mode
+from ..data.images import ImageInput, Preprocess, describe, load_image
 from ..decode.ctc import greedy_decode
 from ..errors import CaptchaError
-from ..model.ddddocr_package import package_file
+from ..model.ddddocr_package import HEIGHT, installed, package_file
 from .recognizer import Prediction
 
 NAME = "ddddocr"  # the model name that means this reader (label --model ddddocr)
 ONNX_FILE = "common_old.onnx"
 CHARSET_FILE = "charsets.py"
-HEIGHT = 64
+PRE = Preprocess(height=HEIGHT, width=None, channels=1, min_width=8)  # the one preprocessing, at its height
 DEFAULT_CHARSET = string.digits + string.ascii_letters  # what a captcha most often holds
+
+
+def available() -> bool:
+    """Whether the installed ddddocr has the model and class list this reader uses (1.6 and later)."""
+    return installed(ONNX_FILE) and installed(CHARSET_FILE)
 
 
 def _charset() -> list[str]:
@@ -45,31 +50,33 @@ class DdddocrReader:
     Offers the part of Recognizer's interface the labelling page uses: ``predict(images, errors=...)``.
     """
 
-    def __init__(self, charset: str | None = None, threads: int = 1):
+    def __init__(self, charset: str | None = None, threads: int | None = None):
+        import os
+
         import onnxruntime as ort
 
         classes = _charset()
         index = {c: i for i, c in enumerate(classes) if c}
-        allowed = charset or DEFAULT_CHARSET
-        missing = sorted({c for c in allowed if c not in index})
-        self.chars = [c for c in dict.fromkeys(allowed) if c in index]
+        allowed = list(dict.fromkeys(charset or DEFAULT_CHARSET))
+        self.chars = [c for c in allowed if c in index or c.swapcase() in index]
+        self.missing = "".join(c for c in allowed if c not in self.chars)  # characters it never reads
         if not self.chars:
-            raise CaptchaError(f"ddddocr's model reads none of the characters {allowed!r}")
-        self.columns = np.array([0] + [index[c] for c in self.chars])  # blank, then the allowed characters
-        self.missing = "".join(missing)
+            raise CaptchaError(f"ddddocr's model reads none of the characters {''.join(allowed)!r}")
+        # each allowed character collects its own class and, when that case is not allowed, the other
+        # case's: ddddocr mostly reads lower case, so an upper-case-only charset keeps those readings
+        self.columns = [[0]] + [[index[v] for v in dict.fromkeys((c, c.swapcase()))
+                                 if v in index and (v == c or v not in allowed)] for c in self.chars]
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.log_severity_level = 3  # the graph declares a (1, T) output it does not give: a warning per run
-        path = package_file(ONNX_FILE)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(package_file(ONNX_FILE)), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
     def _read_one(self, src: ImageInput) -> Prediction:
-        im = to_mode(open_image(src), 1, describe(src))  # grey, transparency on white
-        w = max(8, round(im.width * HEIGHT / im.height))
-        x = np.asarray(im.resize((w, HEIGHT), resample=3), dtype=np.float32)[None, None] / 255.0  # (1, 1, 64, W)
-        logits = self.session.run(None, {self.input: x})[0][:, 0, self.columns]  # (T, 1 + len(chars))
-        logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)  # log-softmax over the kept classes
+        x = load_image(src, PRE)[None].astype(np.float32) / 255.0  # (1, 1, 64, W) grey / 255, as ddddocr feeds it
+        logits = self.session.run(None, {self.input: x})[0][:, 0]  # (T, classes)
+        kept = np.stack([np.logaddexp.reduce(logits[:, cols], axis=1) for cols in self.columns], 1)  # (T, 1 + n)
+        logp = kept - np.logaddexp.reduce(kept, axis=1, keepdims=True)  # log-softmax over the kept classes
         d = greedy_decode(logp)
         return Prediction("".join(self.chars[i - 1] for i in d.indices), d.confidence, d.char_confidences,
                           describe(src))

@@ -98,7 +98,8 @@ def pointwise(cin: int, cout: int, norm: bool = False) -> nn.Module:
 
 
 class Residual(nn.Module):
-    """x + 1x1(SiLU(3x3(x))): the block of the ddddocr backbone (batch norm folded into conv biases)."""
+    """x + 1x1(SiLU(3x3(x))): the block of the ddddocr backbone (its batch norm folded into conv biases;
+    `norm` puts batch norm after both convolutions instead)."""
 
     def __init__(self, c: int, mid: int, norm: bool = False):
         super().__init__()

@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from ..data.label_store import Answers, LabelStore
 from ..errors import CaptchaError
+from ..model.ddddocr_package import INSTALL_HINT
 from .middleware import _check_api_key
 from .trainer import BackgroundTrainer
 
@@ -188,17 +189,30 @@ def _add_answer_routes(app: FastAPI, session: Session, trainer: BackgroundTraine
 
 
 def load_reader(model: str | None, charset: str | None) -> tuple[Any, str | None]:
-    """(what pre-fills the page, its name): a trained model; ddddocr's own model zero-shot (the
-    default where the pretrained extra is installed), restricted to `charset`; or nothing."""
-    from ..infer.ddddocr_reader import NAME, ONNX_FILE, DdddocrReader
-    from ..model.ddddocr_package import installed
+    """(what pre-fills the page, its name): a trained model; ddddocr's own model zero-shot, restricted
+    to `charset` (the default where the pretrained extra is installed); or nothing ("none")."""
+    import sys
 
-    if model in (None, "auto"):
-        model = NAME if installed(ONNX_FILE) else None
-    if model in (None, "none"):
+    from ..infer import ddddocr_reader
+
+    if model is None:
+        if not ddddocr_reader.available():
+            return None, None
+        try:
+            return load_reader(ddddocr_reader.NAME, charset)
+        except CaptchaError as e:  # the default must not stop the page: file order instead
+            print(f"captcha-crnn: no pre-fill ({e})", file=sys.stderr)
+            return None, None
+    if model == "none":
         return None, None
-    if model == NAME:
-        return DdddocrReader(charset), f"{NAME} (zero-shot)"
+    if model == ddddocr_reader.NAME:
+        if not ddddocr_reader.available():
+            raise CaptchaError(f"--model ddddocr needs ddddocr 1.6 or later: {INSTALL_HINT}")
+        reader = ddddocr_reader.DdddocrReader(charset)
+        if reader.missing:
+            print(f"captcha-crnn: ddddocr's model never reads {reader.missing!r}; type those yourself",
+                  file=sys.stderr)
+        return reader, f"{ddddocr_reader.NAME} (zero-shot)"
     from ..infer import Recognizer
 
     return Recognizer.load(model), model

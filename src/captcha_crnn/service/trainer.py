@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..model.format import one_line
+
 
 class BackgroundTrainer:
     """One training process at a time; `status()` says where it stands."""
@@ -57,7 +59,12 @@ class BackgroundTrainer:
             return
         with self._lock:
             self._state["line"] = "reading the folder with the new model"
-        self.on_done(Path(summary["model"]))  # the pre-fill switches before the page hears "done"
+        try:
+            self.on_done(Path(summary["model"]))  # the pre-fill switches before the page hears "done"
+        except Exception as e:  # noqa: BLE001 - the page must hear why, not wait on "running" for ever
+            with self._lock:
+                self._state.update(state="failed", exit_status=code, line=f"{summary['model']}: {one_line(e)}")
+            return
         test = summary.get("test") or {}
         with self._lock:
             self._state.update(state="done", model=summary["model"], exit_status=0,

@@ -120,7 +120,8 @@ class TrainConfig:
                     choices=("sensitive", "insensitive"))
     # preprocessing ("auto" = from the data)
     height: int | str = opt("auto", "input height, a multiple of 16, or auto: 32, or 48/64 when characters would "
-                            "be under 24 pixels wide at 32; 64 for the pretrained start", height_problem,
+                            "be under 24 pixels wide at 32; for the pretrained start, its backbone's (64 for ddddocr)",
+                            height_problem,
                             parse=number_or_word)
     width: int | str | None = opt("auto", "input width: a number, 'variable' (keep aspect, pad) or 'auto' "
                                   "(from the data)", width_problem, parse=number_or_word)
@@ -135,12 +136,14 @@ class TrainConfig:
     backbone: str = opt("auto", "convolutional part; auto: ddddocr for the pretrained start, else plain; "
                         "ddddocr-bn: its layout with batch norm, for training it from random weights (pretrain)",
                         choices=("plain", "resnet", "ddddocr", "ddddocr-bn", "auto"))
-    pretrained: str = opt("auto", "start from the captcha-pretrained ddddocr backbone (pip install "
-                          "\"captcha-crnn[pretrained]\"); auto: where installed and the architecture is auto",
+    pretrained: str = opt("auto", "start from a captcha-pretrained backbone (ddddocr's: pip install "
+                          "\"captcha-crnn[pretrained]\"; see --backbone-weights); auto: when one is at hand, the "
+                          "architecture is auto and there are 90 training images or more",
                           choices=("on", "off", "auto"))
     backbone_weights: str = opt("auto", "pretrained start: whose weights: ddddocr (the package's), mixed (the "
                                 "project's own, where shipped) or a file from `captcha-crnn pretrain`; auto: ddddocr "
-                                "where installed, else mixed", parse=str, metavar="SOURCE")
+                                "where installed, else mixed; naming one asks for the pretrained start",
+                                parse=str, metavar="SOURCE")
     freeze_epochs: int = opt(2, "pretrained start: train only the RNN and head for the first N epochs", whole(0),
                              metavar="N")
     backbone_lr: float = opt(0.1, "pretrained start: the backbone's learning rate as a fraction of --lr",
