@@ -1,7 +1,8 @@
 """Train with the default settings on each shared dataset under a time budget; compare with ddddocr.
 
     python benchmarks/datasets.py [--datasets captcha_v2 henan_digits4 generic_varlen] [--seed 0]
-        [--minutes-scale 1.0] [--root ../shared/datasets] [--keep DIR] [--json benchmarks/results/datasets.json]
+        [--minutes-scale 1.0] [--root ../shared/datasets] [--keep DIR] [--set FIELD=VALUE ...]
+        [--json benchmarks/results/datasets.json]
 
 Each dataset trains as ``captcha-crnn train DATA --max-minutes M`` would (TrainConfig defaults:
 automatic colour, input size, model size and augmentation, warm start from the shipped `synthetic`
@@ -38,6 +39,16 @@ from captcha_crnn.evaluate import score
 from captcha_crnn.model.modelfile import read_metadata
 from captcha_crnn.training import TrainConfig, train
 from captcha_crnn.training.data import load_data
+
+
+def parse_value(v: str) -> Any:
+    """A --set value: an int, a float, none/true/false, or the text."""
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"none": None, "true": True, "false": False}.get(v.lower(), v)
 
 
 @dataclass(frozen=True)
@@ -94,11 +105,13 @@ def ddddocr_scores(test: list[Sample], alphabet: str, case: str) -> dict[str, An
     return out
 
 
-def run_dataset(ds: Dataset, root: Path, seed: int, scale: float, keep: Path | None) -> dict[str, Any]:
-    """Train on one dataset with the default settings under its budget; score ours and ddddocr."""
+def run_dataset(ds: Dataset, root: Path, seed: int, scale: float, keep: Path | None,
+                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train on one dataset with the default settings (plus `overrides`) under its budget; score ours
+    and ddddocr."""
     data = str(root / ds.path)
     minutes = ds.minutes * scale
-    cfg = dict(seed=seed, max_minutes=minutes, case=ds.case, progress=False)
+    cfg = dict(seed=seed, max_minutes=minutes, case=ds.case, progress=False, **(overrides or {}))
     samples = read_samples(data)
     _, _, test, how = load_data(TrainConfig(data=data, **cfg))  # the split train() makes
     print(f"{ds.name}: {len(samples)} images, training for up to {minutes:g} min; {how}", file=sys.stderr)
@@ -155,18 +168,21 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the split, init and augmentation")
     ap.add_argument("--minutes-scale", type=float, default=1.0, help="multiply every time budget (smoke tests)")
     ap.add_argument("--keep", default=None, metavar="DIR", help="keep each run's outputs in DIR/<dataset>")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="TrainConfig fields instead of the defaults, e.g. backbone_weights=FILE")
     ap.add_argument("--json", default="benchmarks/results/datasets.json")
     a = ap.parse_args()
+    overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in a.set)}
     keep = Path(a.keep) if a.keep else None
     load_before = os.getloadavg()
     rows = []
     for name in a.datasets:
-        r = run_dataset(DATASETS[name], Path(a.root), a.seed, a.minutes_scale, keep)
+        r = run_dataset(DATASETS[name], Path(a.root), a.seed, a.minutes_scale, keep, overrides)
         rows.append(r)
         print(f"{name}: test {r['sequence_accuracy']:.2%} (ddddocr {r['ddddocr']['sequence_accuracy']:.2%})",
               file=sys.stderr, flush=True)
     print(table(rows))
-    report = {"seed": a.seed, "minutes_scale": a.minutes_scale, "machine": machine(),
+    report = {"seed": a.seed, "minutes_scale": a.minutes_scale, "overrides": overrides, "machine": machine(),
               "load_average_before": load_before, "load_average_after": os.getloadavg(), "results": rows}
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,7 @@ from captcha_crnn.data.split import split_items
 from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets import DATASETS, Dataset, machine  # noqa: E402
-from train_captcha_v2 import parse_value  # noqa: E402
+from datasets import DATASETS, Dataset, machine, parse_value  # noqa: E402
 
 # each start as TrainConfig fields: from scratch, the ddddocr backbone, the project's own (`pretrain`)
 STARTS: dict[str, dict[str, str]] = {"scratch": {"pretrained": "off"},

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,16 +25,10 @@ from captcha_crnn.training import TrainConfig, train
 from captcha_crnn.training.data import load_data
 from captcha_crnn.training.validate import evaluate_set
 
+sys.path.insert(0, str(Path(__file__).parent))
+from datasets import parse_value  # noqa: E402
+
 THRESHOLDS = (0.95, 0.98, 0.99)
-
-
-def parse_value(v: str):
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return {"none": None, "true": True, "false": False}.get(v.lower(), v)
 
 
 def run_seed(data: str, seed: int, overrides: dict, keep: str | None = None) -> dict:
