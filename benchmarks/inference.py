@@ -180,14 +180,11 @@ def accuracy_split(model_path: Path, data: Path, files: list[Path]) -> tuple[lis
     src = tr.get("data")
     if not src or not tr.get("config") or Path(src).resolve() != data.resolve():
         return list(range(len(files))), f"all {len(files)} images (the model was not trained on this folder)"
-    from captcha_crnn.training import TrainConfig
-    from captcha_crnn.training.data import load_data
+    from captcha_crnn.training.data import held_out_samples
 
-    cfg = TrainConfig.from_dict({**tr["config"], "data": str(data)})
-    _, _, test, how = load_data(cfg)
-    held = {Path(s.path).resolve() for s in test}
+    held = {Path(s.path).resolve() for s in held_out_samples(read_metadata(model_path), str(data))}
     idx = [i for i, f in enumerate(files) if f.resolve() in held]
-    return idx, f"held-out test split, {len(idx)} images ({how})"
+    return idx, f"held-out test split, {len(idx)} images (seed {tr['config'].get('seed')})"
 
 
 def main() -> int:

@@ -9,7 +9,8 @@ pre-fill, the images the current model is least sure of (confidence of the CTC d
 right pre-fill costs no correction (Enter) and a wrong one costs one; in file order, every label
 is typed. Before the first training the pre-fill is the page's default (`captcha-crnn label` with
 no --model): ddddocr's own model zero-shot where the pretrained extra is installed, restricted to
-the set's alphabet as `--charset` would be. After each round `captcha-crnn train` (defaults,
+the set's alphabet as `--charset` would be; as on the page, a newly trained model replaces the
+pre-fill only when it reads the held-out images at least as well. After each round `captcha-crnn train` (defaults,
 `--max-minutes`) trains on the labels so far, as "Train now" does, and the held-out accuracy is
 measured. Prints a table and writes JSON.
 """
@@ -26,7 +27,7 @@ from typing import Any
 from captcha_crnn import Recognizer
 from captcha_crnn.data.labels import Sample, read_samples
 from captcha_crnn.data.split import split_items
-from captcha_crnn.service.labelling import load_reader
+from captcha_crnn.service.labelling import better_reader, load_reader
 from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -59,7 +60,9 @@ def simulate(samples: list[Sample], test_csv: Path, tmp: Path, prefill: bool, a:
         labelled += [todo[i] for i in sorted(picked)]
         todo = [s for i, s in enumerate(todo) if i not in picked]
         res = train_round(labelled, test_csv, tmp, f"{'prefill' if prefill else 'order'}-{r}", a.minutes, a.seed)
-        reader = Recognizer.load(res.model_path) if prefill else None
+        if prefill:  # as the page does: the new model replaces the pre-fill unless it reads worse
+            new = Recognizer.load(res.model_path)
+            reader = reader if better_reader(reader, new, res.model_path) else new
         acc = res.test.sequence_accuracy if res.test else 0.0
         rows.append({"round": r, "labelled": len(labelled), "corrections": corrections,
                      "prefill_right": None if right is None else right / a.batch, "held_out_accuracy": acc})

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from captcha_crnn.data.label_store import LabelStore
 from captcha_crnn.data.labels import read_samples
 from captcha_crnn.errors import CaptchaError
-from captcha_crnn.service.labelling import Session, create_label_app
+from captcha_crnn.service import labelling
+from captcha_crnn.service.labelling import Session, better_reader, create_label_app
 
 
 def unlabelled(folder: Path, n: int = 8) -> tuple[Path, list[str]]:
@@ -116,7 +117,7 @@ def test_damaged_labels_file_is_one_clear_error(tmp_path: Path) -> None:
         LabelStore(folder)
 
 
-def test_browser_labels_a_folder(trained, tmp_path: Path) -> None:
+def test_browser_labels_a_folder(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In headless Chromium: pre-fill, accept (Enter), correct, skip (Esc), unreadable (Alt+U), back
     (Alt+Left), reload and continue where it stopped, then "Train now" and the new model's pre-fill."""
     from browser import CHROMIUM, CHROMIUM_ARGS, run_server, sync_playwright
@@ -129,6 +130,7 @@ def test_browser_labels_a_folder(trained, tmp_path: Path) -> None:
     for i in range(6, 16):  # ten answered earlier, so "Train now" has enough labels
         store.answer(f"img{i:03d}.png", "label", truth[i])
     session = Session(LabelStore(folder), Recognizer.load(trained.model_path))
+    monkeypatch.setattr(labelling, "better_reader", lambda *a: None)  # swap even to a weaker model (below)
     app = create_label_app(session, train_args=("--epochs", "2", "--preset", "tiny"))
     base, stop = run_server(app)
     answers = lambda: LabelStore(folder).read()  # noqa: E731
@@ -209,3 +211,22 @@ def test_train_now_runs_in_the_background_and_swaps_the_model(tmp_path: Path) ->
     assert status["state"] == "done", status
     assert status["model_in_use"] == status["model"] and Path(status["model"]).is_file()
     assert session.readings and status["test_accuracy"] is not None  # the new model pre-fills
+
+
+def test_a_weaker_new_model_does_not_replace_the_pre_fill(trained, tmp_path: Path) -> None:
+    """The new model is swapped in only when it reads its held-out labels at least as well as the
+    pre-fill in use (a zero-shot reader can be the better one for the first rounds)."""
+    from captcha_crnn.infer import Prediction
+
+    class Fixed:
+        def __init__(self, right: bool):
+            self.right = right
+
+        def predict(self, paths, errors="raise"):
+            return [Prediction(Path(p).name.split("-")[0] if self.right else "", 1.0) for p in paths]
+
+    path = Path(trained.model_path)
+    note = better_reader(Fixed(True), Fixed(False), path)
+    assert note is not None and "kept the pre-fill in use: it reads 100%" in note and "new model 0%" in note
+    assert better_reader(Fixed(False), Fixed(True), path) is None
+    assert better_reader(None, Fixed(False), path) is None  # nothing in use: any model is better

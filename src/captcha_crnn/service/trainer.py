@@ -19,7 +19,8 @@ from ..model.format import one_line
 class BackgroundTrainer:
     """One training process at a time; `status()` says where it stands."""
 
-    def __init__(self, folder: Path, on_done: Callable[[Path], None], args: Sequence[str] = ("--max-minutes", "3")):
+    def __init__(self, folder: Path, on_done: Callable[[Path], str | None],
+                 args: Sequence[str] = ("--max-minutes", "3")):
         self.folder, self.on_done, self.args = folder, on_done, list(args)
         self.runs = folder / ".label-runs"
         self._lock = threading.Lock()
@@ -60,14 +61,14 @@ class BackgroundTrainer:
         with self._lock:
             self._state["line"] = "reading the folder with the new model"
         try:
-            self.on_done(Path(summary["model"]))  # the pre-fill switches before the page hears "done"
+            note = self.on_done(Path(summary["model"]))  # the pre-fill switches before the page hears "done"
         except Exception as e:  # noqa: BLE001 - the page must hear why, not wait on "running" for ever
             with self._lock:
                 self._state.update(state="failed", exit_status=code, line=f"{summary['model']}: {one_line(e)}")
             return
         test = summary.get("test") or {}
         with self._lock:
-            self._state.update(state="done", model=summary["model"], exit_status=0,
+            self._state.update(state="done", model=summary["model"], exit_status=0, note=note,
                                val_accuracy=summary["best"].get("val_sequence_accuracy"),
                                test_accuracy=test.get("sequence_accuracy"), test_n=test.get("n"))
 

@@ -174,3 +174,14 @@ def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, d: Dist | None =
     return cfg, Data(train_set, val_set, te, pre, alphabet, how)
 
 
+
+
+def held_out_samples(meta: dict[str, Any], data: str | None = None) -> list[Sample]:
+    """The test split a model's training made (from the config its metadata stores; `data` where the
+    set has moved), or [] when the metadata does not say."""
+    tr = meta.get("training", {})
+    src = data or tr.get("data")
+    if not src or not isinstance(tr.get("config"), dict):
+        return []
+    _, _, test, _ = load_data(TrainConfig.from_dict({**tr["config"], "data": str(src)}))
+    return test
