@@ -27,6 +27,7 @@ from typing import Any
 from captcha_crnn import Recognizer
 from captcha_crnn.data.labels import Sample, read_samples
 from captcha_crnn.data.split import split_items
+from captcha_crnn.infer.ddddocr_reader import DdddocrReader
 from captcha_crnn.service.labelling import better_reader, load_reader
 from captcha_crnn.training import TrainConfig, train
 
@@ -48,6 +49,7 @@ def simulate(samples: list[Sample], test_csv: Path, tmp: Path, prefill: bool, a:
     charset = "".join(sorted({c for s in samples for c in s.label}))
     reader = load_reader(None, charset)[0] if prefill else None  # the page's default pre-fill
     for r in range(1, a.rounds + 1):
+        source = "-" if reader is None else "ddddocr" if isinstance(reader, DdddocrReader) else "trained"
         if reader is not None:
             preds = reader.predict([s.path for s in todo])
             ranked = sorted(range(len(todo)), key=lambda i: preds[i].confidence)[: a.batch]
@@ -65,7 +67,8 @@ def simulate(samples: list[Sample], test_csv: Path, tmp: Path, prefill: bool, a:
             reader = reader if better_reader(reader, new, res.model_path) else new
         acc = res.test.sequence_accuracy if res.test else 0.0
         rows.append({"round": r, "labelled": len(labelled), "corrections": corrections,
-                     "prefill_right": None if right is None else right / a.batch, "held_out_accuracy": acc})
+                     "prefill_right": None if right is None else right / a.batch, "prefill_from": source,
+                     "held_out_accuracy": acc})
         print(f"{'pre-fill' if prefill else 'file order'} round {r}: {len(labelled)} labelled, {corrections} "
               f"corrections, held-out {acc:.2%}", file=sys.stderr, flush=True)
         if acc >= 0.99:
@@ -95,13 +98,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         test_csv = write_csv(held, Path(tmp) / "test.csv")
         runs = {k: simulate(rest, test_csv, Path(tmp), k == "prefill", a) for k in a.strategies.split(",")}
-    print("| strategy | round | labelled | corrections | pre-fills right | held-out accuracy |")
-    print("|---|---|---|---|---|---|")
+    print("| strategy | round | labelled | corrections | pre-fill from | pre-fills right | held-out accuracy |")
+    print("|---|---|---|---|---|---|---|")
     for k, rows in runs.items():
         for r in rows:
             pr = "-" if r["prefill_right"] is None else f"{r['prefill_right']:.0%}"
             acc = f"{r['held_out_accuracy']:.2%}"
-            print(f"| {k} | {r['round']} | {r['labelled']} | {r['corrections']} | {pr} | {acc} |")
+            print(f"| {k} | {r['round']} | {r['labelled']} | {r['corrections']} | {r['prefill_from']} | {pr} | {acc} |")
     summary = {k: {"corrections_to_95": first_reaching(v, 0.95), "corrections_to_99": first_reaching(v, 0.99)}
                for k, v in runs.items()}
     print(json.dumps(summary))
