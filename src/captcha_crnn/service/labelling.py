@@ -46,17 +46,16 @@ def better_reader(current: Any, new: Any, path: Path) -> str | None:
     """None when the new model (at `path`) reads its own held-out labels at least as well as the
     `current` pre-fill does; else a note saying why the current one stays. A zero-shot reader can
     beat a model trained on a few dozen labels (ddddocr reads captcha_v2 at 97% before any label)."""
+    from ..evaluate import score
     from ..model.format import read_metadata
     from ..training.data import held_out_samples
 
-    meta = read_metadata(path)
-    test = held_out_samples(meta) if current is not None else []
+    test = held_out_samples(read_metadata(path)) if current is not None else []
     if not test:
         return None
-    truth = [s.label for s in test]
-    scores = [sum(isinstance(p, CaptchaError) is False and p.text == t
-                  for p, t in zip(r.predict([s.path for s in test], errors="return"), truth)) / len(test)
-              for r in (current, new)]
+    truth, paths = [s.label for s in test], [s.path for s in test]
+    scores = [score(truth, ["" if isinstance(p, CaptchaError) else p.text for p in r.predict(paths, errors="return")])
+              .sequence_accuracy for r in (current, new)]
     if scores[1] >= scores[0]:
         return None
     return (f"kept the pre-fill in use: it reads {scores[0]:.0%} of the {len(test)} held-out labels, "

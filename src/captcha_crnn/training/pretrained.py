@@ -152,18 +152,24 @@ def _ddddocr_weights() -> tuple[dict[str, torch.Tensor], str]:
     return state, f"ddddocr backbone (converted from {path}, max difference from onnxruntime {err:.1e})"
 
 
-def _file_weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
-    """Backbone weights from a file `captcha-crnn pretrain` wrote (or the shipped mixed one), checked
-    tensor by tensor against the layout."""
-    from safetensors.torch import load_file
+def _read_file(source: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Path]:
+    """(tensors, metadata, path) of a backbone file `captcha-crnn pretrain` wrote (or the shipped
+    mixed one); CaptchaError naming the file when it is missing or not a safetensors file."""
+    from safetensors import safe_open
 
     path = _source_file(source)
     if not path.is_file():
         raise CaptchaError(missing_hint(source))
     try:
-        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}, path
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers
         raise CaptchaError(f"{path}: not a safetensors backbone file ({one_line(e)})") from None
+
+
+def _file_weights(source: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Backbone weights from a file, checked tensor by tensor against the layout."""
+    state, _, path = _read_file(source)
     want = DdddocrBackbone().state_dict()
     bad = sorted(set(want) ^ set(state)) or [k for k in want if state[k].shape != want[k].shape]
     if bad:
@@ -176,14 +182,8 @@ def native_height(source: str) -> int:
     metadata says (`captcha-crnn pretrain` writes it; 64 when it says nothing)."""
     if source == "ddddocr":
         return HEIGHT
-    from safetensors import safe_open
-
-    path = _source_file(source)
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            raw = (f.metadata() or {}).get("height", str(HEIGHT))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad headers
-        raise CaptchaError(f"{path}: not a safetensors backbone file ({one_line(e)})") from None
+    _, meta, path = _read_file(source)
+    raw = meta.get("height", str(HEIGHT))
     height = int(raw) if raw.isdigit() else raw
     if height_problem(height) or height == "auto":
         raise CaptchaError(f"{path}: its metadata gives the input height {raw!r}, not a multiple of 16")
