@@ -119,6 +119,8 @@ def _add_train(sub: Any) -> None:
     t = sub.add_parser("train", help="train a model on a folder or CSV of labelled images")
     t.add_argument("data", help="folder of images (label = file stem) or a CSV with filename,label")
     add_config_flags(t, TrainConfig)
+    t.add_argument("--unlabelled", action="append", default=[], metavar="PATH",
+                   help=TrainConfig.__dataclass_fields__["unlabelled"].metadata["help"])
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     _add_labels(t)

@@ -15,10 +15,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields and k != "data"})
     cfg.progress = not a.quiet
+    cfg.unlabelled = tuple(a.unlabelled)
     r = train(a.data, cfg.validate())
     if a.json and r.rank == 0:  # under torchrun, one summary
         print(json.dumps({"model": str(r.model_path), "best": r.best,
-                          "test": r.test.to_dict() if r.test else None}))
+                          "test": r.test.to_dict() if r.test else None, "recipe": r.recipe}))
     return 0
 
 

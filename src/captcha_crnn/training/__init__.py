@@ -6,11 +6,15 @@ from typing import Any
 
 from .config import TrainConfig
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["TrainConfig", "TrainResult", "train", "train_model"]
 
 
 def __getattr__(name: str) -> Any:  # the loop imports torch; the config does not
-    if name in ("train", "TrainResult"):
+    if name == "train":
+        from .recipe import train
+
+        return train
+    if name in ("train_model", "TrainResult"):
         from . import loop
 
         return getattr(loop, name)

@@ -16,8 +16,8 @@ from PIL import Image
 from ..data.images import crop_to_ink, open_image, to_mode
 from ..data.labels import Sample
 from ..errors import CaptchaError
-from . import pretrained
 from .config import TrainConfig
+from .start import resolve_start
 
 COLOUR_PIXELS = 0.02  # share of strongly coloured pixels above which colour is kept
 BIG_DATA = 50_000  # images from which the larger model pays for itself
@@ -55,59 +55,10 @@ def text_share(images: list[Image.Image]) -> tuple[float, int]:
     return (float(np.mean(shares)) if shares else 1.0), len({im.size for im in images})
 
 
-# When --pretrained auto starts from the ddddocr backbone, and why (benchmarks/learning_curve.py, README:
-# same split and budget; under this many training images the from-scratch model, whose RNN and
-# classifier start trained on synthetic captchas, read better than a new RNN on the backbone).
-PRETRAINED_MIN_IMAGES = 90
-PRETRAINED_WHY = ("measured from 100 labelled images up: as good or better on captcha_v2 and henan_digits4, "
-                  "better on generic_varlen in a 10-minute run; short runs on wide images favour from-scratch")
-
-
-def resolve_start(cfg: TrainConfig, n_train: int | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Settle --pretrained and --backbone: the ddddocr backbone with its weights where asked for, or
-    (auto) where installed, the architecture is left to auto (a --preset or a plain/resnet backbone
-    names a from-scratch model) and there are at least PRETRAINED_MIN_IMAGES training images; else
-    the from-scratch default. Also the input the pretrained backbone expects (grey, its height)."""
-    weights = cfg.backbone_weights != "auto"  # naming the weights asks for the pretrained start
-    if (cfg.pretrained == "on" or weights) and cfg.backbone not in ("auto", "ddddocr"):
-        flag = "--pretrained on" if cfg.pretrained == "on" else "--backbone-weights"
-        raise CaptchaError(f"{flag} needs --backbone ddddocr (or auto), not {cfg.backbone}")
-    if weights and cfg.pretrained == "off":
-        raise CaptchaError("--backbone-weights names pretrained weights, --pretrained off asks for none; drop one")
-    named = cfg.backbone == "ddddocr" or weights
-    wants = cfg.pretrained == "on" or (cfg.pretrained == "auto" and (
-        named or (cfg.backbone == "auto" and cfg.preset == "auto")))
-    few = (cfg.pretrained == "auto" and not named and cfg.backbone == "auto"
-           and n_train is not None and n_train < PRETRAINED_MIN_IMAGES)
-    if not wants or few:
-        notes = [f"from scratch: {n_train} training images, under the {PRETRAINED_MIN_IMAGES} from which the "
-                 "pretrained start reads better"] if wants else []
-        return {"pretrained": "off", "backbone": "plain" if cfg.backbone == "auto" else cfg.backbone}, notes
-    source = pretrained.pick_source(cfg.backbone_weights)
-    if source is None:
-        hint = pretrained.missing_hint(cfg.backbone_weights)
-        if cfg.pretrained == "on" or named:
-            raise CaptchaError(hint + ("" if cfg.pretrained == "on" or weights else
-                                       " (or --pretrained off for random weights)"))
-        return {"pretrained": "off", "backbone": "plain"}, [f"from scratch: {hint}"]
-    if source != "ddddocr":
-        pretrained.backbone_weights(source)  # a bad file fails now, before the images are decoded
-    if cfg.channels not in ("auto", 1, "1"):
-        raise CaptchaError("--pretrained: the ddddocr backbone reads grey images; drop --channels 3")
-    changes: dict[str, Any] = {"pretrained": "on", "backbone": "ddddocr", "channels": 1, "backbone_weights": source}
-    if cfg.height == "auto":
-        changes["height"] = pretrained.native_height(source)  # what the backbone was trained at
-    if cfg.preset == "auto":
-        changes["preset"] = "pretrained"
-    why = (PRETRAINED_WHY if source == "ddddocr" else "named by --backbone-weights" if weights
-           else "the project's own, as ddddocr is not installed")
-    return changes, [f"pretrained start from the {source} backbone ({why}), grey, height "
-                     f"{changes.get('height', cfg.height)}"]
-
-
-def resolve(cfg: TrainConfig, samples: list[Sample]) -> tuple[TrainConfig, list[str]]:
-    """Replace every "auto" field of cfg by a choice made from the training samples; say why."""
-    changes, notes = resolve_start(cfg, len(samples))
+def resolve(cfg: TrainConfig, samples: list[Sample], n_labelled: int | None = None) -> tuple[TrainConfig, list[str]]:
+    """Replace every "auto" field of cfg by a choice made from the training samples (and the number of
+    labelled images the user gave, which decides the start); say why."""
+    changes, notes = resolve_start(cfg, len(samples) if n_labelled is None else n_labelled)
     cfg = replace(cfg, **changes)
     images = sample_images(samples) if "auto" in (cfg.channels, cfg.crop) else []  # opened once for both
     if cfg.channels == "auto":

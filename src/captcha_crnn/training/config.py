@@ -99,7 +99,8 @@ class TrainConfig:
 
     data: str = opt("", "folder or CSV of labelled images", flag=False)
     out: str = opt("runs/model", "output folder")
-    epochs: int = opt(60, "maximum epochs", whole(1))
+    epochs: int | None = opt(None, "maximum epochs; default 60, or as many as --max-minutes allows",
+                             optional(whole(1)), parse=int)
     batch_size: int = opt(32, "images per step", whole(1))
     lr: float = opt(3e-3, "peak learning rate", above(0))
     weight_decay: float = opt(1e-2, "AdamW weight decay (matrices and kernels only)", at_least(0))
@@ -110,8 +111,17 @@ class TrainConfig:
     seed: int = opt(0, "seed for the split, init and augmentation")
     device: str = opt("auto", "auto: cuda when available", choices=("auto", "cpu", "cuda"))
     # data
-    val: float = opt(0.1, "validation fraction of the split", fraction)
-    test: float = opt(0.1, "test fraction of the split", fraction)
+    val: float | None = opt(None, "validation fraction of the split; default 0.1, or 0.2 under 300 labelled "
+                            "images", optional(fraction), parse=float)
+    test: float | None = opt(None, "test fraction of the split; default 0.1, or none under 300 labelled images "
+                             "(every label goes to training or validation)", optional(fraction), parse=float)
+    unlabelled: tuple[str, ...] = opt((), "images without labels (folders, files, globs; repeatable): the "
+                                      "pretrained teacher's confident readings of them teach the small model",
+                                      flag=False)
+    reader: str = opt("auto", "the model `train` outputs: small (the fast from-scratch student, taught by the "
+                      "pretrained teacher), big (the pretrained model itself), auto: the student when it reads the "
+                      "held-out labels as well as the teacher (within one image or 0.5 points)",
+                      choices=("small", "big", "auto"))
     val_data: str | None = opt(None, "separate validation folder/CSV (no val split)", parse=str)
     test_data: str | None = opt(None, "separate test folder/CSV (no test split)", parse=str)
     label_regex: str | None = opt(None, "label from the file name (cli: labels group)", flag=False)
@@ -180,7 +190,7 @@ class TrainConfig:
             want = rule(value) if rule else None
             if want:
                 raise CaptchaError(f"--{f.name.replace('_', '-')} must be {want}, not {value!r}")
-        if self.val + self.test >= 1:
+        if (self.val or 0) + (self.test or 0) >= 1:
             raise CaptchaError(f"--val must be small enough to leave training images beside --test {self.test}, "
                                f"not {self.val!r}")
         return self

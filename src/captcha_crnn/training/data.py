@@ -102,12 +102,25 @@ def usable(ds: ImageSet, alphabet: Alphabet, name: str) -> ImageSet:
     return out
 
 
+FEW_LABELS = 300  # under this many labelled images: no test split, a larger validation split
+EARLY_STOP_MIN_VAL = 100  # validation images from which an early stop tells progress from noise
+
+
+def split_fractions(cfg: TrainConfig, n_labelled: int) -> tuple[float, float]:
+    """(val, test) fractions of the seeded split: the flags where given (none where --val-data or
+    --test-data gives the set), else 0.1 and 0.1, or under FEW_LABELS labelled images 0.2 and 0: every
+    label trains or calibrates, and the validation set stays big enough to choose a threshold on."""
+    few = n_labelled < FEW_LABELS
+    val = 0.0 if cfg.val_data else cfg.val if cfg.val is not None else 0.2 if few else 0.1
+    test = 0.0 if cfg.test_data else cfg.test if cfg.test is not None else 0.0 if few else 0.1
+    return val, test
+
+
 def load_data(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], list[Sample], str]:
     rule = LabelRule(cfg.label_regex, cfg.label_sep) if (cfg.label_regex or cfg.label_sep) else None
     samples = read_samples(cfg.data, rule)
     samples = sorted(samples, key=lambda s: s.path)
-    val_frac = 0.0 if cfg.val_data else cfg.val
-    test_frac = 0.0 if cfg.test_data else cfg.test
+    val_frac, test_frac = split_fractions(cfg, len(samples))
     tr, va, te = split_items(samples, cfg.seed, val_frac, test_frac)
     if cfg.val_data:
         va = read_samples(cfg.val_data, rule)
@@ -156,7 +169,7 @@ def load_set(samples: list[Sample], pre: Preprocess, cfg: TrainConfig, name: str
 def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, d: Dist | None = None) -> tuple[TrainConfig, Data]:
     """Split, resolve the auto settings, decode the train and val images; a checkpoint fixes the encoding."""
     tr, va, te, how = load_data(cfg)
-    cfg, notes = resolve(cfg, tr)
+    cfg, notes = resolve(cfg, tr, n_labelled=len(tr) + len(va) + len(te))
     if notes:
         log("auto config: " + "; ".join(notes))
     pre = Preprocess.from_dict(ckpt["preprocess"]) if ckpt else choose_preprocess(cfg, tr)

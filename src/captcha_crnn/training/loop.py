@@ -25,7 +25,7 @@ from ..model.modelfile import ModelBundle, save_bundle
 from . import distributed
 from .checkpoint import CHECKPOINT, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig
-from .data import Data, ctc_targets, load_set, prepare_data
+from .data import EARLY_STOP_MIN_VAL, Data, ctc_targets, load_set, prepare_data
 from .distributed import Dist
 from .ema import EMA
 from .log import log
@@ -35,6 +35,14 @@ from .state import Clock, RunState, rank_state, restore, shared_checkpoint, snap
 from .validate import evaluate_set
 
 EpochHook = Callable[[dict[str, Any], ModelBundle], None]
+DEFAULT_EPOCHS = 60  # without a time budget
+BUDGET_EPOCHS = 100_000  # with one, and no --epochs: the budget decides
+
+
+def max_epochs(cfg: TrainConfig) -> int:
+    """--epochs, else DEFAULT_EPOCHS, or as many as the time budget allows."""
+    return cfg.epochs or (BUDGET_EPOCHS if cfg.max_minutes else DEFAULT_EPOCHS)
+
 
 @dataclass
 class TrainResult:
@@ -47,6 +55,7 @@ class TrainResult:
     test: Report | None
     config: dict[str, Any] = field(default_factory=dict)
     rank: int = 0  # in a distributed run, the process's rank (only rank 0 evaluates the test split)
+    recipe: dict[str, Any] | None = None  # teacher -> student: each stage's figures and the output's choice
 
 
 
@@ -75,7 +84,8 @@ class Run:
         self.train_widths = data.train.widths().tolist()  # epoch orders group similar widths
         shard_len = -(-len(data.train) // d.world)
         self.steps_per_epoch = -(-shard_len // self.batch_size)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.epochs = max_epochs(cfg)
+        self.total_steps = self.epochs * self.steps_per_epoch
         self.budget = cfg.max_minutes * 60 if cfg.max_minutes else None
         self.st = RunState()
         self.info = {"training": {"data": cfg.data, "split": data.how, "seed": cfg.seed,
@@ -109,7 +119,7 @@ class Run:
 
         self.clock = Clock(self.st.elapsed)
         self.last_save = self.st.elapsed
-        self.bar = tqdm(total=self.total_steps, initial=self.st.step, desc="training", unit="step",
+        self.bar = tqdm(total=self.total_steps if self.epochs < BUDGET_EPOCHS else None, initial=self.st.step, desc="training", unit="step",
                         disable=not (self.cfg.progress and self.d.main), file=sys.stderr, dynamic_ncols=True)
         try:
             while not (reason := self.stop_reason()):
@@ -126,9 +136,10 @@ class Run:
     def stop_reason(self) -> str:
         """Why training should stop now (empty: go on). Checked between epochs, resumed runs included."""
         st, cfg = self.st, self.cfg
-        if st.epoch >= cfg.epochs:
+        if st.epoch >= self.epochs:
             return "epochs done"
-        if st.batch == 0 and st.epoch - st.best["epoch"] >= cfg.patience:
+        stops = len(self.data.val) >= EARLY_STOP_MIN_VAL  # a smaller set cannot tell progress from noise
+        if stops and st.batch == 0 and st.epoch - st.best["epoch"] >= cfg.patience:
             return f"early stop: no val improvement for {cfg.patience} epochs"
         if self.budget and self.now() > self.budget:
             return f"time budget of {cfg.max_minutes} min spent"
@@ -233,7 +244,7 @@ class Run:
             if self.d.main:
                 save_bundle(self.bundle(), self.out / "model.safetensors")
         shown = ", ".join(f"{t}->{p}{'' if t == p else ' x'}" for t, p in list(zip(data.val.labels, preds))[:3])
-        log(f"epoch {st.epoch + 1:3d}/{self.cfg.epochs}  train loss {rec['train_loss']:.4f}  "
+        log(f"epoch {st.epoch + 1:3d}/{self.epochs if self.epochs < BUDGET_EPOCHS else '-'}  train loss {rec['train_loss']:.4f}  "
             f"val loss {val_loss:.4f}  val acc {rep.sequence_accuracy:6.2%}  CER {rep.cer:.4f}  "
             f"{elapsed:5.0f}s{' *' if improved else '  '}  {shown}")
         if self.on_epoch:
@@ -244,8 +255,8 @@ class Run:
         self.save()
 
 
-def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None = None) -> TrainResult:
-    """Train a CRNN on a folder or CSV of labelled images; writes model.safetensors and more to cfg.out.
+def train_model(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None = None) -> TrainResult:
+    """Train one CRNN on a folder or CSV of labelled images; writes model.safetensors and more to cfg.out.
 
     With cfg.resume, continues from cfg.out/checkpoint.pt, mid-epoch if that is where it was written,
     with the same split, weights, optimizer, schedule position, time spent and random states.

@@ -23,23 +23,21 @@ from ..model.backbones import DdddocrBackbone
 from ..model.crnn import CRNN
 from ..model.ddddocr_package import HEIGHT, INSTALL_HINT, installed, package_file
 from ..model.format import one_line
-from ..model.zoo import ZOO_DIR
 from .config import height_problem
 
 ONNX_FILE = "common.onnx"
-SOURCES = ("ddddocr", "mixed")  # or the path of a backbone file written by `captcha-crnn pretrain`
-MIXED_FILE = ZOO_DIR / "backbones" / "mixed.safetensors"  # the project's own, when shipped
+SOURCES = ("ddddocr",)  # or the path of a backbone file written by `captcha-crnn pretrain`
 TOLERANCE = 1e-4  # largest difference allowed between the rebuilt backbone and onnxruntime
 
 
 def available(source: str = "ddddocr") -> bool:
     """Whether the weights of `source` are at hand: the ddddocr package installed (nothing is
-    imported), the project's own shipped, or a file there."""
-    return installed(ONNX_FILE) if source == "ddddocr" else _source_file(source).is_file()
+    imported), or a backbone file there."""
+    return installed(ONNX_FILE) if source == "ddddocr" else Path(source).is_file()
 
 
 def pick_source(requested: str) -> str | None:
-    """The weights `requested` ("auto": ddddocr where installed, else the shipped mixed ones) or None."""
+    """The weights `requested` ("auto": ddddocr where installed) or None."""
     if requested != "auto":
         return requested if available(requested) else None
     return next((s for s in SOURCES if available(s)), None)
@@ -49,13 +47,7 @@ def missing_hint(source: str) -> str:
     """Which weights are missing and how to get them."""
     if source in ("ddddocr", "auto"):
         return f"the pretrained ddddocr backbone is not installed: {INSTALL_HINT}"
-    if source == "mixed":
-        return "--backbone-weights mixed: none is shipped here (make one with `captcha-crnn pretrain`)"
     return f"--backbone-weights {source}: no such file (make one with `captcha-crnn pretrain`)"
-
-
-def _source_file(source: str) -> Path:
-    return MIXED_FILE if source == "mixed" else Path(source)
 
 
 def _onnx_path() -> Path:
@@ -153,11 +145,10 @@ def _ddddocr_weights() -> tuple[dict[str, torch.Tensor], str]:
 
 
 def _read_file(source: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Path]:
-    """(tensors, metadata, path) of a backbone file `captcha-crnn pretrain` wrote (or the shipped
-    mixed one); CaptchaError naming the file when it is missing or not a safetensors file."""
+    """(tensors, metadata, path) of a backbone file `captcha-crnn pretrain` wrote; CaptchaError naming the file when it is missing or not a safetensors file."""
     from safetensors import safe_open
 
-    path = _source_file(source)
+    path = Path(source)
     if not path.is_file():
         raise CaptchaError(missing_hint(source))
     try:

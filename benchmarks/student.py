@@ -1,0 +1,182 @@
+"""Teacher -> student: the default `train` on few labels and unlabelled images, held-out accuracy and the
+output model's reading speed against the shipped captcha_v2 model, in the same run.
+
+    python benchmarks/student.py [--scenarios v2_100_unlabelled v2_all v2_100 hard_200 henan_50 generic_all]
+        [--seeds 0 1 2] [--root ../shared/datasets] [--json benchmarks/results/student.json]
+
+Scenarios (each the default `captcha-crnn train` with --max-minutes; held-out images never labelled):
+- v2_100_unlabelled: captcha_v2, the first 100 files by name labelled, the other 836 as --unlabelled,
+  5 min; scored on those 836 (their labels are never read).
+- v2_all: captcha_v2, all 936 labelled, 3 min, one run per --seeds; scored on the seed's test split.
+- v2_100: captcha_v2, the first 100 labelled, nothing unlabelled, 3 min; scored on the other 836.
+- hard_200: benchmarks/unseen_style.py's style (6 case-sensitive characters of 62, lens, noisy colour),
+  200 labelled and 1800 unlabelled, 10 min; scored on 500 more images of it.
+- henan_50: henan_digits4, 50 labelled of the seed-0 pool and the rest of the pool unlabelled, 5 min;
+  scored on the seed-0 10% test split (benchmarks/learning_curve.py's).
+- generic_all: generic_varlen, the seed-0 pool labelled (case-blind), 10 min; scored on its test split.
+
+Speed: images/s from file bytes to text (Recognizer.predict, default engine), median of 3 passes over
+the held-out images, for the output model and the shipped captcha_v2 model on the same bytes.
+Prints a Markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from captcha_crnn import Recognizer
+from captcha_crnn.data.labels import Sample, read_samples
+from captcha_crnn.data.split import split_items
+from captcha_crnn.training import TrainConfig, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from datasets import machine  # noqa: E402
+from learning_curve import write_csv  # noqa: E402
+
+
+def reading_speed(model: str | Path, images: list[bytes], repeats: int = 3) -> float:
+    """Images per second from bytes to text: the median of `repeats` passes after a warm-up."""
+    rec = Recognizer.load(model)
+    rec.predict(images[:64])
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        rec.predict(images)
+        rates.append(len(images) / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def accuracy(model: str | Path, held: list[Sample], case: str) -> float:
+    fold = (lambda t: t.lower()) if case == "insensitive" else (lambda t: t)
+    preds = Recognizer.load(model).predict([s.path for s in held], errors="return")
+    return sum(getattr(p, "text", None) is not None and fold(p.text) == fold(s.label)
+               for p, s in zip(preds, held)) / len(held)
+
+
+def run(name: str, labelled: list[Sample], unlabelled: list[Sample], held: list[Sample], minutes: float,
+        seed: int, tmp: Path, case: str = "sensitive") -> dict[str, Any]:
+    """Train the default recipe, score the output on `held`, time it and the shipped model."""
+    data = write_csv(labelled, tmp / f"{name}-{seed}-labelled.csv")
+    unl = tmp / f"{name}-{seed}-unlabelled"
+    unl.mkdir(exist_ok=True)
+    for s in unlabelled:
+        link = unl / (Path(s.path).parent.name + "_" + Path(s.path).name)
+        if not link.exists():
+            link.symlink_to(Path(s.path).resolve())
+    cfg = TrainConfig(out=str(tmp / f"{name}-{seed}"), max_minutes=minutes, seed=seed, case=case,
+                      unlabelled=(str(unl),) if unlabelled else (), progress=False)
+    t0 = time.perf_counter()
+    r = train(str(data), cfg)
+    wall = time.perf_counter() - t0
+    recipe = r.recipe or {}
+    sample = [Path(s.path).read_bytes() for s in held[:500]]
+    out_speed = reading_speed(r.model_path, sample)
+    peer_speed = reading_speed("captcha_v2", sample)
+    row = {"scenario": name, "seed": seed, "labelled": len(labelled), "unlabelled": len(unlabelled),
+           "held_out": len(held), "budget_minutes": minutes, "wall_minutes": round(wall / 60, 2),
+           "accuracy": accuracy(r.model_path, held, case),
+           "reader": recipe.get("output", {}).get("reader", "single model"),
+           "why": recipe.get("output", {}).get("why"),
+           "images_per_s": round(out_speed, 1), "shipped_captcha_v2_images_per_s": round(peer_speed, 1),
+           "speed_ratio": round(out_speed / peer_speed, 3)}
+    if recipe:
+        t, p = recipe["teacher"], recipe["pseudo"]
+        other = Path(r.out) / "teacher.safetensors"
+        row.update(teacher_val=t["val"], student_val=recipe["student"]["val"], val_n=t["val_n"],
+                   threshold=p["threshold"], kept=len(p["kept"]), read=p["read"], held_out_precision=p["precision"])
+        if other.is_file():
+            row["teacher_accuracy"] = accuracy(other, held, case)
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def v2(root: Path) -> list[Sample]:
+    return sorted(read_samples(str(root / "captcha_v2")), key=lambda s: s.path)
+
+
+def pool_split(root: Path, path: str, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """benchmarks/learning_curve.py's split: a seeded 90% pool (shuffled) and 10% held out."""
+    samples = sorted(read_samples(str(root / path)), key=lambda s: s.path)
+    pool, _, held = split_items(samples, seed, 0.0, 0.1)
+    return pool, held
+
+
+def hard_style(tmp: Path) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    from unseen_style import generate
+
+    folder = tmp / "hard"
+    if not (folder / "labels.csv").is_file():
+        generate(folder, 2500, seed=7)
+    s = sorted(read_samples(str(folder / "labels.csv")), key=lambda x: int(Path(x.path).stem))
+    return s[:200], s[200:2000], s[2000:]
+
+
+def scenario(name: str, root: Path, seeds: list[int], tmp: Path) -> list[dict[str, Any]]:
+    if name == "v2_100_unlabelled":
+        s = v2(root)
+        return [run(name, s[:100], s[100:], s[100:], 5.0, 0, tmp)]
+    if name == "v2_100":
+        s = v2(root)
+        return [run(name, s[:100], [], s[100:], 3.0, 0, tmp)]
+    if name == "v2_all":
+        rows = []
+        for seed in seeds:
+            _, _, test = split_items(v2(root), seed, 0.1, 0.1)  # the test split `train` makes for this seed
+            rows.append(run(name, v2(root), [], test, 3.0, seed, tmp))
+        return rows
+    if name == "hard_200":
+        lab, unl, held = hard_style(tmp)
+        return [run(name, lab, unl, held, 10.0, 0, tmp)]
+    if name == "henan_50":
+        pool, held = pool_split(root, "henan_digits4/labels.csv")
+        return [run(name, pool[:50], pool[50:], held, 5.0, 0, tmp)]
+    if name == "generic_all":
+        pool, held = pool_split(root, "generic_varlen/labels.csv")
+        return [run(name, pool, [], held, 10.0, 0, tmp, case="insensitive")]
+    raise SystemExit(f"unknown scenario {name}")
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| scenario | labelled | unlabelled | budget | held-out accuracy | output | kept readings | "
+             "images/s (output / shipped captcha_v2) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        kept = f"{r['kept']}/{r['read']}" if "kept" in r else "-"
+        lines.append(f"| {r['scenario']} (seed {r['seed']}) | {r['labelled']} | {r['unlabelled']} | "
+                     f"{r['budget_minutes']:g} min | {r['accuracy']:.2%} (n={r['held_out']}) | {r['reader']} | "
+                     f"{kept} | {r['images_per_s']:.0f} / {r['shipped_captcha_v2_images_per_s']:.0f} "
+                     f"({r['speed_ratio']:.2f}x) |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenarios", nargs="+", default=["v2_100_unlabelled", "v2_all", "v2_100", "hard_200",
+                                                       "henan_50", "generic_all"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--root", default="../shared/datasets")
+    ap.add_argument("--json", default="benchmarks/results/student.json")
+    a = ap.parse_args()
+    out = Path(a.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in a.scenarios:
+            rows += scenario(name, Path(a.root), a.seeds, Path(tmp))
+            out.write_text(json.dumps({"machine": machine(), "load_average_before": load_before,
+                                       "load_average_after": os.getloadavg(), "results": rows}, indent=1))
+    print(table(rows))
+    print(f"\nwrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

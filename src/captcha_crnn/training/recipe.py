@@ -1,0 +1,198 @@
+"""The default recipe, teacher -> student: the pretrained model fine-tuned on the labels (the teacher)
+reads the unlabelled images; its readings that clear a confidence threshold chosen on the held-out
+labels become labels for the small from-scratch model (the student), which reads about ten times
+faster. The output is the student when it reads the held-out labels as well as the teacher.
+
+One time budget covers every stage; `stages.json` in the output folder records each finished stage,
+so `--resume` continues at the stage (and, through its checkpoint, the batch) where a run stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..data.labels import Sample
+from ..files import atomic_write
+from .config import TrainConfig
+from .data import load_data
+from .log import log
+from .loop import EpochHook, TrainResult, train_model
+from .pseudo import PseudoLabels, label_folder_unlabelled, pseudo_label, unlabelled_images
+from .start import resolve_start
+
+STAGES = "stages.json"
+TEACHER_SHARE = 0.4  # of the time budget (benchmarks/learning_curve.py); the student takes what is left
+STUDENT_MIN_SHARE = 0.3  # the student's budget when the teacher and the reading overran theirs
+
+
+def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None = None) -> TrainResult:
+    """Train a reader on a folder or CSV of labelled images; writes model.safetensors and more to cfg.out.
+
+    With the pretrained start at hand (the default from 50 labelled images), trains the pretrained
+    teacher, lets it label cfg.unlabelled (and, for a `captcha-crnn label` folder's labels.csv, the
+    folder's unanswered images), trains the small student on both, and keeps the student when it reads
+    the held-out labels as well (cfg.reader: auto), or as asked (small, big). Otherwise, and under
+    torchrun, one model is trained (training/loop.py: train_model).
+    """
+    cfg = replace(cfg or TrainConfig(), data=str(data))
+    if cfg.reader == "big" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return train_model(data, cfg, on_epoch)
+    tr, va, te, how = load_data(cfg)
+    changes, _ = resolve_start(cfg, len(tr) + len(va) + len(te))
+    if changes["pretrained"] != "on":  # the small model is the whole recipe
+        return train_model(data, cfg, on_epoch)
+    return Recipe(cfg, Split(tr, va, te, how), on_epoch).run()
+
+
+@dataclass
+class Split:
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    how: str
+
+
+def write_csv(rows: list[Sample] | list[tuple[str, str]], path: Path) -> Path:
+    """A labels.csv of absolute paths (the format `train` reads), written atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["filename", "label"])
+    for r in rows:
+        w.writerow((str(Path(r.path).resolve()), r.label) if isinstance(r, Sample) else r)
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+    return path
+
+
+class Recipe:
+    """The stages of one teacher -> student run, and the record of those already done."""
+
+    def __init__(self, cfg: TrainConfig, split: Split, on_epoch: EpochHook | None):
+        self.cfg, self.split, self.on_epoch = cfg, split, on_epoch
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / STAGES
+        self.done: dict[str, Any] = json.loads(path.read_text()) if cfg.resume and path.is_file() else {}
+        self.t0 = time.perf_counter() - self.done.get("seconds", 0.0)
+        self.results: dict[str, TrainResult] = {}
+
+    def elapsed_min(self) -> float:
+        return (time.perf_counter() - self.t0) / 60
+
+    def record(self, stage: str, value: dict[str, Any]) -> None:
+        self.done[stage] = value
+        self.done["seconds"] = time.perf_counter() - self.t0
+        text = json.dumps(self.done, indent=1)
+        atomic_write(self.out / STAGES, lambda f: f.write(text.encode()))
+
+    # stages ----------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg, sp = self.cfg, self.split
+        folder = self.out / "split"
+        files = {name: write_csv(part, folder / f"{name}.csv")
+                 for name, part in (("train", sp.train), ("val", sp.val), ("test", sp.test)) if part}
+        images = unlabelled_images(list(cfg.unlabelled), exclude=sp.train + sp.val + sp.test)
+        extra = label_folder_unlabelled(cfg.data)
+        if extra:
+            log(f"label folder: {len(extra)} images without an answer are used as unlabelled")
+            images = sorted(set(images) | set(extra))
+        n = len(sp.train) + len(sp.val) + len(sp.test)
+        log(f"recipe: teacher -> student on {n} labelled images ({len(sp.train)} train, {len(sp.val)} held out for "
+            f"validation and the threshold, {len(sp.test)} test) and {len(images)} unlabelled; {sp.how}")
+        teacher = self.stage("teacher", 1, files["train"], files, {"reader": "big"}, TEACHER_SHARE)
+        pseudo = self.read_unlabelled(teacher, images)
+        student_data = files["train"]
+        if pseudo.kept:
+            student_data = write_csv(sp.train + [Sample(p, t) for p, t in pseudo.kept], folder / "student.csv")
+        student = self.stage("student", 3, student_data, files, STUDENT, None)
+        return self.choose(teacher, student)
+
+    def budget(self, share: float | None) -> float | None:
+        """Minutes for a stage: `share` of the budget, or (None) what is left of it."""
+        total = self.cfg.max_minutes
+        if not total:
+            return None
+        if share is not None:
+            return total * share
+        return max(total - self.elapsed_min(), total * STUDENT_MIN_SHARE)
+
+    def stage(self, name: str, number: int, data: Path, files: dict[str, Path], changes: dict[str, Any],
+              share: float | None) -> dict[str, Any]:
+        """Train the teacher or the student in OUT/<name> (resumed from its checkpoint where there is one)."""
+        if name in self.done:
+            log(f"stage {number}/3 {name}: done in an earlier run ({self.done[name]['val']:.2%} held out)")
+            return self.done[name]
+        minutes = self.budget(share)
+        out = self.out / name
+        what = ("the pretrained start fine-tuned on the labels" if name == "teacher"
+                else "the small model on the labels and the kept readings")
+        log(f"stage {number}/3 {name}: {what}" + (f", {minutes:.1f} min" if minutes else ""))
+        test = str(files["test"]) if "test" in files else None
+        cfg = replace(self.cfg, out=str(out), max_minutes=minutes, val_data=str(files["val"]), test_data=test,
+                      val=None, test=None if test else 0.0, label_regex=None, label_sep=None, unlabelled=(),
+                      resume=self.cfg.resume and (out / "checkpoint.pt").is_file(), **changes)
+        r = train_model(str(data), cfg, self.on_epoch)
+        self.results[name] = r
+        summary = {"model": str(r.model_path), "val": r.best["val_sequence_accuracy"],
+                   "val_n": len(self.split.val), "epochs": len(r.history), "minutes": round(self.elapsed_min(), 2),
+                   "test": r.test.sequence_accuracy if r.test else None}
+        self.record(name, summary)
+        return summary
+
+    def read_unlabelled(self, teacher: dict[str, Any], images: list[str]) -> PseudoLabels:
+        """Stage 2: the teacher's readings of the unlabelled images, kept above the held-out threshold."""
+        if "pseudo" in self.done:
+            p = PseudoLabels.from_dict(self.done["pseudo"])
+            log(f"stage 2/3 readings: done in an earlier run ({len(p.kept)} kept)")
+            return p
+        log(f"stage 2/3 readings: the teacher reads {len(images)} unlabelled images")
+        p = pseudo_label(teacher["model"], self.split.train, self.split.val, images, self.cfg)
+        log(p.describe())
+        self.record("pseudo", p.to_dict())
+        return p
+
+    def choose(self, teacher: dict[str, Any], student: dict[str, Any]) -> TrainResult:
+        """The student when it reads the held-out labels as well as the teacher (within one image or 0.5
+        points) or --reader small asks for it, else the teacher; the other is kept beside it."""
+        t, s, n = teacher["val"], student["val"], max(1, teacher["val_n"])
+        margin = max(1 / n, 0.005)
+        if self.cfg.reader == "small":
+            pick, why = "student", "--reader small"
+        elif s >= t - margin:
+            pick, why = "student", (f"it reads {s:.2%} of the {n} held-out images, the teacher {t:.2%} "
+                                    f"(no more than one image or 0.5 points fewer), at the small model's speed")
+        else:
+            pick, why = "teacher", (f"the student reads {s:.2%} of the {n} held-out images, the teacher {t:.2%}, "
+                                    "more than one image or 0.5 points better")
+        other = "teacher" if pick == "student" else "student"
+        chosen = self.done[pick]
+        out = self.out / "model.safetensors"
+        shutil.copyfile(chosen["model"], out)
+        shutil.copyfile(self.done[other]["model"], self.out / f"{other}.safetensors")
+        for name in ("history.json", "curves.png"):
+            src = Path(chosen["model"]).parent / name
+            if src.is_file():
+                shutil.copyfile(src, self.out / name)
+        self.record("output", {"reader": pick, "why": why})
+        log(f"output: the {pick} ({why}); {out}, the {other} in {self.out / (other + '.safetensors')}")
+        return self.result(pick, out)
+
+    def result(self, pick: str, model: Path) -> TrainResult:
+        r = self.results.get(pick)
+        if r is None:  # trained by an earlier run: its history and figures from its folder
+            h = json.loads((Path(self.done[pick]["model"]).parent / "history.json").read_text())
+            r = TrainResult(self.out, model, h["history"], h["best"], None)
+        return replace(r, out=self.out, model_path=model, recipe={k: v for k, v in self.done.items()
+                                                                  if k != "seconds"})
+
+
+# the student: the small from-scratch model (the shipped models' architecture), its own input settings
+STUDENT: dict[str, Any] = {"pretrained": "off", "backbone": "auto", "backbone_weights": "auto", "preset": "auto",
+                           "height": "auto", "channels": "auto", "init": "auto", "reader": "big"}

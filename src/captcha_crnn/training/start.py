@@ -1,0 +1,106 @@
+"""The one place that decides what a run starts from: random weights, the shipped synthetic model, the
+pretrained ddddocr backbone, a backbone file from `captcha-crnn pretrain`, or a trained model
+(`--init MODEL`). `resolve_start` returns the settings that start implies and why it was chosen;
+setup.init_weights carries it out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import CaptchaError
+from . import pretrained
+from .config import TrainConfig
+
+# When --pretrained auto starts from the ddddocr backbone, counted in the labelled images the user gave
+# (benchmarks/learning_curve.py: from 50 labels the pretrained teacher's confident readings teach the small
+# model; below, the small model from the shipped synthetic one is the whole recipe).
+PRETRAINED_MIN_LABELS = 50
+PRETRAINED_WHY = "measured from 50 labelled images up on captcha_v2, henan_digits4 and generic_varlen"
+NAMED_INIT = ("auto", "none", "", None)  # init values that name no model
+
+
+def init_model(cfg: TrainConfig) -> str | None:
+    """The model --init names, or None (auto: the shipped synthetic model; none: random weights)."""
+    return None if cfg.init in NAMED_INIT else cfg.init
+
+
+def _from_init(cfg: TrainConfig, init: str) -> tuple[dict[str, Any], list[str]]:
+    """--init MODEL: the architecture and input height of that model, its weights copied in."""
+    from ..model.format import parse_metadata, read_metadata
+    from ..model.zoo import resolve_model
+
+    if cfg.pretrained == "on" or cfg.backbone_weights != "auto":
+        flag = "--pretrained on" if cfg.pretrained == "on" else "--backbone-weights"
+        raise CaptchaError(f"--init {init} starts from a trained model, {flag} from a pretrained backbone; drop one")
+    path = resolve_model(init)
+    spec = parse_metadata(read_metadata(path), str(path))
+    arch = spec.arch.to_dict()
+    changes: dict[str, Any] = {"pretrained": "off", "backbone": arch["backbone"], "rnn": arch["rnn"]}
+    if cfg.backbone not in ("auto", arch["backbone"]):
+        raise CaptchaError(f"--init {init} has the {arch['backbone']} backbone, not --backbone {cfg.backbone}")
+    if cfg.preset == "auto":
+        changes["preset"] = _preset_of(arch)
+    if arch["backbone"] == "ddddocr":
+        changes["channels"] = 1
+        if cfg.height == "auto":
+            changes["height"] = spec.preprocess.height
+    return changes, [f"warm start from {init} (named by --init), its architecture ({changes.get('preset', cfg.preset)} "
+                     f"{arch['backbone']}+{arch['rnn']})"]
+
+
+def _preset_of(arch: dict[str, Any]) -> str:
+    """The preset whose sizes a stored architecture has (small when none matches: the warm start says what
+    it could copy)."""
+    from ..model.crnn import preset
+
+    for name in ("small", "tiny", "base", "pretrained"):
+        want = preset(name, backbone=arch["backbone"]).to_dict()
+        if all(json.dumps(want[k]) == json.dumps(arch[k]) for k in ("widths", "depth", "hidden", "proj")):
+            return name
+    return "small"
+
+
+def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Settle --pretrained and --backbone (and, for --init, the architecture): the ddddocr backbone with its
+    weights where asked for, or (auto) where installed, the architecture is left to auto (a --preset or a
+    plain/resnet backbone names a from-scratch model) and the user gave at least PRETRAINED_MIN_LABELS
+    labelled images; else the from-scratch default. Also the input the pretrained backbone expects."""
+    init = init_model(cfg)
+    if init is not None:
+        return _from_init(cfg, init)
+    weights = cfg.backbone_weights != "auto"  # naming the weights asks for the pretrained start
+    if (cfg.pretrained == "on" or weights) and cfg.backbone not in ("auto", "ddddocr"):
+        flag = "--pretrained on" if cfg.pretrained == "on" else "--backbone-weights"
+        raise CaptchaError(f"{flag} needs --backbone ddddocr (or auto), not {cfg.backbone}")
+    if weights and cfg.pretrained == "off":
+        raise CaptchaError("--backbone-weights names pretrained weights, --pretrained off asks for none; drop one")
+    named = cfg.backbone == "ddddocr" or weights
+    wants = cfg.pretrained == "on" or (cfg.pretrained == "auto" and (
+        named or (cfg.backbone == "auto" and cfg.preset == "auto")))
+    few = (cfg.pretrained == "auto" and not named and cfg.backbone == "auto"
+           and n_labelled is not None and n_labelled < PRETRAINED_MIN_LABELS)
+    if not wants or few:
+        notes = [f"from scratch: {n_labelled} labelled images, under the {PRETRAINED_MIN_LABELS} from which the "
+                 "pretrained start helps"] if wants else []
+        return {"pretrained": "off", "backbone": "plain" if cfg.backbone == "auto" else cfg.backbone}, notes
+    source = pretrained.pick_source(cfg.backbone_weights)
+    if source is None:
+        hint = pretrained.missing_hint(cfg.backbone_weights)
+        if cfg.pretrained == "on" or named:
+            raise CaptchaError(hint + ("" if cfg.pretrained == "on" or weights else
+                                       " (or --pretrained off for random weights)"))
+        return {"pretrained": "off", "backbone": "plain"}, [f"from scratch: {hint}"]
+    if source != "ddddocr":
+        pretrained.backbone_weights(source)  # a bad file fails now, before the images are decoded
+    if cfg.channels not in ("auto", 1, "1"):
+        raise CaptchaError("--pretrained: the ddddocr backbone reads grey images; drop --channels 3")
+    changes: dict[str, Any] = {"pretrained": "on", "backbone": "ddddocr", "channels": 1, "backbone_weights": source}
+    if cfg.height == "auto":
+        changes["height"] = pretrained.native_height(source)  # what the backbone was trained at
+    if cfg.preset == "auto":
+        changes["preset"] = "pretrained"
+    why = (PRETRAINED_WHY if source == "ddddocr" else "named by --backbone-weights" if weights
+           else "the project's own, as ddddocr is not installed")
+    return changes, [f"pretrained start from the {source} backbone ({why}), grey, height "
+                     f"{changes.get('height', cfg.height)}"]
