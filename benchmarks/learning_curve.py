@@ -1,8 +1,9 @@
 """How many labelled captchas a style needs: held-out accuracy against training-set size, from
-scratch and from the pretrained ddddocr backbone, under the same time budget.
+scratch, from the pretrained ddddocr backbone, and the default teacher -> student recipe with the rest
+of the pool as unlabelled images, under the same time budget; with each output model's reading speed.
 
     python benchmarks/learning_curve.py [--datasets captcha_v2 henan_digits4 generic_varlen]
-        [--sizes 50 100 250 500 1000 all] [--starts scratch pretrained own] [--seed 0]
+        [--sizes 50 100 250 500 1000 all] [--starts scratch pretrained student own] [--seed 0]
         [--minutes-scale 1.0 | --minutes M] [--root ../shared/datasets]
         [--json benchmarks/results/learning_curve.json]
         [--plot benchmarks/results/learning_curve.png]
@@ -10,10 +11,12 @@ scratch and from the pretrained ddddocr backbone, under the same time budget.
 Per dataset, a seeded 10% is held out (the same images for every size and start). From the other
 90%, the first N of a seeded shuffle are labelled (each smaller set is part of every larger one);
 training takes its own 10% of them for validation, as ``captcha-crnn train`` does. Each point is
-``captcha-crnn train POOL --max-minutes M --pretrained off|on`` with M = 3 (captcha_v2), 5
+``captcha-crnn train POOL --max-minutes M`` with ``--pretrained off``, ``--pretrained on --reader big``
+or, for the student, ``--unlabelled REST`` (the pool's other images), with M = 3 (captcha_v2), 5
 (henan_digits4) or 10 (generic_varlen, case-blind) minutes times --minutes-scale, or --minutes for
 every point; every other setting is the default. Figures are sequence accuracy on the held-out images.
 
+Speed: images/s from the held-out files' bytes to text (benchmarks/student.py: reading_speed), same run.
 Prints a Markdown table, writes JSON and draws accuracy against labelled images (log x).
 """
 
@@ -37,9 +40,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from datasets import DATASETS, Dataset, machine, parse_value  # noqa: E402
 
 # each start as TrainConfig fields: from scratch, the ddddocr backbone, the project's own (`pretrain`)
-STARTS: dict[str, dict[str, str]] = {"scratch": {"pretrained": "off"},
-                                     "pretrained": {"pretrained": "on", "backbone_weights": "ddddocr"},
-                                     "own": {"pretrained": "on", "backbone_weights": "mixed"}}
+# "student": the default recipe, the pretrained teacher's readings of the rest of the pool teaching the small model
+STARTS: dict[str, dict[str, Any]] = {"scratch": {"pretrained": "off"},
+                                     "pretrained": {"pretrained": "on", "backbone_weights": "ddddocr", "reader": "big"},
+                                     "own": {"pretrained": "on", "reader": "big"},
+                                     "student": {}}
 
 
 def write_csv(samples: list[Sample], path: Path) -> Path:
@@ -53,17 +58,30 @@ def write_csv(samples: list[Sample], path: Path) -> Path:
 
 
 def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: float, tmp: Path,
-          overrides: dict[str, Any]) -> dict[str, Any]:
-    """Train one start on one pool under the budget; score it on the held-out images."""
+          overrides: dict[str, Any], unlabelled: Path, speed_images: list[bytes]) -> dict[str, Any]:
+    """Train one start on one pool under the budget; score it on the held-out images and time its reading."""
+    from student import reading_speed
+
+    extra = {"unlabelled": (str(unlabelled),)} if start == "student" else {}
     cfg = TrainConfig(out=str(tmp / f"{ds.name}-{pool.stem}-{start}"), max_minutes=minutes, seed=seed,
                       case=ds.case, test=0.0, test_data=str(test), progress=False,
-                      **{**STARTS[start], **overrides})
+                      **{**STARTS[start], **extra, **overrides})
     t0 = time.perf_counter()
     r = train(str(pool), cfg)
     assert r.test is not None
+    output = ((r.recipe or {}).get("output") or {}).get("reader", "single model")
     return {"start": start, "sequence_accuracy": r.test.sequence_accuracy, "cer": r.test.cer, "test_n": r.test.n,
-            "epochs": len(r.history), "train_minutes": r.history[-1]["time_s"] / 60,
-            "wall_minutes": (time.perf_counter() - t0) / 60, "val_sequence_accuracy": r.best["val_sequence_accuracy"]}
+            "epochs": len(r.history), "train_minutes": r.history[-1]["time_s"] / 60, "output": output,
+            "wall_minutes": (time.perf_counter() - t0) / 60, "val_sequence_accuracy": r.best["val_sequence_accuracy"],
+            "images_per_s": round(reading_speed(r.model_path, speed_images), 1)}
+
+
+def link_folder(samples: list[Sample], folder: Path) -> Path:
+    """A folder of links to the images of `samples` (the --unlabelled images of the student series)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(samples):
+        (folder / f"{i:05d}{Path(s.path).suffix}").symlink_to(Path(s.path).resolve())
+    return folder
 
 
 def run_dataset(ds: Dataset, root: Path, sizes: list[str], starts: list[str], seed: int, minutes: float,
@@ -71,18 +89,22 @@ def run_dataset(ds: Dataset, root: Path, sizes: list[str], starts: list[str], se
     samples = sorted(read_samples(str(root / ds.path)), key=lambda s: s.path)
     pool, _, held = split_items(samples, seed, 0.0, 0.1)  # pool: seeded shuffle of the other 90%
     test = write_csv(held, tmp / f"{ds.name}-test.csv")
+    speed = [Path(s.path).read_bytes() for s in held[:300]]
     rows: list[dict[str, Any]] = []
     for size in sizes:
         n = len(pool) if size == "all" else min(int(size), len(pool))
         if any(r["labelled"] == n for r in rows):  # a size above the pool is the pool: measured once
             continue
         csv_path = write_csv(pool[:n], tmp / f"{ds.name}-{n}.csv")
-        row: dict[str, Any] = {"dataset": ds.name, "labelled": n, "size": size, "budget_minutes": minutes}
+        unlabelled = link_folder(pool[n:], tmp / f"{ds.name}-{n}-unlabelled") if "student" in starts else tmp
+        row: dict[str, Any] = {"dataset": ds.name, "labelled": n, "size": size, "budget_minutes": minutes,
+                               "unlabelled": len(pool) - n if "student" in starts else 0}
         for start in starts:
-            row[start] = point(ds, csv_path, test, start, seed, minutes, tmp, overrides)
+            row[start] = point(ds, csv_path, test, start, seed, minutes, tmp, overrides, unlabelled, speed)
             p = row[start]
             print(f"{ds.name} n={n} {start}: {p['sequence_accuracy']:.2%} ({p['epochs']} epochs, "
-                  f"{p['train_minutes']:.1f} min)", file=sys.stderr, flush=True)
+                  f"{p['train_minutes']:.1f} min, {p['output']}, {p['images_per_s']:.0f} images/s)",
+                  file=sys.stderr, flush=True)
         rows.append(row)
     return rows
 
@@ -92,7 +114,8 @@ def table(rows: list[dict[str, Any]], starts: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         vals = [r["dataset"], str(r["labelled"]), f"{r['budget_minutes']:g}"]
-        vals += [f"{r[s]['sequence_accuracy']:.2%}" for s in starts]
+        vals += [f"{r[s]['sequence_accuracy']:.2%} ({r[s]['images_per_s']:.0f}/s)" if "images_per_s" in r[s]
+                 else f"{r[s]['sequence_accuracy']:.2%}" for s in starts]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -128,7 +151,7 @@ def main() -> int:
     ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     ap.add_argument("--sizes", nargs="+", default=["50", "100", "250", "500", "1000", "all"])
     ap.add_argument("--starts", nargs="+", choices=list(STARTS), default=["scratch", "pretrained"])
-    ap.add_argument("--own-weights", default=None, metavar="FILE", help="the own start's backbone (default: shipped)")
+    ap.add_argument("--own-weights", default=None, metavar="FILE", help="the own start's backbone file")
     ap.add_argument("--root", default="../shared/datasets")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes-scale", type=float, default=1.0)
@@ -146,6 +169,8 @@ def main() -> int:
         plot(rows, a.starts, Path(a.plot))
         return 0
     overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in a.set)}
+    if "own" in a.starts and not a.own_weights:
+        ap.error("--starts own needs --own-weights FILE (a backbone from `captcha-crnn pretrain`)")
     if a.own_weights:
         STARTS["own"]["backbone_weights"] = str(Path(a.own_weights).resolve())
     load_before = os.getloadavg()

@@ -15,7 +15,7 @@ from captcha_crnn.errors import CaptchaError
 from captcha_crnn.model.backbones import DdddocrBackbone, ddddocr_bn, fold_batchnorm
 from captcha_crnn.training import TrainConfig, pretrained
 from captcha_crnn.training import pretrain as pretrain_module
-from captcha_crnn.training.autoconfig import resolve_start
+from captcha_crnn.training.start import resolve_start
 from captcha_crnn.training.pretrain import PretrainConfig, pretrain
 
 
@@ -102,7 +102,7 @@ def test_start_options_that_contradict_each_other(pretrained_file: Path) -> None
 
 def test_backbone_file_is_the_pretrained_start(pretrained_file: Path, tmp_path: Path) -> None:
     path = str(pretrained_file / "backbone.safetensors")
-    changes, notes = resolve_start(TrainConfig(backbone_weights=path), n_train=20)  # named: no small-set rule
+    changes, notes = resolve_start(TrainConfig(backbone_weights=path), n_labelled=20)  # named: no small-set rule
     assert changes["pretrained"] == "on" and changes["backbone_weights"] == path and path in notes[0]
     assert changes["height"] == 32 == pretrained.native_height(path)  # the height it was pre-trained at
     assert pretrained.native_height("ddddocr") == 64
@@ -110,7 +110,8 @@ def test_backbone_file_is_the_pretrained_start(pretrained_file: Path, tmp_path: 
     from captcha_crnn.training import train
 
     r = train(str(tmp_path / "d"), TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=8, label_sep="-",
-                                              progress=False, backbone_weights=path, freeze_epochs=1))
+                                              progress=False, backbone_weights=path, freeze_epochs=1,
+                                              reader="big"))
     from safetensors.torch import load_file
 
     saved, ref = load_file(str(r.model_path)), load_file(path)
@@ -139,16 +140,14 @@ def test_bad_backbone_files_are_one_line(tmp_path: Path) -> None:
         resolve_start(TrainConfig(backbone_weights=str(tmp_path / "odd.safetensors")))
 
 
-def test_auto_prefers_ddddocr_then_the_shipped_mixed_backbone(pretrained_file: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pretrained, "MIXED_FILE", pretrained_file / "backbone.safetensors")
+def test_auto_takes_ddddocr_or_no_pretrained_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: ddddocr's weights where the package is installed; else the from-scratch start (no backbone of the
+    project's own is shipped, and "mixed" names none)."""
     if pretrained.available("ddddocr"):
         assert pretrained.pick_source("auto") == "ddddocr"
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ddddocr" else real(n, *a))
-    assert pretrained.pick_source("auto") == "mixed"
-    changes, notes = resolve_start(TrainConfig(), n_train=500)
-    assert changes["backbone_weights"] == "mixed" and "the project's own" in notes[0]
-    monkeypatch.setattr(pretrained, "MIXED_FILE", pretrained_file / "absent.safetensors")
     assert pretrained.pick_source("auto") is None
-    assert resolve_start(TrainConfig(), n_train=500)[0] == {"pretrained": "off", "backbone": "plain"}
+    assert resolve_start(TrainConfig(), n_labelled=500)[0] == {"pretrained": "off", "backbone": "plain"}
+    with pytest.raises(CaptchaError, match="--backbone-weights mixed: no such file"):
+        resolve_start(TrainConfig(backbone_weights="mixed"))

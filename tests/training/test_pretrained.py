@@ -16,7 +16,7 @@ from captcha_crnn.errors import CaptchaError
 from captcha_crnn.model.backbones import DdddocrBackbone
 from captcha_crnn.model.crnn import CRNN, preset
 from captcha_crnn.training import TrainConfig, pretrained, train
-from captcha_crnn.training.autoconfig import resolve_start
+from captcha_crnn.training.start import resolve_start
 
 needs_ddddocr = pytest.mark.skipif(not pretrained.available(), reason="the pretrained extra (ddddocr) is not installed")
 
@@ -29,8 +29,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def uninstalled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """As if the ddddocr package were not installed (and no mixed backbone shipped)."""
-    monkeypatch.setattr(pretrained, "MIXED_FILE", tmp_path / "no-mixed.safetensors")
+    """As if the ddddocr package were not installed."""
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ddddocr" else real(name, *a))
 
@@ -80,10 +79,10 @@ def test_choices_that_contradict_each_other() -> None:
     assert resolve_start(TrainConfig(pretrained="off"))[0] == {"pretrained": "off", "backbone": "plain"}
     assert resolve_start(TrainConfig(preset="tiny"))[0]["pretrained"] == "off"  # a scratch architecture
     if pretrained.available():  # auto: a from-scratch start for very few images, the pretrained one above
-        changes, notes = resolve_start(TrainConfig(), n_train=20)
-        assert changes["pretrained"] == "off" and "20 training images" in notes[0]
-        assert resolve_start(TrainConfig(), n_train=500)[0]["pretrained"] == "on"
-        assert resolve_start(TrainConfig(pretrained="on"), n_train=20)[0]["pretrained"] == "on"
+        changes, notes = resolve_start(TrainConfig(), n_labelled=20)
+        assert changes["pretrained"] == "off" and "20 labelled images" in notes[0]
+        assert resolve_start(TrainConfig(), n_labelled=50)[0]["pretrained"] == "on"
+        assert resolve_start(TrainConfig(pretrained="on"), n_labelled=20)[0]["pretrained"] == "on"
     with pytest.raises(CaptchaError, match="--freeze-epochs"):
         TrainConfig(freeze_epochs=-1).validate()
     with pytest.raises(CaptchaError, match="--backbone-lr"):
@@ -104,7 +103,7 @@ def test_pretrained_start_end_to_end(cache: Path, tmp_path: Path, monkeypatch: p
         seen.append({k: v.clone() for k, v in bundle.model.backbone.state_dict().items()})
 
     cfg = TrainConfig(out=str(tmp_path / "run"), epochs=3, batch_size=8, freeze_epochs=1, label_sep="-",
-                      progress=False, ema=0.0, lr=1e-3, pretrained="on")
+                      progress=False, ema=0.0, lr=1e-3, pretrained="on", reader="big")
     r = train(str(tmp_path / "d"), cfg, on_epoch=hook)
     assert r.config["pretrained"] == "on" and r.config["backbone"] == "ddddocr"
     assert all(torch.equal(seen[0][k], ref[k]) for k in ref)  # frozen in epoch 1

@@ -67,8 +67,9 @@ class BackgroundTrainer:
                 self._state.update(state="failed", exit_status=code, line=f"{summary['model']}: {one_line(e)}")
             return
         test = summary.get("test") or {}
+        reader = ((summary.get("recipe") or {}).get("output") or {}).get("reader", "single model")
         with self._lock:
-            self._state.update(state="done", model=summary["model"], exit_status=0, note=note,
+            self._state.update(state="done", model=summary["model"], exit_status=0, note=note, reader=reader,
                                val_accuracy=summary["best"].get("val_sequence_accuracy"),
                                test_accuracy=test.get("sequence_accuracy"), test_n=test.get("n"))
 

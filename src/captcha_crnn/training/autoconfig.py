@@ -8,7 +8,6 @@ chosen in data.choose_preprocess from the image sizes and the longest label.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 from PIL import Image

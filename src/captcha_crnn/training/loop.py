@@ -119,7 +119,8 @@ class Run:
 
         self.clock = Clock(self.st.elapsed)
         self.last_save = self.st.elapsed
-        self.bar = tqdm(total=self.total_steps if self.epochs < BUDGET_EPOCHS else None, initial=self.st.step, desc="training", unit="step",
+        total = self.total_steps if self.epochs < BUDGET_EPOCHS else None  # a budget run: rate, no ETA
+        self.bar = tqdm(total=total, initial=self.st.step, desc="training", unit="step",
                         disable=not (self.cfg.progress and self.d.main), file=sys.stderr, dynamic_ncols=True)
         try:
             while not (reason := self.stop_reason()):
@@ -244,7 +245,8 @@ class Run:
             if self.d.main:
                 save_bundle(self.bundle(), self.out / "model.safetensors")
         shown = ", ".join(f"{t}->{p}{'' if t == p else ' x'}" for t, p in list(zip(data.val.labels, preds))[:3])
-        log(f"epoch {st.epoch + 1:3d}/{self.epochs if self.epochs < BUDGET_EPOCHS else '-'}  train loss {rec['train_loss']:.4f}  "
+        of = self.epochs if self.epochs < BUDGET_EPOCHS else "-"
+        log(f"epoch {st.epoch + 1:3d}/{of}  train loss {rec['train_loss']:.4f}  "
             f"val loss {val_loss:.4f}  val acc {rep.sequence_accuracy:6.2%}  CER {rep.cer:.4f}  "
             f"{elapsed:5.0f}s{' *' if improved else '  '}  {shown}")
         if self.on_epoch:

@@ -145,7 +145,8 @@ def _ddddocr_weights() -> tuple[dict[str, torch.Tensor], str]:
 
 
 def _read_file(source: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Path]:
-    """(tensors, metadata, path) of a backbone file `captcha-crnn pretrain` wrote; CaptchaError naming the file when it is missing or not a safetensors file."""
+    """(tensors, metadata, path) of a backbone file `captcha-crnn pretrain` wrote; CaptchaError naming the
+    file when it is missing or not a safetensors file."""
     from safetensors import safe_open
 
     path = Path(source)

@@ -43,13 +43,20 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
     torchrun, one model is trained (training/loop.py: train_model).
     """
     cfg = replace(cfg or TrainConfig(), data=str(data))
+    if cfg.unlabelled:
+        unlabelled_images(list(cfg.unlabelled), [])  # a missing folder fails now, in one line
+    why_single = ""
     if cfg.reader == "big" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return train_model(data, cfg, on_epoch)
-    tr, va, te, how = load_data(cfg)
-    changes, _ = resolve_start(cfg, len(tr) + len(va) + len(te))
-    if changes["pretrained"] != "on":  # the small model is the whole recipe
-        return train_model(data, cfg, on_epoch)
-    return Recipe(cfg, Split(tr, va, te, how), on_epoch).run()
+        why_single = "--reader big" if cfg.reader == "big" else "a distributed run trains one model"
+    else:
+        tr, va, te, how = load_data(cfg)
+        changes, _ = resolve_start(cfg, len(tr) + len(va) + len(te))
+        if changes["pretrained"] == "on":
+            return Recipe(cfg, Split(tr, va, te, how), on_epoch).run()
+        why_single = "the start is the small model itself"
+    if cfg.unlabelled or label_folder_unlabelled(cfg.data):
+        log(f"unlabelled images: not used ({why_single}; the teacher's readings need the pretrained start)")
+    return train_model(data, cfg, on_epoch)
 
 
 @dataclass

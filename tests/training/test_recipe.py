@@ -1,0 +1,133 @@
+"""Teacher -> student: the start decision, the few-label split, the threshold on the held-out readings,
+unlabelled images (given and from a label folder), the stages end to end and --resume across them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_clean_set
+
+from captcha_crnn.cli import main
+from captcha_crnn.data.label_store import LabelStore
+from captcha_crnn.data.labels import LabelRule, read_samples
+from captcha_crnn.errors import CaptchaError
+from captcha_crnn.training import TrainConfig, pretrained, train
+from captcha_crnn.training.data import split_fractions
+from captcha_crnn.training.pseudo import choose_threshold, label_folder_unlabelled, pseudo_label, unlabelled_images
+from captcha_crnn.training.start import resolve_start
+
+needs_ddddocr = pytest.mark.skipif(not pretrained.available(), reason="the pretrained extra (ddddocr) is not installed")
+
+
+def test_threshold_is_the_lowest_that_keeps_the_precision() -> None:
+    conf = [0.99, 0.98, 0.97, 0.9, 0.8, 0.5]
+    assert choose_threshold(conf, [True] * 6) == (0.5, 1.0, 6)
+    assert choose_threshold(conf, [True, True, True, False, True, True]) == (0.97, 1.0, 3)
+    assert choose_threshold(conf, [False] + [True] * 5) == (None, None, 0)  # the surest reading is wrong
+    # a tie is kept whole or not at all: 0.9 holds one right and one wrong reading
+    assert choose_threshold([0.99, 0.9, 0.9], [True, True, False]) == (0.99, 1.0, 1)
+    many = [1 - i / 1000 for i in range(200)]
+    right = [i != 150 for i in range(200)]  # one miss in 200: 99.5% right over all of them
+    assert choose_threshold(many, right) == (many[-1], 199 / 200, 200)
+    assert choose_threshold([], []) == (None, None, 0)
+
+
+def test_few_labels_split_keeps_every_label_for_training_or_validation() -> None:
+    assert split_fractions(TrainConfig(), 100) == (0.2, 0.0)
+    assert split_fractions(TrainConfig(), 936) == (0.1, 0.1)
+    assert split_fractions(TrainConfig(val=0.3, test=0.1), 100) == (0.3, 0.1)  # the flags win
+    assert split_fractions(TrainConfig(val_data="v.csv"), 100) == (0.0, 0.0)
+
+
+def test_start_is_decided_by_labelled_images_and_init() -> None:
+    changes, notes = resolve_start(TrainConfig(init="synthetic"), n_labelled=5000)
+    assert changes["pretrained"] == "off" and changes["backbone"] == "plain" and changes["preset"] == "small"
+    assert "--init" in notes[0]
+    with pytest.raises(CaptchaError, match="--init synthetic starts from a trained model, --pretrained on"):
+        resolve_start(TrainConfig(init="synthetic", pretrained="on"))
+    with pytest.raises(CaptchaError, match="no such model file"):
+        resolve_start(TrainConfig(init="nope.safetensors"))
+    assert resolve_start(TrainConfig(), n_labelled=49)[0]["pretrained"] == "off"
+
+
+def test_unlabelled_images_leave_out_the_labelled_ones(tmp_path: Path) -> None:
+    make_clean_set(tmp_path / "d", 6)
+    labelled = read_samples(str(tmp_path / "d"), LabelRule(sep="-"))[:2]
+    found = unlabelled_images([str(tmp_path / "d")], labelled)
+    assert len(found) == 4 and not {str(Path(s.path).resolve()) for s in labelled} & set(found)
+    assert unlabelled_images([str(tmp_path / "d" / "*.png")], []) == sorted(found + [
+        str(Path(s.path).resolve()) for s in labelled])
+    with pytest.raises(CaptchaError, match="nowhere: no such file or folder"):
+        unlabelled_images([str(tmp_path / "nowhere")], [])
+
+
+def test_label_folder_gives_its_unanswered_images(tmp_path: Path) -> None:
+    make_clean_set(tmp_path / "f", 5)
+    store = LabelStore(tmp_path / "f")
+    store.answer(store.names[0], "label", "123")
+    store.answer(store.names[1], "unreadable")
+    store.answer(store.names[2], "skip")
+    left = label_folder_unlabelled(str(tmp_path / "f" / "labels.csv"))
+    assert [Path(p).name for p in left] == store.names[2:]  # skipped and unanswered, not the unreadable one
+    assert label_folder_unlabelled(str(tmp_path / "f" / "other.csv")) == []
+    make_clean_set(tmp_path / "plain", 3)
+    assert label_folder_unlabelled(str(tmp_path / "plain")) == []  # no labelling session there
+
+
+def test_teacher_readings_above_the_threshold_are_kept(trained, clean_dir: Path, tmp_path: Path) -> None:
+    """A model that reads the clean set well: its held-out readings set a threshold, and what it keeps of
+    fresh images is right at least as often as the held-out precision says (bar a little noise)."""
+    samples = read_samples(str(clean_dir), LabelRule(sep="-"))
+    fresh = make_clean_set(tmp_path / "fresh", 60, seed=9)
+    images = sorted(str(p) for p in (tmp_path / "fresh").glob("*.png"))
+    truth = {str(p): p.stem.split("-")[0] for p in (tmp_path / "fresh").glob("*.png")}
+    p = pseudo_label(str(trained.model_path), samples[:200], samples[200:], images, TrainConfig(progress=False))
+    assert len(fresh) == p.read == 60 and p.threshold is not None and p.precision >= 0.99
+    assert p.kept, p.describe()
+    right = sum(truth[path] == text for path, text in p.kept)
+    assert right / len(p.kept) >= 0.9, p.describe()
+    assert f"kept {len(p.kept)} of 60" in p.describe()
+
+
+@pytest.mark.slow
+@needs_ddddocr
+def test_recipe_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Teacher, readings, student; the output and the other model side by side; a run killed in the student
+    stage resumes there, the teacher not trained again."""
+    make_clean_set(tmp_path / "d", 60, lengths=(3, 3))
+    make_clean_set(tmp_path / "u", 30, seed=5, lengths=(3, 3))
+    cfg = TrainConfig(out=str(tmp_path / "run"), epochs=2, batch_size=16, freeze_epochs=1, label_sep="-",
+                      progress=False, unlabelled=(str(tmp_path / "u"),), checkpoint_minutes=0)
+    epochs: list[str] = []
+
+    def killed_in_student(rec: dict, bundle) -> None:
+        epochs.append(bundle.model.cfg.backbone)
+        if bundle.model.cfg.backbone == "plain":
+            raise KeyboardInterrupt  # as if killed during the student's first epoch
+
+    with pytest.raises(KeyboardInterrupt):
+        train(str(tmp_path / "d"), cfg, on_epoch=killed_in_student)
+    assert epochs == ["ddddocr", "ddddocr", "plain"]
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert set(stages) >= {"teacher", "pseudo"} and "student" not in stages
+    assert stages["pseudo"]["read"] == 30 and stages["teacher"]["val_n"] == 12  # 60 labels: 20% held out
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size",
+                 "16", "--label-sep", "-", "--unlabelled", str(tmp_path / "u"), "--resume", "--quiet",
+                 "--json"]) == 0
+    io = capsys.readouterr()
+    assert "stage 1/3 teacher: done in an earlier run" in io.err
+    summary = json.loads(io.out.strip().splitlines()[-1])
+    out = summary["recipe"]["output"]
+    assert out["reader"] in ("student", "teacher") and out["why"]
+    other = "teacher" if out["reader"] == "student" else "student"
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / f"{other}.safetensors").is_file()
+    from captcha_crnn.model.format import read_metadata
+
+    backbone = read_metadata(tmp_path / "run" / "model.safetensors")["model"]["backbone"]
+    assert backbone == ("plain" if out["reader"] == "student" else "ddddocr")
+    t, s = summary["recipe"]["teacher"]["val"], summary["recipe"]["student"]["val"]
+    assert (out["reader"] == "student") == (s >= t - max(1 / 12, 0.005))
