@@ -145,13 +145,14 @@ def scenario(name: str, root: Path, seeds: list[int], tmp: Path) -> list[dict[st
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| scenario | labelled | unlabelled | budget | held-out accuracy | output | kept readings | "
-             "images/s (output / shipped captcha_v2) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | labelled | unlabelled | budget | held-out accuracy | output | its teacher | kept readings | "
+             "images/s (output / shipped captcha_v2) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         kept = f"{r['kept']}/{r['read']}" if "kept" in r else "-"
+        teacher = f"{r['teacher_accuracy']:.2%}" if "teacher_accuracy" in r else "-"
         lines.append(f"| {r['scenario']} (seed {r['seed']}) | {r['labelled']} | {r['unlabelled']} | "
                      f"{r['budget_minutes']:g} min | {r['accuracy']:.2%} (n={r['held_out']}) | {r['reader']} | "
-                     f"{kept} | {r['images_per_s']:.0f} / {r['shipped_captcha_v2_images_per_s']:.0f} "
+                     f"{teacher} | {kept} | {r['images_per_s']:.0f} / {r['shipped_captcha_v2_images_per_s']:.0f} "
                      f"({r['speed_ratio']:.2f}x) |")
     return "\n".join(lines)
 
@@ -163,7 +164,11 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--root", default="../shared/datasets")
     ap.add_argument("--json", default="benchmarks/results/student.json")
+    ap.add_argument("--table", default=None, metavar="JSON", help="only print the table of an earlier run")
     a = ap.parse_args()
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())["results"]))
+        return 0
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

@@ -210,7 +210,8 @@ def test_train_now_runs_in_the_background_and_swaps_the_model(tmp_path: Path) ->
     status = client.get("/api/train").json()
     assert status["state"] == "done", status
     assert status["model_in_use"] == status["model"] and Path(status["model"]).is_file()
-    assert session.readings and status["test_accuracy"] is not None  # the new model pre-fills
+    assert session.readings and status["val_accuracy"] is not None  # the new model pre-fills
+    assert status["reader"] == "single model"  # 40 labels: the small model trains alone
 
 
 def test_a_weaker_new_model_does_not_replace_the_pre_fill(trained, tmp_path: Path) -> None:

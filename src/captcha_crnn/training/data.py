@@ -191,10 +191,11 @@ def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, d: Dist | None =
 
 def held_out_samples(meta: dict[str, Any], data: str | None = None) -> list[Sample]:
     """The test split a model's training made (from the config its metadata stores; `data` where the
-    set has moved), or [] when the metadata does not say."""
+    set has moved), its validation images where it made no test split (under 300 labels), or [] when
+    the metadata does not say."""
     tr = meta.get("training", {})
     src = data or tr.get("data")
     if not src or not isinstance(tr.get("config"), dict):
         return []
-    _, _, test, _ = load_data(TrainConfig.from_dict({**tr["config"], "data": str(src)}))
-    return test
+    _, val, test, _ = load_data(TrainConfig.from_dict({**tr["config"], "data": str(src)}))
+    return test or val
