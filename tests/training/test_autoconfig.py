@@ -105,7 +105,7 @@ class Run:
 def run_train(data: Path, out: Path, **overrides: Any) -> Run:
     """train() with a tiny budget (one epoch, tiny model, from scratch) unless overridden; stderr kept."""
     kw: dict[str, Any] = dict(out=str(out), epochs=1, batch_size=16, preset="tiny", init=None, progress=False,
-                              seed=0, patience=5)
+                              seed=0, patience=5, val=0.1, test=0.1)  # a test split, few labels as they are
     kw.update(overrides)
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf):

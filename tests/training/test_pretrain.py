@@ -15,8 +15,8 @@ from captcha_crnn.errors import CaptchaError
 from captcha_crnn.model.backbones import DdddocrBackbone, ddddocr_bn, fold_batchnorm
 from captcha_crnn.training import TrainConfig, pretrained
 from captcha_crnn.training import pretrain as pretrain_module
-from captcha_crnn.training.start import resolve_start
 from captcha_crnn.training.pretrain import PretrainConfig, pretrain
+from captcha_crnn.training.start import resolve_start
 
 
 def test_folded_backbone_equals_the_batch_norm_one() -> None:

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data.labels import Sample
+from ..errors import CaptchaError
 from ..files import atomic_write
+from .checkpoint import CHECKPOINT
 from .config import TrainConfig
 from .data import load_data
 from .log import log
@@ -86,6 +88,8 @@ class Recipe:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / STAGES
+        if cfg.resume and not path.is_file() and not (self.out / "teacher" / CHECKPOINT).is_file():
+            raise CaptchaError(f"{self.out / 'teacher' / CHECKPOINT}: no checkpoint to resume from")
         self.done: dict[str, Any] = json.loads(path.read_text()) if cfg.resume and path.is_file() else {}
         self.t0 = time.perf_counter() - self.done.get("seconds", 0.0)
         self.results: dict[str, TrainResult] = {}
@@ -144,7 +148,7 @@ class Recipe:
         test = str(files["test"]) if "test" in files else None
         cfg = replace(self.cfg, out=str(out), max_minutes=minutes, val_data=str(files["val"]), test_data=test,
                       val=None, test=None if test else 0.0, label_regex=None, label_sep=None, unlabelled=(),
-                      resume=self.cfg.resume and (out / "checkpoint.pt").is_file(), **changes)
+                      resume=self.cfg.resume and (out / CHECKPOINT).is_file(), **changes)
         r = train_model(str(data), cfg, self.on_epoch)
         self.results[name] = r
         summary = {"model": str(r.model_path), "val": r.best["val_sequence_accuracy"],
