@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from captcha_crnn import Recognizer
-from captcha_crnn.data.labels import Sample, read_samples
+from captcha_crnn.data.labels import Sample, read_samples, write_csv
 from captcha_crnn.data.split import split_items
 from captcha_crnn.infer.ddddocr_reader import DdddocrReader
 from captcha_crnn.service.labelling import better_reader, load_reader
@@ -33,7 +33,6 @@ from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import DATASETS  # noqa: E402
-from learning_curve import write_csv  # noqa: E402
 
 
 def train_round(labelled: list[Sample], test_csv: Path, tmp: Path, name: str, minutes: float, seed: int) -> Any:

@@ -23,7 +23,6 @@ Prints a Markdown table, writes JSON and draws accuracy against labelled images 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from captcha_crnn.data.labels import Sample, read_samples
+from captcha_crnn.data.labels import Sample, read_samples, write_csv
 from captcha_crnn.data.split import split_items
 from captcha_crnn.training import TrainConfig, train
 
@@ -45,16 +44,6 @@ STARTS: dict[str, dict[str, Any]] = {"scratch": {"pretrained": "off"},
                                      "pretrained": {"pretrained": "on", "backbone_weights": "ddddocr", "reader": "big"},
                                      "own": {"pretrained": "on", "reader": "big"},
                                      "student": {}}
-
-
-def write_csv(samples: list[Sample], path: Path) -> Path:
-    """A labels.csv of absolute paths, the format `train` reads."""
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["filename", "label"])
-        for s in samples:
-            w.writerow([str(Path(s.path).resolve()), s.label])
-    return path
 
 
 def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: float, tmp: Path,

@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from captcha_crnn import Recognizer
-from captcha_crnn.data.labels import Sample, read_samples
+from captcha_crnn.data.labels import Sample, read_samples, write_csv
 from captcha_crnn.data.split import split_items
 from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import machine  # noqa: E402
-from learning_curve import write_csv  # noqa: E402
 
 
 def reading_speed(model: str | Path, images: list[bytes], repeats: int = 3) -> float:

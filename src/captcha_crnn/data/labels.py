@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import os
 import re
 import sys
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CaptchaError
+from ..files import atomic_write
 from .images import IMAGE_SUFFIXES
 
 
@@ -149,6 +151,17 @@ def _csv_rows(csv_path: Path) -> list[list[str]]:
     if not rows:
         raise CaptchaError(f"{csv_path}: empty CSV")
     return rows
+
+
+def write_csv(samples: list[Sample], path: str | Path) -> Path:
+    """A labels.csv of the samples with absolute paths (what read_csv reads back), written atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["filename", "label"])
+    for s in samples:
+        w.writerow([str(Path(s.path).resolve()), s.label])
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+    return Path(path)
 
 
 def read_samples(source: str | Path, rule: LabelRule | None = None) -> list[Sample]:

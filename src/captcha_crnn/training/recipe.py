@@ -9,17 +9,14 @@ so `--resume` continues at the stage (and, through its checkpoint, the batch) wh
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..data.labels import Sample
+from ..data.labels import Sample, write_csv
 from ..errors import CaptchaError
 from ..files import atomic_write
 from .checkpoint import CHECKPOINT
@@ -45,17 +42,19 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
     torchrun, one model is trained (training/loop.py: train_model).
     """
     cfg = replace(cfg or TrainConfig(), data=str(data))
-    if cfg.unlabelled:
-        unlabelled_images(list(cfg.unlabelled), [])  # a missing folder fails now, in one line
-    why_single = ""
     if cfg.reader == "big" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         why_single = "--reader big" if cfg.reader == "big" else "a distributed run trains one model"
     else:
         tr, va, te, how = load_data(cfg)
         changes, _ = resolve_start(cfg, len(tr) + len(va) + len(te))
         if changes["pretrained"] == "on":
-            return Recipe(cfg, Split(tr, va, te, how), on_epoch).run()
+            images = unlabelled_images(list(cfg.unlabelled), exclude=tr + va + te)
+            extra = label_folder_unlabelled(cfg.data)
+            if extra:
+                log(f"label folder: {len(extra)} images without an answer are used as unlabelled")
+            return Recipe(cfg, Split(tr, va, te, how), sorted(set(images) | set(extra)), on_epoch).run()
         why_single = "the start is the small model itself"
+    unlabelled_images(list(cfg.unlabelled), [])  # a missing folder is one line, even where it goes unused
     if cfg.unlabelled or label_folder_unlabelled(cfg.data):
         log(f"unlabelled images: not used ({why_single}; the teacher's readings need the pretrained start)")
     return train_model(data, cfg, on_epoch)
@@ -69,22 +68,16 @@ class Split:
     how: str
 
 
-def write_csv(rows: list[Sample] | list[tuple[str, str]], path: Path) -> Path:
-    """A labels.csv of absolute paths (the format `train` reads), written atomically."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["filename", "label"])
-    for r in rows:
-        w.writerow((str(Path(r.path).resolve()), r.label) if isinstance(r, Sample) else r)
-    atomic_write(path, lambda f: f.write(buf.getvalue().encode("utf-8")))
-    return path
+def copy(src: str | Path, dst: Path) -> None:
+    """Copy a file atomically: a killed run never leaves half a model under the output's name."""
+    atomic_write(dst, lambda f: f.write(Path(src).read_bytes()))
 
 
 class Recipe:
     """The stages of one teacher -> student run, and the record of those already done."""
 
-    def __init__(self, cfg: TrainConfig, split: Split, on_epoch: EpochHook | None):
-        self.cfg, self.split, self.on_epoch = cfg, split, on_epoch
+    def __init__(self, cfg: TrainConfig, split: Split, unlabelled: list[str], on_epoch: EpochHook | None):
+        self.cfg, self.split, self.unlabelled, self.on_epoch = cfg, split, unlabelled, on_epoch
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / STAGES
@@ -105,15 +98,11 @@ class Recipe:
 
     # stages ----------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        cfg, sp = self.cfg, self.split
+        sp = self.split
         folder = self.out / "split"
         files = {name: write_csv(part, folder / f"{name}.csv")
                  for name, part in (("train", sp.train), ("val", sp.val), ("test", sp.test)) if part}
-        images = unlabelled_images(list(cfg.unlabelled), exclude=sp.train + sp.val + sp.test)
-        extra = label_folder_unlabelled(cfg.data)
-        if extra:
-            log(f"label folder: {len(extra)} images without an answer are used as unlabelled")
-            images = sorted(set(images) | set(extra))
+        images = self.unlabelled
         n = len(sp.train) + len(sp.val) + len(sp.test)
         log(f"recipe: teacher -> student on {n} labelled images ({len(sp.train)} train, {len(sp.val)} held out for "
             f"validation and the threshold, {len(sp.test)} test) and {len(images)} unlabelled; {sp.how}")
@@ -185,12 +174,12 @@ class Recipe:
         other = "teacher" if pick == "student" else "student"
         chosen = self.done[pick]
         out = self.out / "model.safetensors"
-        shutil.copyfile(chosen["model"], out)
-        shutil.copyfile(self.done[other]["model"], self.out / f"{other}.safetensors")
+        copy(chosen["model"], out)
+        copy(self.done[other]["model"], self.out / f"{other}.safetensors")
         for name in ("history.json", "curves.png"):
             src = Path(chosen["model"]).parent / name
             if src.is_file():
-                shutil.copyfile(src, self.out / name)
+                copy(src, self.out / name)
         self.record("output", {"reader": pick, "why": why})
         log(f"output: the {pick} ({why}); {out}, the {other} in {self.out / (other + '.safetensors')}")
         return self.result(pick, out)
