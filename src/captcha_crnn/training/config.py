@@ -150,10 +150,9 @@ class TrainConfig:
                           "\"captcha-crnn[pretrained]\"; see --backbone-weights); auto: when one is at hand, the "
                           "architecture is auto and there are 90 training images or more",
                           choices=("on", "off", "auto"))
-    backbone_weights: str = opt("auto", "pretrained start: whose weights: ddddocr (the package's), mixed (the "
-                                "project's own, where shipped) or a file from `captcha-crnn pretrain`; auto: ddddocr "
-                                "where installed, else mixed; naming one asks for the pretrained start",
-                                parse=str, metavar="SOURCE")
+    backbone_weights: str = opt("auto", "pretrained start: whose weights: ddddocr (the package's) or a file from "
+                                "`captcha-crnn pretrain`; auto: ddddocr where installed; naming one asks for the "
+                                "pretrained start", parse=str, metavar="SOURCE")
     freeze_epochs: int = opt(2, "pretrained start: train only the RNN and head for the first N epochs", whole(0),
                              metavar="N")
     backbone_lr: float = opt(0.1, "pretrained start: the backbone's learning rate as a fraction of --lr",
