@@ -176,7 +176,7 @@ def test_browser_labels_a_folder(trained, tmp_path: Path, monkeypatch: pytest.Mo
                 assert now not in (first, second, fourth)
                 assert "12 labelled / 16" in page.inner_text("#progress") and not errors
                 page.click("#train")  # train in the background; the page swaps in the new model's pre-fill
-                page.wait_for_function("document.getElementById('training').textContent.startsWith('trained:')",
+                page.wait_for_function("document.getElementById('training').textContent.startsWith('trained (')",
                                        timeout=240_000)
                 assert session.model not in (None, old_model) and Path(session.model).is_file()
                 assert session.model in page.inner_text("#training")
