@@ -103,3 +103,21 @@ def test_files_and_functions_stay_small() -> None:
                 if n > MAX_FUNCTION_LINES:
                     long_functions.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}: {n} lines")
     assert not long_files and not long_functions, "\n".join(long_files + long_functions)
+
+
+APP_FACTORY = SRC / "service" / "factory.py"  # the one place a FastAPI app is built
+
+
+def test_one_app_factory() -> None:
+    """Every HTTP app (`serve`, `label`) is built by service/factory.py, so all get the same middleware,
+    errors, metrics and launcher: a `FastAPI(...)` call anywhere else is a second HTTP stack."""
+    assert APP_FACTORY.exists()
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name in ("FastAPI", "Starlette"):
+                    found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    elsewhere = [f for f in found if not f.startswith(str(APP_FACTORY.relative_to(SRC)) + ":")]
+    assert found and not elsewhere, "FastAPI apps built outside service/factory.py:\n" + "\n".join(elsewhere)

@@ -274,6 +274,7 @@ def test_metrics(rec, images):
         assert c.post("/v1/read", content=b"nope").status_code == 415
         assert c.get("/nowhere").status_code == 404
         r = c.get("/metrics")
+        assert len(r.headers["x-request-id"]) == 16
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
         t = r.text
         assert 'captcha_crnn_http_requests_total{method="POST",route="/v1/read",status="200"} 3.0' in t

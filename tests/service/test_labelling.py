@@ -82,6 +82,24 @@ def test_api_key_guards_the_api(tmp_path: Path) -> None:
     assert client.get("/api/next", headers={"X-API-Key": "s3cret"}).status_code == 200
 
 
+def test_the_page_runs_on_the_service_stack(tmp_path: Path) -> None:
+    """The same middleware, errors and metrics as `serve`: request ids, Bearer or X-API-Key, /metrics
+    behind the key, requests counted by route."""
+    folder, _ = unlabelled(tmp_path / "d", 2)
+    client = TestClient(create_label_app(Session(LabelStore(folder)), api_key="s3cret"))
+    key = {"X-API-Key": "s3cret"}
+    r = client.get("/api/item/img000.png", headers={**key, "X-Request-ID": "req-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "req-1"
+    assert len(client.get("/").headers["x-request-id"]) == 16  # a new one where the client sent none
+    assert client.get("/api/next", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    r = client.post("/api/answer", content=b"x" * 20_000, headers=key)
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+    assert client.get("/metrics").status_code == 401
+    text = client.get("/metrics", headers=key).text
+    assert 'captcha_crnn_http_requests_total{method="GET",route="/api/item/{name}",status="200"} 1.0' in text
+    assert 'captcha_crnn_http_errors_total{route="/api/answer",status="413"} 1.0' in text
+
+
 def test_two_pages_do_not_lose_answers(tmp_path: Path) -> None:
     folder, _ = unlabelled(tmp_path / "d", 8)
     stores = [LabelStore(folder), LabelStore(folder)]  # two sessions on one folder

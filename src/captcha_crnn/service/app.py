@@ -9,6 +9,8 @@
 - ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``,
   ``GET /`` (the web page).
 
+The routes are routers on the service's one app factory (factory.py: middleware, errors, metrics).
+
 Status codes: 401 missing/wrong API key, 404 unknown model, 413 body/pixels/image count over
 the limits, 415 not an image, 422 corrupt image or bad options, 503 queue full, 504 timeout.
 """
@@ -25,12 +27,12 @@ from dataclasses import replace
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import Response
 
-from ..version import __version__
 from .batcher import Batcher, ServiceError
-from .config import ENV_CONFIG, MAX_BEAM, MAX_CHARSET, MAX_LENGTH, ServiceConfig
+from .config import ENV_CONFIG, MAX_BEAM, MAX_CHARSET, MAX_LENGTH, ServiceConfig, api_key_setting
+from .factory import build_app
 from .metrics import Metrics
 from .middleware import PROTECTED, ServiceMiddleware
 from .models import ModelEntry
@@ -159,8 +161,10 @@ class _Reader:
         return name, jobs, names, single
 
 
-def _add_read_route(app: FastAPI, reader: _Reader) -> None:
-    @app.post(
+def _read_router(reader: _Reader) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
         "/v1/read",
         summary="Read one or more captcha images",
         response_model=None,
@@ -176,36 +180,35 @@ def _add_read_route(app: FastAPI, reader: _Reader) -> None:
     ) -> Response:
         return await reader(request, model, beam, length, charset)
 
+    return router
 
-def _add_info_routes(app: FastAPI, entries: list[ModelEntry], metrics: Metrics) -> None:
-    """GET /v1/models, /healthz, /metrics and the web page at /."""
+
+def _info_router(entries: list[ModelEntry]) -> APIRouter:
+    """GET /v1/models, /healthz and the web page at /."""
     default = entries[0].name
     models_body = json.dumps({"default": default,
                               "models": [{**e.describe(), "default": e.name == default} for e in entries]}).encode()
     health_body = json.dumps({"status": "ok", "models": list({e.name: e for e in entries})}).encode()
     page = resources.files(__package__).joinpath("page.html").read_bytes()
+    router = APIRouter()
 
-    @app.get("/v1/models", summary="The models this server holds", response_model=None,
+    @router.get("/v1/models", summary="The models this server holds", response_model=None,
              responses={200: {"model": ModelsResponse}, **_errors(401)})
     async def list_models() -> Response:
         return Response(models_body, media_type="application/json")
 
-    @app.get("/healthz", summary="Liveness", response_model=None, responses={200: {"model": Health}})
+    @router.get("/healthz", summary="Liveness", response_model=None, responses={200: {"model": Health}})
     async def healthz() -> Response:
         return Response(health_body, media_type="application/json")
 
-    @app.get("/metrics", summary="Prometheus metrics", response_model=None,
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **_errors(401)})
-    async def prometheus() -> Response:
-        data, ctype = metrics.render()
-        return Response(data, media_type=ctype)
-
-    @app.get("/", include_in_schema=False)
+    @router.get("/", include_in_schema=False)
     async def index() -> Response:
         return Response(page, media_type="text/html; charset=utf-8", headers={
             "content-security-policy": "default-src 'self'; img-src 'self' blob: data:; "
                                        "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
             "cache-control": "no-cache"})
+
+    return router
 
 
 def _batchers(
@@ -241,15 +244,13 @@ def create_app(models: Sequence[ModelEntry] | dict[str, Any], config: ServiceCon
         for b in batchers.values():
             b.stop()
 
-    app = FastAPI(title="captcha-crnn", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Read text captchas with CRNN models. Send an image to POST /v1/read.")
+    app = build_app([_read_router(_Reader(cfg, entries, batchers, arriving)), _info_router(entries)],
+                    title="captcha-crnn", api_key=cfg.api_key, protected=PROTECTED, max_body=cfg.max_body_bytes,
+                    metrics=metrics, lifespan=lifespan,
+                    description="Read text captchas with CRNN models. Send an image to POST /v1/read.")
     app.state.config = cfg
-    app.state.metrics = metrics
     app.state.batchers = batchers
     app.state.models = {e.name: e for e in entries}
-    app.add_middleware(ServiceMiddleware, metrics=metrics, api_key=cfg.api_key)
-    _add_read_route(app, _Reader(cfg, entries, batchers, arriving))
-    _add_info_routes(app, entries, metrics)
     return app
 
 
@@ -262,7 +263,7 @@ def app_from_env() -> FastAPI:
     threads = int(conf.get("threads") or 1)
     set_threads(threads)
     cfg = ServiceConfig(**conf["config"])
-    cfg.api_key = os.environ.get("CAPTCHA_CRNN_API_KEY") or None
+    cfg.api_key = api_key_setting()
     app = create_app(load_models(conf["models"], **load_kwargs(conf.get("engine", "auto"), threads)), cfg)
     freeze_heap()
     return app

@@ -1,14 +1,22 @@
-"""Settings of one server: ``ServiceConfig`` (limits, batching) and the limits of the read options."""
+"""Settings of one server: ``ServiceConfig`` (limits, batching), the limits of the read options and
+the API key setting (``api_key_setting``: the one reader of ``$CAPTCHA_CRNN_API_KEY``)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..decode.limits import MAX_BEAM, MAX_CHARSET, MAX_LENGTH
 
-__all__ = ["ENV_CONFIG", "MAX_BEAM", "MAX_CHARSET", "MAX_LENGTH", "ServiceConfig"]
+__all__ = ["ENV_API_KEY", "ENV_CONFIG", "MAX_BEAM", "MAX_CHARSET", "MAX_LENGTH", "ServiceConfig", "api_key_setting"]
 ENV_CONFIG = "CAPTCHA_CRNN_SERVE"  # models and config handed to ``uvicorn --factory`` workers (JSON)
+ENV_API_KEY = "CAPTCHA_CRNN_API_KEY"
+
+
+def api_key_setting(given: str | None = None) -> str | None:
+    """The API key of `serve` and `label`: `given` (--api-key), else $CAPTCHA_CRNN_API_KEY; None: no key."""
+    return given or os.environ.get(ENV_API_KEY) or None
 
 
 @dataclass

@@ -4,25 +4,29 @@ model's reading pre-filled and the images it is least sure of first.
 Routes (all but the page need the API key when one is set): ``GET /`` the page, ``GET /api/next``
 (the next image to answer, after ``?after=NAME``), ``GET /api/item/NAME`` (one image's entry, for
 going back), ``GET /api/image/NAME`` (its bytes), ``POST /api/answer`` ({"name", "action": label |
-skip | unreadable, "label"}), ``GET /api/progress``. Answers go to DIR/labels.csv at once
-(data/label_store.py).
+skip | unreadable, "label"}), ``GET /api/progress``, ``GET`` / ``POST /api/train`` ("Train now"),
+``GET /metrics``. Answers go to DIR/labels.csv at once (data/label_store.py). The routes are one
+router on the service's app factory (factory.py): the same middleware, JSON errors, metrics and
+launcher as ``serve``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse
 
 from ..data.label_store import Answers, LabelStore
 from ..errors import CaptchaError
 from ..model.ddddocr_package import INSTALL_HINT
-from .middleware import _check_api_key
+from .config import api_key_setting
+from .factory import build_app
+from .requests import _fail, _json_object, _read_body
+from .server import run_app
 from .trainer import BackgroundTrainer
 
 MAX_BODY = 16_384  # bytes in one answer
@@ -128,91 +132,80 @@ class Session:
                 "per_minute": round(self.answered / minutes, 1) if minutes > 0.05 else None}
 
 
-def _error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
-
-
 MIN_TRAIN_LABELS = 10  # labels needed before "Train now" (training keeps 10% for validation)
+PROTECTED = ("/api/", "/metrics")  # the page itself carries no data
 
 
 def create_label_app(session: Session, api_key: str | None = None,
                      train_args: tuple[str, ...] = ("--max-minutes", "3")) -> FastAPI:
-    """The labelling page and its API over one Session; "Train now" runs `captcha-crnn train` with
-    `train_args` on the labels so far."""
-    app = FastAPI(title="captcha-crnn label", docs_url=None, redoc_url=None)
-    key = api_key.encode() if api_key else None
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        if key is not None and request.url.path.startswith("/api/") and not _check_api_key(request.scope, key):
-            return _error(401, "missing or wrong API key (send X-API-Key: KEY)")
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
-            return _error(413, f"request body over {MAX_BODY} bytes")
-        try:
-            return await call_next(request)
-        except CaptchaError as e:  # a bad label or action
-            return _error(422, " ".join(str(e).split()))
-
-    _add_item_routes(app, session)
-    _add_answer_routes(app, session, BackgroundTrainer(session.store.folder, session.use_model, train_args))
-    return app
+    """The labelling page and its API over one Session, on the service's app factory (factory.py);
+    "Train now" runs `captcha-crnn train` with `train_args` on the labels so far."""
+    trainer = BackgroundTrainer(session.store.folder, session.use_model, train_args)
+    return build_app([label_router(session, trainer)], title="captcha-crnn label", api_key=api_key,
+                     protected=PROTECTED, max_body=MAX_BODY)
 
 
-def _unknown(session: Session, name: str) -> JSONResponse | None:
-    return None if session.store.has(name) else _error(404, f"{name}: not an image of {session.store.folder}")
+def _check_known(session: Session, name: str) -> None:
+    if not session.store.has(name):
+        raise _fail(404, f"{name}: not an image of {session.store.folder}")
 
 
-def _add_item_routes(app: FastAPI, session: Session) -> None:
+def label_router(session: Session, trainer: BackgroundTrainer) -> APIRouter:
+    """The page at / and its API under /api/ (the module doc)."""
+    router = APIRouter()
+    _add_item_routes(router, session)
+    _add_answer_routes(router, session, trainer)
+    return router
+
+
+def _add_item_routes(router: APIRouter, session: Session) -> None:
     page = resources.files(__package__).joinpath("label.html").read_text(encoding="utf-8")
 
-    @app.get("/", response_class=HTMLResponse)
+    @router.get("/", response_class=HTMLResponse)
     def index() -> str:
         return page
 
-    @app.get("/api/next")
+    @router.get("/api/next")
     def next_item(after: str | None = None) -> Any:
         return session.next(after) or {"name": None, "progress": session.progress()}
 
-    @app.get("/api/item/{name}")
+    @router.get("/api/item/{name}")
     def item(name: str) -> Any:
-        return _unknown(session, name) or session.entry(name)
+        _check_known(session, name)
+        return session.entry(name)
 
-    @app.get("/api/image/{name}")
+    @router.get("/api/image/{name}")
     def image(name: str) -> Any:
-        return _unknown(session, name) or FileResponse(session.store.path(name))
+        _check_known(session, name)
+        return FileResponse(session.store.path(name))
 
-    @app.get("/api/progress")
+    @router.get("/api/progress")
     def progress() -> Any:
         return session.progress()
 
 
-def _add_answer_routes(app: FastAPI, session: Session, trainer: BackgroundTrainer) -> None:
-    @app.get("/api/train")
+def _add_answer_routes(router: APIRouter, session: Session, trainer: BackgroundTrainer) -> None:
+    @router.get("/api/train")
     def train_status() -> Any:
         return {**trainer.status(), "model_in_use": session.model}
 
-    @app.post("/api/train")
+    @router.post("/api/train")
     def train_now() -> Any:
         n = len(session.store.read().labels)
         if n < MIN_TRAIN_LABELS:
-            return _error(409, f"label at least {MIN_TRAIN_LABELS} images before training ({n} so far)")
+            raise _fail(409, f"label at least {MIN_TRAIN_LABELS} images before training ({n} so far)")
         return {**trainer.start(), "model_in_use": session.model}
 
-    @app.post("/api/answer")
+    @router.post("/api/answer")
     async def answer(request: Request) -> Any:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return _error(413, f"request body over {MAX_BODY} bytes")
-        try:
-            data = json.loads(body)
-        except ValueError:
-            return _error(422, "body must be JSON: {\"name\", \"action\", \"label\"}")
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            return _error(422, "body must be a JSON object with a string 'name'")
+        data = _json_object(await _read_body(request, MAX_BODY), '{"name", "action", "label"}')
+        if not isinstance(data.get("name"), str):
+            raise _fail(422, "body must be a JSON object with a string 'name'")
         label = data.get("label")
         if label is not None and not isinstance(label, str):
-            return _error(422, "'label' must be a string")
-        return _unknown(session, data["name"]) or session.answer(data["name"], str(data.get("action", "label")), label)
+            raise _fail(422, "'label' must be a string")
+        _check_known(session, data["name"])
+        return session.answer(data["name"], str(data.get("action", "label")), label)
 
 
 def load_reader(model: str | None, charset: str | None) -> tuple[Any, str | None]:
@@ -248,10 +241,7 @@ def load_reader(model: str | None, charset: str | None) -> tuple[Any, str | None
 def serve_labels(folder: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8001,
                  api_key: str | None = None, charset: str | None = None) -> None:
     """Run the labelling page for `folder` until stopped, pre-filled by `model` (load_reader)."""
-    import os
     import sys
-
-    import uvicorn
 
     store = LabelStore(folder, charset)  # a bad folder or labels.csv fails here, before binding the port
     recognizer, name = load_reader(model, charset)
@@ -259,8 +249,8 @@ def serve_labels(folder: str, model: str | None = None, host: str = "127.0.0.1",
         print(f"captcha-crnn: reading {len(store.names)} images with {name} to order them ...", file=sys.stderr)
     session = Session(store, recognizer, progress=True)
     session.model = name
-    api_key = api_key or os.environ.get("CAPTCHA_CRNN_API_KEY") or None
+    api_key = api_key_setting(api_key)
     url = f"http://{host}:{port}/" + (f"#key={api_key}" if api_key else "")
     print(f"captcha-crnn: labelling {folder} ({session.progress()['labelled']} of {len(store.names)} labelled) "
           f"on {url}", file=sys.stderr)
-    uvicorn.run(create_label_app(session, api_key), host=host, port=port, log_level="warning")
+    run_app(create_label_app(session, api_key), host, port, log_level="warning")

@@ -23,35 +23,40 @@ disable_created_metrics()  # no *_created series: less noise for scrapers
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-ROUTES = frozenset({"/", "/v1/read", "/v1/models", "/healthz", "/metrics", "/openapi.json"})
 
 
 class Metrics:
-    """The service's metrics on one registry; ``render()`` gives the Prometheus text format."""
+    """The service's metrics on one registry; ``render()`` gives the Prometheus text format.
+
+    HTTP requests are counted by route pattern (``/v1/read``, ``/api/item/{name}``; "other" where no
+    route matched), as the middleware names them.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+
+        def histogram(name: str, doc: str, label: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+            return Histogram(name, doc, [label], buckets=buckets, registry=r)
+
         self.requests = Counter("captcha_crnn_http_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=r)
         self.errors = Counter("captcha_crnn_http_errors", "HTTP responses with status >= 400",
                               ["route", "status"], registry=r)
-        self.latency = Histogram("captcha_crnn_http_request_duration_seconds", "HTTP request latency",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("captcha_crnn_batch_size", "Images per model forward pass (micro-batching)",
-                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("captcha_crnn_batch_seconds", "Forward pass + CTC decoding time per batch",
-                                       ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_seconds = Histogram("captcha_crnn_queue_wait_seconds", "Time an image waited for its batch",
-                                       ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = histogram("captcha_crnn_http_request_duration_seconds", "HTTP request latency", "route")
+        self.batch_size = histogram("captcha_crnn_batch_size", "Images per model forward pass (micro-batching)",
+                                    "model", BATCH_BUCKETS)
+        self.batch_seconds = histogram("captcha_crnn_batch_seconds", "Forward pass + CTC decoding time per batch",
+                                       "model")
+        self.queue_seconds = histogram("captcha_crnn_queue_wait_seconds", "Time an image waited for its batch",
+                                       "model")
         self.images = Counter("captcha_crnn_images", "Images read, by model and outcome",
                               ["model", "outcome"], registry=r)
         self.queue_depth = Gauge("captcha_crnn_queue_depth", "Images waiting for a batch", ["model"],
                                  registry=r, multiprocess_mode="livesum")
         self._http: dict[tuple[str, str, int], tuple] = {}
 
-    def observe_request(self, path: str, method: str, status: int, seconds: float) -> None:
-        route = path if path in ROUTES else "other"
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
         children = self._http.get(key)
         if children is None:

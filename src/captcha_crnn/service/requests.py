@@ -1,4 +1,5 @@
-"""Request parsing for ``POST /v1/read``: the body (raw, JSON base64 or multipart) and the options.
+"""Request parsing for ``POST /v1/read`` (the body: raw, JSON base64 or multipart; the options) and
+the body and JSON checks the labelling page's ``POST /api/answer`` shares.
 
 Every problem is an ``HTTPException`` with the status and message the client gets.
 """
@@ -57,13 +58,19 @@ def _b64(s: Any, i: int) -> bytes:
     return data
 
 
-def _parse_json(body: bytes, max_images: int) -> tuple[list[bytes], bool, dict[str, Any]]:
+def _json_object(body: bytes, shape: str) -> dict[str, Any]:
+    """The body as a JSON object; 422 when it is not JSON or not an object (`shape`: what it should be)."""
     try:
         obj = json.loads(body)
     except (ValueError, RecursionError):
         raise _fail(422, "body is not valid JSON") from None
     if not isinstance(obj, dict):
-        raise _fail(422, 'JSON body must be an object: {"image": BASE64} or {"images": [BASE64, ...]}')
+        raise _fail(422, f"JSON body must be an object: {shape}")
+    return obj
+
+
+def _parse_json(body: bytes, max_images: int) -> tuple[list[bytes], bool, dict[str, Any]]:
+    obj = _json_object(body, '{"image": BASE64} or {"images": [BASE64, ...]}')
     if ("image" in obj) == ("images" in obj):
         raise _fail(422, 'JSON body needs exactly one of "image" (base64) or "images" (list of base64)')
     if "image" in obj:
