@@ -1,22 +1,18 @@
-"""Training throughput and memory: images/s with 1 and N processes, the loader's share, peak RSS.
+"""Training throughput of the default recipe and of each speed change on its own, on the shared sets.
 
-    python benchmarks/train_throughput.py [--data DIR | --n 20000 --size 200x50] [--minutes 1]
-        [--procs 1 2] [--batch-size 32] [--work bench_out/throughput] [--json bench_out/train_throughput.json]
-        [-- extra captcha-crnn train flags, e.g. --preset small --threads 1 --val 0.02]
+    python benchmarks/train_throughput.py [--datasets captcha_v2 henan_digits4 generic_varlen]
+        [--variants fp32 bf16 ...] [--accuracy] [--root ../shared/datasets]
+        [--json benchmarks/results/train_throughput.json]
 
-Without --data it synthesizes N captchas (`captcha-crnn synth`, all cores) into the work folder
-once. Each process count runs `captcha-crnn train` as a fresh run under a time budget (N > 1
-through torchrun, Gloo on the CPU, each process with cores/N threads), sharing one decoded-image
-cache, so the first run also pays for decoding the set (reported apart). From history.json:
+This machine is shared, so speeds are taken side by side: every variant builds the run `train` would
+build (its data, preprocessing, model and optimiser, training/loop.py: Run) and the variants then
+take turns, a few training steps each on the same images, round after round; images/s is the median
+over the rounds, for the frozen-backbone steps (the first epochs of the pretrained start) and the
+full ones. With --accuracy every variant also trains for a fixed number of epochs per dataset (no
+teacher -> student, no early stop, same split and seed) and reports the held-out sequence accuracy.
 
-- images/s: training images per second of the epochs' step loops (all processes together);
-- loader busy: the share of that time the loader thread spent reading and converting batches,
-  loader wait: the share the model actually waited for it (the rest overlaps with compute);
-  loader alone: images/s the loader delivers by itself (random batches from the cache, converted);
-- peak RSS: the highest sum of resident memory over the process tree (torchrun's agent and
-  workers included), sampled every 0.2 s; memory shared between processes is counted once per
-  process, so this overstates a multi-process run.
-
+Variants are flag sets (VARIANTS below); `fp32` is the recipe as it was before bf16, `default` is what
+`captcha-crnn train` does now. A run replaces the same dataset and variant in --json, others are kept.
 Prints a table and writes JSON.
 """
 
@@ -25,150 +21,154 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
-import shutil
-import subprocess
+import random
+import statistics
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import psutil
+import torch
+
+from captcha_crnn.training import TrainConfig, train
+from captcha_crnn.training.data import prepare_data
+from captcha_crnn.training.loop import Run
+from captcha_crnn.training.setup import build_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from datasets import DATASETS, machine  # noqa: E402
+
+BATCH, STEPS = 32, 3  # images per step, steps per variant and round
+EPOCHS = {"captcha_v2": 8, "henan_digits4": 3, "generic_varlen": 3}  # fixed per dataset: 2 frozen + the rest
+BIG = dict(reader="big", pretrained="on")  # the teacher: the pretrained start
+SMALL = dict(reader="small", pretrained="off")  # the student's architecture, trained alone
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fp32": dict(BIG, precision="fp32", height=64, grey="luma"),
+    "bf16": dict(BIG, precision="bf16", height=64, grey="luma"),
+    "height32": dict(BIG, precision="fp32", height=32, grey="luma"),
+    "contrast": dict(BIG, precision="fp32", height=64, grey="contrast"),
+    "threads1": dict(BIG, precision="fp32", height=64, grey="luma", threads=1),
+    "threads4": dict(BIG, precision="fp32", height=64, grey="luma", threads=4),
+    "default": dict(BIG),
+    "small_fp32": dict(SMALL, precision="fp32"),
+    "small_bf16": dict(SMALL, precision="bf16"),
+}
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
+def prepared(dataset: str, variant: str, root: Path, cache: Path) -> Run:
+    """The Run that `train` builds for this dataset and variant (data decoded, model initialised)."""
+    flags = {k: v for k, v in VARIANTS[variant].items() if k != "reader"}
+    cfg = TrainConfig(data=str(root / DATASETS[dataset].path), out=tempfile.mkdtemp(), seed=0, progress=False,
+                      case=DATASETS[dataset].case, cache_dir=str(cache), **flags).validate()
+    cfg, data = prepare_data(cfg, None)
+    model, _ = build_model(cfg, data, warm=True)
+    return Run(cfg, data, model, "cpu", Path(cfg.out))
 
 
-def run_measured(cmd: list[str], log: Path) -> dict:
-    """Run cmd, sampling its process tree's RSS; wall time, peak RSS, exit status."""
-    peak = {"rss": 0}
-    with log.open("w") as f:
+def step_seconds(run: Run, idx: list[int], frozen: bool, steps: int) -> float:
+    """Median seconds of `steps` training steps on the images idx, backbone frozen or not."""
+    run.st.epoch = 0 if frozen else run.cfg.freeze_epochs
+    run.model.train()
+    run.freeze_backbone(run.frozen())
+    torch.set_num_threads(run.cfg.threads or os.cpu_count() or 1)
+    _, x, widths = run.fetch(idx)
+    times = []
+    for _ in range(steps):
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-
-        def sample() -> None:
-            while proc.poll() is None:
-                peak["rss"] = max(peak["rss"], tree_rss(proc.pid))
-                time.sleep(0.2)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        rc = proc.wait()
-        sampler.join()
-    return {"rc": rc, "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak["rss"] / 2**20}
+        run.train_step(idx, x, widths, run.cfg.lr)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
-def make_data(work: Path, n: int, size: str) -> Path:
-    """N synthetic captchas of the given size, generated once."""
-    data = work / f"synth-{n}-{size}"
-    if data.is_dir() and sum(1 for _ in data.glob("*.png")) >= n:
-        return data
-    shutil.rmtree(data, ignore_errors=True)
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    subprocess.run([sys.executable, "-m", "captcha_crnn", "synth", str(data), "--n", str(n), "--size", size,
-                    "--workers", str(workers)], check=True)
-    return data
+def speeds(dataset: str, variants: list[str], root: Path, cache: Path, rounds: int) -> dict[str, dict[str, Any]]:
+    """images/s per variant (frozen and full steps), the variants taking turns on the same batches."""
+    runs = {v: prepared(dataset, v, root, cache) for v in variants}
+    n = min(len(r.data.train) for r in runs.values())
+    rng = random.Random(0)
+    batches = [rng.sample(range(n), BATCH) for _ in range(rounds + 1)]  # the first round warms up
+    times: dict[str, dict[str, list[float]]] = {v: {"frozen": [], "full": []} for v in variants}
+    for r, idx in enumerate(batches):
+        for v, run in runs.items():
+            kinds = ["full"] + (["frozen"] if run.cfg.pretrained == "on" else [])
+            for kind in kinds:
+                seconds = step_seconds(run, idx, kind == "frozen", STEPS)
+                if r:
+                    times[v][kind].append(seconds)
+        print(f"{dataset}: round {r}/{rounds}", file=sys.stderr, flush=True)
+    out = {}
+    for v, run in runs.items():
+        rate = {k: BATCH / statistics.median(t) if t else None for k, t in times[v].items()}
+        pre = run.data.pre
+        out[v] = {"images_per_s": rate["full"], "frozen_images_per_s": rate["frozen"],
+                  "input": f"{pre.height}px, {'grey' if pre.channels == 1 else 'colour'}, {pre.grey}",
+                  "precision": run.precision, "threads": torch.get_num_threads()}
+    return out
 
 
-def train_cmd(procs: int, data: Path, out: Path, cache: Path, minutes: float, batch_size: int,
-              extra: list[str]) -> list[str]:
-    launch = [sys.executable, "-m", "captcha_crnn"]
-    if procs > 1:
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
-                  "-m", "captcha_crnn"]
-    return [*launch, "train", str(data), "--out", str(out), "--cache-dir", str(cache), "--max-minutes", str(minutes),
-            "--epochs", "1000", "--patience", "1000", "--quiet", "--batch-size", str(batch_size), *extra]
+def accuracy(dataset: str, variant: str, root: Path, cache: Path) -> dict[str, Any]:
+    """Held-out sequence accuracy after EPOCHS[dataset] epochs of one model."""
+    ds = DATASETS[dataset]
+    cfg = dict(seed=0, epochs=EPOCHS[dataset], patience=1000, case=ds.case, progress=False,
+               cache_dir=str(cache), **VARIANTS[variant])
+    with tempfile.TemporaryDirectory() as tmp:
+        r = train(str(root / ds.path), TrainConfig(out=tmp, **cfg))
+    if r.test is None:
+        raise SystemExit(f"{dataset}: no test images were scored")
+    return {"epochs": len(r.history), "held_out": r.test.sequence_accuracy, "test_n": r.test.n,
+            "train_minutes": r.history[-1]["time_s"] / 60, "load_avg": os.getloadavg()}
 
 
-def loader_speed(log: Path, batch_size: int, seconds: float = 5.0) -> float:
-    """Images/s the loader alone delivers (random batches from the run's train cache, read and converted;
-    0 when the run held its images in memory)."""
-    import numpy as np
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per dataset and variant; the speed-up is against fp32 (small_fp32 for the small
+    model) of the same dataset, measured side by side in the same run."""
+    def base(r: dict[str, Any]) -> dict[str, Any] | None:
+        name = "small_fp32" if r["variant"].startswith("small") else "fp32"
+        return next((b for b in rows if (b["dataset"], b["variant"], b["speed_run"]) ==
+                     (r["dataset"], name, r["speed_run"])), None)
 
-    from captcha_crnn.data.dataset import read_cache
-    from captcha_crnn.data.images import to_ink
-
-    found = re.search(r"decoded train images: \d+ \([\d.]+ MB\) in (\S+)", log.read_text())
-    if not found:  # --cache-dir memory: no cache to read from
-        return 0.0
-    _, _, images = read_cache(found.group(1))
-    rng, n, t0 = np.random.default_rng(0), 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        u8, _ = images.batch(rng.integers(0, len(images), batch_size).tolist())
-        to_ink(u8)
-        n += batch_size
-    return n / (time.perf_counter() - t0)
-
-
-def summarize(out: Path, log: Path) -> dict:
-    """Throughput and loader figures from a run's history.json, decode times from its log."""
-    hist = json.loads((out / "history.json").read_text())["history"]
-    train_s = sum(h["train_s"] for h in hist)
-    images = sum(h["train_images"] for h in hist)
-    decode = [float(m) for m in re.findall(r"decoded (?:train|val) images: .*\(([\d.]+)s\)", log.read_text())]
-    return {"epochs": len(hist), "steps": hist[-1]["step"], "train_images": images, "train_s": round(train_s, 1),
-            "images_per_s": round(images / train_s, 1) if train_s else 0.0,
-            "loader_busy_share": round(sum(h["loader_busy_s"] for h in hist) / train_s, 4) if train_s else 0.0,
-            "loader_wait_share": round(sum(h["loader_wait_s"] for h in hist) / train_s, 4) if train_s else 0.0,
-            "decode_s": round(sum(decode), 1), "val_sequence_accuracy": hist[-1]["val_sequence_accuracy"]}
+    fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    lines = ["| dataset | variant | input | images/s | frozen images/s | speed-up | held-out after epochs |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b = base(r)
+        up = f"{r['images_per_s'] / b['images_per_s']:.2f}x" if b else "-"
+        acc = f"{r['held_out']:.2%} ({r['epochs']})" if r.get("held_out") is not None else "-"
+        lines.append(f"| {r['dataset']} | {r['variant']} | {r['input']}, {r['precision']} | "
+                     f"{fmt(r['images_per_s'], '.0f')} | {fmt(r['frozen_images_per_s'], '.0f')} | {up} | {acc} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None, help="a labelled folder or CSV (default: synthesize --n images)")
-    ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--size", default="200x50")
-    ap.add_argument("--minutes", type=float, default=1.0, help="training time budget per run")
-    ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--batch-size", type=int, default=32, help="global batch size (the train default)")
-    ap.add_argument("--work", default="bench_out/throughput")
-    ap.add_argument("--json", default="bench_out/train_throughput.json")
-    ap.add_argument("extra", nargs="*", help="more `captcha-crnn train` flags (after --)")
+    ap.add_argument("--datasets", nargs="+", choices=list(EPOCHS), default=list(EPOCHS))
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--rounds", type=int, default=7, help="turns each variant takes at the speed measurement")
+    ap.add_argument("--accuracy", action="store_true", help="also train each variant for EPOCHS epochs")
+    ap.add_argument("--root", default="../shared/datasets")
+    ap.add_argument("--cache", default="bench_out/throughput_cache", help="decoded images, shared by the runs")
+    ap.add_argument("--json", default="benchmarks/results/train_throughput.json")
+    ap.add_argument("--table", help="print the table of this JSON and exit")
     a = ap.parse_args()
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    data = Path(a.data) if a.data else make_data(work, a.n, a.size)
-    extra = a.extra if a.data else ["--label-sep", "_", *a.extra]  # synth names files <label>_<i>.png
-    cache = work / "cache"
-    runs = []
-    for p in a.procs:
-        out = work / f"run-{p}proc"
-        shutil.rmtree(out, ignore_errors=True)
-        log = work / f"run-{p}proc.log"
-        m = run_measured(train_cmd(p, data, out, cache, a.minutes, a.batch_size, extra), log)
-        if m["rc"] != 0:
-            sys.exit(f"{p} process run failed (exit {m['rc']}); see {log}")
-        runs.append({"processes": p, **m, **summarize(out, log)})
-        runs[-1]["loader_alone_images_per_s"] = round(loader_speed(log, a.batch_size), 0)
-        print(f"{p} process(es): {runs[-1]['images_per_s']} images/s", file=sys.stderr)
-    result = {"data": str(data), "images": sum(1 for _ in Path(data).glob("*.png")) if Path(data).is_dir() else None,
-              "minutes": a.minutes, "train_flags": extra, "cpus": os.cpu_count(), "python": platform.python_version(),
-              "runs": runs}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(result, indent=1))
-    print(f"\n{data}: {result['images']} images, {a.minutes} min budget per run, {os.cpu_count()} CPUs")
-    print("| processes | images/s | loader busy | loader wait | loader alone (img/s) | steps | decode (s) | wall (s) "
-          "| peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in runs:
-        print(f"| {r['processes']} | {r['images_per_s']:.1f} | {r['loader_busy_share']:.1%} | "
-              f"{r['loader_wait_share']:.1%} | {r['loader_alone_images_per_s']:.0f} | {r['steps']} | "
-              f"{r['decode_s']:.0f} | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |")
-    print(f"wrote {a.json}")
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())["runs"]))
+        return
+    out = Path(a.json)
+    rows = json.loads(out.read_text())["runs"] if out.is_file() else []  # other pairs are kept
+    root, cache = Path(a.root), Path(a.cache)
+    for dataset in a.datasets:
+        stamp = time.strftime("%Y-%m-%d %H:%M")
+        for variant, speed in speeds(dataset, a.variants, root, cache, a.rounds).items():
+            old = next((x for x in rows if (x["dataset"], x["variant"]) == (dataset, variant)), {})
+            row = {**old, "dataset": dataset, "variant": variant, "flags": VARIANTS[variant], **speed,
+                   "speed_run": stamp, "load_avg": os.getloadavg()}
+            if a.accuracy:
+                row.update(accuracy(dataset, variant, root, cache))
+                print(f"{dataset} {variant}: held-out {row['held_out']:.2%}", file=sys.stderr, flush=True)
+            rows = [x for x in rows if (x["dataset"], x["variant"]) != (dataset, variant)] + [row]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"machine": machine(), "epochs": EPOCHS, "runs": rows}, indent=1))
+    print(table(rows))
 
 
 if __name__ == "__main__":
