@@ -169,6 +169,6 @@ def test_recognizer_reads_or_refuses_a_batch(readers: dict[str, Recognizer], bat
         out = read_or_refuse(rec.predict, batch, beam)
         if not isinstance(out, CaptchaError):
             assert len(out) == len(batch) and all(isinstance(p, Prediction) for p in out)
-        good = rec.load_arrays(batch, errors="return")
+        good = rec.prepare(batch, errors="return")
         assert len(good) == len(batch)
         assert all(isinstance(g, (np.ndarray, CaptchaError)) for g in good)

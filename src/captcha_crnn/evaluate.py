@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .infer import Recognizer
 
 
 def align(truth: str, pred: str) -> tuple[int, int, list[tuple[str, str]]]:
@@ -130,7 +133,7 @@ def format_report(r: Report, split: str = "") -> str:
 
 
 def evaluate_model(
-    recognizer: Any,
+    recognizer: Recognizer,
     data: str,
     beam: int = 1,
     length: int | None = None,
@@ -163,7 +166,7 @@ def evaluate_model(
     ds = load_samples(samples, recognizer.preprocess, "reading", progress)
     if not len(ds):
         raise CaptchaError(f"{data}: no readable images")
-    read = recognizer._predict_arrays(ds.images, beam, length, charset)
+    read = recognizer.read_arrays(ds.images, beam, length, charset)
     preds = [p.text for p in read]
     rep = score_both(ds.labels, preds, alphabet.chars, case_insensitive)
     rep.selective = selective(ds.labels, preds, [p.confidence for p in read], case_insensitive)

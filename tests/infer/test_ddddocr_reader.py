@@ -10,6 +10,7 @@ from conftest import make_clean_set
 
 from captcha_crnn.cli import main
 from captcha_crnn.errors import CaptchaError
+from captcha_crnn.infer import Reader
 from captcha_crnn.infer.ddddocr_reader import DdddocrReader, available
 from captcha_crnn.service.labelling import load_reader
 
@@ -35,6 +36,8 @@ def test_reads_clean_digits_within_the_charset(tmp_path: Path) -> None:
     assert sum(t == lab for t, lab in zip(texts, labels)) >= 9  # zero-shot, on clean digits
     one = reader.predict(paths[0])
     assert one.text == texts[0] and one.source.endswith(paths[0].name)
+    assert isinstance(reader, Reader) and reader.alphabet.chars == "0123456789"  # as a Recognizer is
+    assert [p.text for p in reader.read_arrays(reader.prepare(paths[:3]))] == texts[:3]
     with pytest.raises(CaptchaError, match="broken.png"):
         reader.predict([tmp_path / "broken.png"])
     with pytest.raises(CaptchaError, match="reads none of the characters"):

@@ -17,7 +17,7 @@ from captcha_crnn.data.alphabet import Alphabet
 from captcha_crnn.data.images import Preprocess, load_image
 from captcha_crnn.decode.ctc import allowed_mask, greedy_decode, greedy_decode_batch
 from captcha_crnn.errors import CaptchaError
-from captcha_crnn.infer import engines
+from captcha_crnn.infer import Reader, engines
 from captcha_crnn.infer.batching import stack_batch
 from captcha_crnn.model.crnn import CRNN, preset
 from captcha_crnn.model.modelfile import META_KEY, ModelBundle, save_bundle
@@ -125,7 +125,7 @@ def test_parallel_lanes_read_the_same_as_one_thread(exported, images) -> None:
     assert [p.source for p in p2] == [str(p) for p in many]  # order kept
 
 
-def test_read_images_decodes_and_reads_in_chunks_with_errors_in_place(exported, images) -> None:
+def test_predict_decodes_and_reads_in_chunks_with_errors_in_place(exported, images) -> None:
     """A fixed-width model decodes and reads chunks on the lanes: same text, bad images answered in place."""
     many = (list(images) * 2)[:40]
     bad = b"not an image at all"
@@ -134,15 +134,25 @@ def test_read_images_decodes_and_reads_in_chunks_with_errors_in_place(exported, 
     lane_calls = []
     run_lane = r2.engine.run_lane
     r2.engine.run_lane = lambda x: lane_calls.append(len(x)) or run_lane(x)  # type: ignore[method-assign]
-    got = r2.read_images(items, errors="return")
+    got = r2.predict(items, errors="return")
     assert len(lane_calls) >= 4 and sum(lane_calls) == len(many)  # several chunks, every good image once
     assert isinstance(got[13], CaptchaError) and isinstance(got[-1], CaptchaError)
     assert "not a readable image" in str(got[13]) or "image" in str(got[13])
     want = [p.text for p in Recognizer.load(exported["fp32"], threads=1).predict(many)]
     assert [p.text for p in got if not isinstance(p, CaptchaError)] == want
     with pytest.raises(CaptchaError):
-        r2.read_images(items)  # errors="raise": the first unreadable image stops the call
+        r2.predict(items)  # errors="raise": the first unreadable image stops the call
     assert [p.text for p in r2.predict(many)] == want
+
+
+def test_recognizer_is_a_reader(exported, images) -> None:
+    """The Reader interface: prepare then read_arrays reads as predict does, errors in their place."""
+    rec = Recognizer.load(exported["fp32"], threads=1)
+    assert isinstance(rec, Reader) and rec.alphabet.chars
+    arrays = rec.prepare([*images[:3], b"not an image"], errors="return")
+    assert isinstance(arrays[-1], CaptchaError) and all(a.dtype == np.uint8 for a in arrays[:3])
+    assert [p.text for p in rec.read_arrays(arrays[:3])] == [p.text for p in rec.predict(list(images[:3]))]
+    assert not hasattr(rec, "predict_arrays") and not hasattr(rec, "load_arrays")  # removed in 0.2.0
 
 
 def test_variable_width_model_exports_dynamic_width(tmp_path: Path, clean_dir: Path) -> None:

@@ -201,7 +201,7 @@ def test_variable_widths_read_narrow_and_wide(varwidth: Run) -> None:
     rec = recognizer(varwidth)
     narrow = render("7", (60, 40), seed=1, font_size=22)
     wide = render(width_label(random.Random(3), 800), (800, 40), seed=2, font_size=22)
-    a_narrow, a_wide = rec.load_arrays([narrow, wide])
+    a_narrow, a_wide = rec.prepare([narrow, wide])
     assert a_narrow.shape == (1, 32, max(48, rec.preprocess.min_width))
     assert a_wide.shape == (1, 32, 640)  # 800 * 32 / 40: aspect kept
     assert len(rec.predict(narrow, length=1).text) == 1
@@ -241,7 +241,7 @@ def test_tiny_images_read_end_to_end(tiny: Run, tiny_data: Path) -> None:
     assert tiny.result.test is not None and tiny.result.test.n == 5
     rec = recognizer(tiny)
     image = render("ab12", (70, 30), seed=7, font_size=16).convert("L")
-    assert rec.load_arrays([image])[0].shape == (1, 32, 76)
+    assert rec.prepare([image])[0].shape == (1, 32, 76)
     assert len(rec.predict(image, length=4).text) == 4
     rep, _, _ = evaluate_model(rec, str(tiny_data), label_sep="_", progress=False)
     assert rep.n == 50 and set(rep.by_length) == {"4"}
@@ -284,10 +284,10 @@ def test_auto_config_on_a_small_colour_set(colour: Run) -> None:
 def test_colour_model_reads_colour_and_grey_input(colour: Run) -> None:
     rec = recognizer(colour)
     image = render("wxyz", (120, 40), seed=5, font_size=22, colours=PALETTE, background=(210, 208, 212))
-    arr = rec.load_arrays([image])[0]
+    arr = rec.prepare([image])[0]
     assert arr.shape == (3, 32, 96) and (arr[0] != arr[2]).any()  # colour reaches the network
     assert len(rec.predict(image, length=4).text) == 4
-    grey = rec.load_arrays([image.convert("L")])[0]  # a grey image is read as three equal channels
+    grey = rec.prepare([image.convert("L")])[0]  # a grey image is read as three equal channels
     assert grey.shape == (3, 32, 96) and (grey[0] == grey[2]).all()
     assert len(rec.predict(image.convert("L"), length=4).text) == 4
 
@@ -379,7 +379,7 @@ def test_cli_flags_override_every_auto_choice(tiny_data: Path, tmp_path: Path) -
     assert "auto config" not in buf.getvalue()
     rec = Recognizer.load(out, engine="torch")
     image = render("ab12", (70, 30), seed=7, font_size=16).convert("L")
-    assert rec.load_arrays([image])[0].shape == (3, 48, 96)
+    assert rec.prepare([image])[0].shape == (3, 48, 96)
     assert len(rec.predict(image, length=4).text) == 4
 
 
@@ -388,7 +388,7 @@ def test_grey_and_variable_width_override_colour_data(colour_data: Path, tmp_pat
     assert run.pre.channels == 1 and run.pre.width is None  # auto: 3 and a fixed 96
     assert run.meta["model"]["in_channels"] == 1 and run.config["augment"] == 0.5
     image = render("wxyz", (120, 40), seed=5, font_size=22, colours=PALETTE, background=(210, 208, 212))
-    assert recognizer(run).load_arrays([image])[0].shape == (1, 32, 96)
+    assert recognizer(run).prepare([image])[0].shape == (1, 32, 96)
 
 
 def test_auto_height_gives_each_character_twenty_four_pixels() -> None:

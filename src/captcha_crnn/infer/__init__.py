@@ -1,5 +1,7 @@
-"""Reading captchas with a trained model: the Recognizer and its predictions."""
+"""Reading captchas: the Recognizer (a trained model), its predictions, and the Reader interface
+every reader offers (the Recognizer and ddddocr's zero-shot reader)."""
 
+from .reader import Reader
 from .recognizer import Prediction, Recognizer
 
-__all__ = ["Prediction", "Recognizer"]
+__all__ = ["Prediction", "Reader", "Recognizer"]

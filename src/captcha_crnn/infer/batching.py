@@ -7,7 +7,7 @@ images in parallel; the per-image work is ``data/images.py: load_image`` (the on
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -53,6 +53,16 @@ def load_many(
     for r in pool.map(part, [items[i : i + step] for i in range(0, n, step)]):
         results.extend(r)
     return results
+
+
+def fill_in(arrays: Sequence[Any], read: Callable[[list[np.ndarray]], list[Any]]) -> list[Any]:
+    """`read` run on the readable arrays of `arrays` (preprocessed images, a CaptchaError where one was
+    unreadable), each result in its image's place; the errors stay where they are."""
+    good = [i for i, a in enumerate(arrays) if not isinstance(a, CaptchaError)]
+    out = list(arrays)
+    for i, p in zip(good, read([arrays[i] for i in good])):
+        out[i] = p
+    return out
 
 
 def stack_batch(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

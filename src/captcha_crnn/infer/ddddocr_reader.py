@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from ..data.images import ImageInput, Preprocess, describe, load_image
+from ..data.alphabet import Alphabet
+from ..data.images import ImageInput, Preprocess, describe
 from ..decode.ctc import greedy_decode
 from ..errors import CaptchaError
 from ..model.ddddocr_package import HEIGHT, installed, package_file
+from .batching import fill_in, load_many
 from .recognizer import Prediction
 
 NAME = "ddddocr"  # the model name that means this reader (label --model ddddocr)
@@ -47,7 +49,7 @@ def _charset() -> list[str]:
 class DdddocrReader:
     """Reads captchas with ddddocr's model, restricted to `charset` (default: digits and ASCII letters).
 
-    Offers the part of Recognizer's interface the labelling page uses: ``predict(images, errors=...)``.
+    A ``Reader`` (reader.py), as a Recognizer is: ``predict``, ``prepare`` + ``read_arrays``, ``alphabet``.
     """
 
     def __init__(self, charset: str | None = None, threads: int | None = None):
@@ -72,24 +74,33 @@ class DdddocrReader:
         self.session = ort.InferenceSession(str(package_file(ONNX_FILE)), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
-    def _read_one(self, src: ImageInput) -> Prediction:
-        x = load_image(src, PRE)[None].astype(np.float32) / 255.0  # (1, 1, 64, W) grey / 255, as ddddocr feeds it
-        logits = self.session.run(None, {self.input: x})[0][:, 0]  # (T, classes)
-        kept = np.stack([np.logaddexp.reduce(logits[:, cols], axis=1) for cols in self.columns], 1)  # (T, 1 + n)
-        logp = kept - np.logaddexp.reduce(kept, axis=1, keepdims=True)  # log-softmax over the kept classes
-        d = greedy_decode(logp)
-        return Prediction("".join(self.chars[i - 1] for i in d.indices), d.confidence, d.char_confidences,
-                          describe(src))
+    @property
+    def alphabet(self) -> Alphabet:
+        """The characters it reads: the allowed ones its model has a class for."""
+        return Alphabet("".join(self.chars))
+
+    def prepare(self, images: Sequence[ImageInput], errors: str = "raise") -> list[np.ndarray | CaptchaError]:
+        """Images to the grey uint8 (1, 64, W) arrays ``read_arrays`` takes (errors: as ``predict``)."""
+        return load_many(images, PRE, errors=errors)
+
+    def read_arrays(self, arrays: Sequence[np.ndarray]) -> list[Prediction]:
+        """Read arrays made by ``prepare``, one at a time (each keeps its own width)."""
+        out = []
+        for a in arrays:
+            x = a[None].astype(np.float32) / 255.0  # (1, 1, 64, W) grey / 255, as ddddocr feeds it
+            logits = self.session.run(None, {self.input: x})[0][:, 0]  # (T, classes)
+            kept = np.stack([np.logaddexp.reduce(logits[:, cols], axis=1) for cols in self.columns], 1)  # (T, 1 + n)
+            logp = kept - np.logaddexp.reduce(kept, axis=1, keepdims=True)  # log-softmax over the kept classes
+            d = greedy_decode(logp)
+            out.append(Prediction("".join(self.chars[i - 1] for i in d.indices), d.confidence, d.char_confidences))
+        return out
 
     def predict(self, images: ImageInput | Sequence[ImageInput], errors: str = "raise") -> Any:
         """Read one image or a list (errors "return": an unreadable image's CaptchaError in its place)."""
         single = not isinstance(images, (list, tuple))
-        out: list[Prediction | CaptchaError] = []
-        for src in [images] if single else images:
-            try:
-                out.append(self._read_one(src))
-            except CaptchaError as e:
-                if errors != "return":
-                    raise
-                out.append(e)
+        items = [images] if single else list(images)
+        out = fill_in(self.prepare(items, errors), self.read_arrays)
+        for p, src in zip(out, items):
+            if isinstance(p, Prediction):
+                p.source = describe(src)
         return out[0] if single else out

@@ -1,8 +1,9 @@
-"""The public reading API: ``Recognizer.load(path_or_name, engine="auto").predict(images)``."""
+"""The public reading API: ``Recognizer.load(path_or_name, engine="auto").predict(images)``.
+
+A Recognizer is a ``Reader`` (reader.py): ``predict``, ``prepare`` + ``read_arrays``, ``alphabet``."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ from ..errors import CaptchaError
 from ..model.format import check_onnx_metadata, parse_metadata
 from ..model.run import run_batches
 from ..model.zoo import resolve_model
-from .batching import PARALLEL_MIN, default_threads, load_many, stack_batch
+from .batching import PARALLEL_MIN, default_threads, fill_in, load_many, stack_batch
 from .engines import OnnxEngine, TorchEngine, onnx_for, pick_engine
 
 if TYPE_CHECKING:  # model/ imports torch, which reading an .onnx file does without
@@ -145,8 +146,9 @@ class Recognizer:
             self._pool.shutdown(wait=False)
             self._pool = None
 
-    def _load_arrays(self, images: Sequence[ImageInput], errors: str = "raise") -> list[np.ndarray | CaptchaError]:
-        """Preprocess images in parallel to uint8 (C, H, W); errors="return" puts each error in its place."""
+    def prepare(self, images: Sequence[ImageInput], errors: str = "raise") -> list[np.ndarray | CaptchaError]:
+        """Decode and preprocess images in parallel to the uint8 (C, H, W) arrays ``read_arrays`` takes;
+        errors="return" puts an unreadable image's CaptchaError in its place (else the first one raises)."""
         return load_many(images, self.preprocess, self._get_pool(), self.threads, errors)
 
     def _read_batches(
@@ -169,7 +171,7 @@ class Recognizer:
         """The thread pool when n images are worth spreading over the engine's lanes, else None."""
         return self._get_pool() if getattr(self.engine, "lanes", 1) > 1 and n >= 2 * PARALLEL_MIN else None
 
-    def _predict_arrays(
+    def read_arrays(
         self,
         arrays: Sequence[np.ndarray],
         beam: int = 1,
@@ -177,7 +179,10 @@ class Recognizer:
         charset: str | None = None,
         batch_size: int = 128,
     ) -> list[Prediction]:
-        """Read already-preprocessed uint8 (C, H, W) arrays, batch_size at a time."""
+        """Read already-preprocessed uint8 (C, H, W) arrays (``prepare``), batch_size at a time.
+
+        beam: beam width (1 = greedy); length: exactly this many characters; charset: only these.
+        """
         if not len(arrays):
             return []
         if batch_size < 1:
@@ -219,24 +224,14 @@ class Recognizer:
         check_options(beam, length)
         allowed = self._allowed(charset)  # a bad charset fails before any image is decoded
         pool = self._lanes_pool(len(images)) if self.preprocess.width is not None else None
-
-        def fill(arrays: list[np.ndarray | CaptchaError],
-                 read: Callable[[list[np.ndarray]], list[Prediction]]) -> list[Prediction | CaptchaError]:
-            """Each readable array's Prediction in its place; errors stay where they are."""
-            good = [i for i, a in enumerate(arrays) if not isinstance(a, CaptchaError)]
-            out: list[Prediction | CaptchaError] = list(arrays)  # type: ignore[arg-type]
-            for i, p in zip(good, read([arrays[i] for i in good])):  # type: ignore[misc]
-                out[i] = p
-            return out
-
         if pool is None:
-            return fill(self._load_arrays(images, errors),
-                        lambda ok: self._predict_arrays(ok, beam, length, charset, batch_size))
+            return fill_in(self.prepare(images, errors),
+                           lambda ok: self.read_arrays(ok, beam, length, charset, batch_size))
 
         def chunk(part: Sequence[ImageInput]) -> list[Prediction | CaptchaError]:
             """This thread decodes its chunk, then runs the network on its own lane."""
-            return fill(load_many(part, self.preprocess, None, 1, errors),
-                        lambda ok: self._read_batches(ok, self.engine.run_lane, batch_size, beam, length, allowed))
+            return fill_in(load_many(part, self.preprocess, None, 1, errors),
+                           lambda ok: self._read_batches(ok, self.engine.run_lane, batch_size, beam, length, allowed))
 
         step = max(PARALLEL_MIN, min(batch_size, -(-len(images) // (4 * self.engine.lanes))))
         out: list[Prediction | CaptchaError] = []
@@ -273,28 +268,6 @@ class Recognizer:
                     p.source = describe(src)
             preds.extend(got)
         return preds[0] if single else preds
-
-    # Deprecated: predict() reads every kind of input; these stay for code written against 0.1.
-    def read_images(self, images: Sequence[ImageInput], beam: int = 1, length: int | None = None,
-                    charset: str | None = None, batch_size: int = 128, errors: str = "raise") -> list[Any]:
-        """Deprecated: use predict(images, errors=...)."""
-        _deprecated("read_images", "predict(images, errors=...)")
-        return self._read_images(images, beam, length, charset, batch_size, errors)
-
-    def predict_arrays(self, arrays: Sequence[np.ndarray], beam: int = 1, length: int | None = None,
-                       charset: str | None = None, batch_size: int = 128) -> list[Prediction]:
-        """Deprecated: use predict(images)."""
-        _deprecated("predict_arrays", "predict(images)")
-        return self._predict_arrays(arrays, beam, length, charset, batch_size)
-
-    def load_arrays(self, images: Sequence[ImageInput], errors: str = "raise") -> list[np.ndarray | CaptchaError]:
-        """Deprecated: predict() preprocesses its inputs itself."""
-        _deprecated("load_arrays", "predict(images)")
-        return self._load_arrays(images, errors)
-
-
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"Recognizer.{old} is deprecated; use Recognizer.{new}", DeprecationWarning, stacklevel=3)
 
 
 def _check_onnx_input(eng: OnnxEngine, pre: Preprocess, source: str) -> None:

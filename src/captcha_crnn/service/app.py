@@ -54,7 +54,7 @@ def _warmup(entry: ModelEntry) -> None:
 
     pre = entry.recognizer.preprocess
     blank = np.full((pre.channels, pre.height, pre.width or pre.height * 4), 255, dtype=np.uint8)
-    entry.recognizer._predict_arrays([blank, blank])
+    entry.recognizer.read_arrays([blank, blank])
 
 
 class _Reader:

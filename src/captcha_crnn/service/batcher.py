@@ -268,8 +268,8 @@ class Batcher:
             groups.setdefault(j.options, []).append(j)
         for (beam, length, charset), jobs in groups.items():
             try:
-                preds = self.recognizer._predict_arrays([j.array for j in jobs], beam=beam, length=length,
-                                                       charset=charset, batch_size=self.max_batch)
+                preds = self.recognizer.read_arrays([j.array for j in jobs], beam=beam, length=length,
+                                                    charset=charset, batch_size=self.max_batch)
             except CaptchaError as e:
                 for j in jobs:
                     j.error = ServiceError(422, str(e))

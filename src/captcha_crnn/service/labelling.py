@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse
@@ -29,10 +29,13 @@ from .requests import _fail, _json_object, _read_body
 from .server import run_app
 from .trainer import BackgroundTrainer
 
+if TYPE_CHECKING:
+    from ..infer import Reader
+
 MAX_BODY = 16_384  # bytes in one answer
 
 
-def _read_all(recognizer: Any, paths: list[Path], progress: bool, chunk: int = 256) -> list[Any]:
+def _read_all(reader: Reader, paths: list[Path], progress: bool, chunk: int = 256) -> list[Any]:
     """Every image read (CaptchaError in place of an unreadable one), with a progress bar if asked."""
     import sys
 
@@ -41,12 +44,12 @@ def _read_all(recognizer: Any, paths: list[Path], progress: bool, chunk: int = 2
     out: list[Any] = []
     with tqdm(total=len(paths), desc="pre-fill", unit="img", disable=not progress, file=sys.stderr) as bar:
         for i in range(0, len(paths), chunk):
-            out += recognizer.predict(paths[i : i + chunk], errors="return")
+            out += reader.predict(paths[i : i + chunk], errors="return")
             bar.update(min(chunk, len(paths) - i))
     return out
 
 
-def better_reader(current: Any, new: Any, path: Path) -> str | None:
+def better_reader(current: Reader | None, new: Reader, path: Path) -> str | None:
     """None when the new model (at `path`) reads its own held-out labels at least as well as the
     `current` pre-fill does; else a note saying why the current one stays. A zero-shot reader can
     beat a model trained on a few dozen labels (ddddocr reads captcha_v2 at 97% before any label)."""
@@ -69,13 +72,13 @@ def better_reader(current: Any, new: Any, path: Path) -> str | None:
 class Session:
     """The order of a labelling session and its pace."""
 
-    def __init__(self, store: LabelStore, recognizer: Any = None, progress: bool = False):
+    def __init__(self, store: LabelStore, recognizer: Reader | None = None, progress: bool = False):
         self.store = store
         self.answered, self.t0 = 0, None
         self.model: str | None = None
         self.use(recognizer, progress=progress)
 
-    def use(self, recognizer: Any, name: str | None = None, progress: bool = False) -> None:
+    def use(self, recognizer: Reader | None, name: str | None = None, progress: bool = False) -> None:
         """Pre-fill and order by `recognizer` (None: no pre-fill, file order): least confident first."""
         readings: dict[str, tuple[str, float]] = {}
         if recognizer is not None:
@@ -208,7 +211,7 @@ def _add_answer_routes(router: APIRouter, session: Session, trainer: BackgroundT
         return session.answer(data["name"], str(data.get("action", "label")), label)
 
 
-def load_reader(model: str | None, charset: str | None) -> tuple[Any, str | None]:
+def load_reader(model: str | None, charset: str | None) -> tuple[Reader | None, str | None]:
     """(what pre-fills the page, its name): a trained model; ddddocr's own model zero-shot, restricted
     to `charset` (the default where the pretrained extra is installed); or nothing ("none")."""
     import sys

@@ -15,7 +15,7 @@ class ModelEntry:
     """A loaded model and the name requests choose it by (``?model=NAME``)."""
 
     name: str
-    recognizer: Any  # a Recognizer (anything with _predict_arrays, alphabet, preprocess, info)
+    recognizer: Any  # a Recognizer (anything with read_arrays, alphabet, preprocess, info)
     source: str = ""
 
     def describe(self) -> dict[str, Any]:
