@@ -147,6 +147,26 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version()}
 
 
+def common_args(ap: argparse.ArgumentParser, json_default: str) -> None:
+    """--root (the shared datasets), --json (results, kept across runs), --table (print a saved one)."""
+    ap.add_argument("--root", default="../shared/datasets", help="folder holding the datasets")
+    ap.add_argument("--json", default=json_default)
+    ap.add_argument("--table", help="print the table of this JSON and exit")
+
+
+def saved_runs(path: str | Path) -> list[dict[str, Any]]:
+    """The runs in an earlier --json file (a benchmark keeps those its new runs do not replace), or []."""
+    p = Path(path)
+    return json.loads(p.read_text())["runs"] if p.is_file() else []
+
+
+def save_runs(path: str | Path, runs: list[dict[str, Any]], **extra: Any) -> None:
+    """Write {"machine", extra..., "runs"} as JSON to path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({"machine": machine(), **extra, "runs": runs}, indent=1))
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table, one row per dataset."""
     cols = ["dataset", "images", "lengths", "alphabet", "train min", "test n", "sequence accuracy", "CER",

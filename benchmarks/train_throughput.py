@@ -1,7 +1,7 @@
 """Training throughput of the default recipe and of each speed change on its own, on the shared sets.
 
     python benchmarks/train_throughput.py [--datasets captcha_v2 henan_digits4 generic_varlen]
-        [--variants fp32 bf16 ...] [--accuracy] [--root ../shared/datasets]
+        [--variants fp32 bf16 ...] [--accuracy [VARIANT ...]] [--root ../shared/datasets]
         [--json benchmarks/results/train_throughput.json]
 
 This machine is shared, so speeds are taken side by side: every variant builds the run `train` would
@@ -19,7 +19,6 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -31,13 +30,14 @@ from typing import Any
 
 import torch
 
+from captcha_crnn.data.dataset import bucketed_order
 from captcha_crnn.training import TrainConfig, train
 from captcha_crnn.training.data import prepare_data
 from captcha_crnn.training.loop import Run
 from captcha_crnn.training.setup import build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets import DATASETS, machine  # noqa: E402
+from datasets import DATASETS, common_args, save_runs, saved_runs  # noqa: E402
 
 BATCH, STEPS = 32, 3  # images per step, steps per variant and round
 EPOCHS = {"captcha_v2": 8, "henan_digits4": 3, "generic_varlen": 3}  # fixed per dataset: 2 frozen + the rest
@@ -50,6 +50,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "contrast": dict(BIG, precision="fp32", height=64, grey="contrast"),
     "threads1": dict(BIG, precision="fp32", height=64, grey="luma", threads=1),
     "threads4": dict(BIG, precision="fp32", height=64, grey="luma", threads=4),
+    "compile": dict(BIG, precision="fp32", height=64, grey="luma", compile=True),
+    "fast": dict(BIG, precision="bf16", height=32, grey="luma"),
+    "fast_contrast": dict(BIG, precision="bf16", height=32, grey="contrast"),
     "default": dict(BIG),
     "small_fp32": dict(SMALL, precision="fp32"),
     "small_bf16": dict(SMALL, precision="bf16"),
@@ -58,12 +61,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def prepared(dataset: str, variant: str, root: Path, cache: Path) -> Run:
     """The Run that `train` builds for this dataset and variant (data decoded, model initialised)."""
-    flags = {k: v for k, v in VARIANTS[variant].items() if k != "reader"}
+    flags = {k: v for k, v in VARIANTS[variant].items() if k not in ("reader", "compile")}
     cfg = TrainConfig(data=str(root / DATASETS[dataset].path), out=tempfile.mkdtemp(), seed=0, progress=False,
                       case=DATASETS[dataset].case, cache_dir=str(cache), **flags).validate()
     cfg, data = prepare_data(cfg, None)
     model, _ = build_model(cfg, data, warm=True)
-    return Run(cfg, data, model, "cpu", Path(cfg.out))
+    run = Run(cfg, data, model, "cpu", Path(cfg.out))
+    if VARIANTS[variant].get("compile"):
+        run.net = torch.compile(run.net, dynamic=True)  # speed only: the warm-up round pays for compiling
+    return run
 
 
 def step_seconds(run: Run, idx: list[int], frozen: bool, steps: int) -> float:
@@ -84,9 +90,12 @@ def step_seconds(run: Run, idx: list[int], frozen: bool, steps: int) -> float:
 def speeds(dataset: str, variants: list[str], root: Path, cache: Path, rounds: int) -> dict[str, dict[str, Any]]:
     """images/s per variant (frozen and full steps), the variants taking turns on the same batches."""
     runs = {v: prepared(dataset, v, root, cache) for v in variants}
-    n = min(len(r.data.train) for r in runs.values())
+    first = next(iter(runs.values()))
     rng = random.Random(0)
-    batches = [rng.sample(range(n), BATCH) for _ in range(rounds + 1)]  # the first round warms up
+    shuffled = rng.sample(range(len(first.data.train)), len(first.data.train))
+    order = bucketed_order(shuffled, first.data.train.widths().tolist(), BATCH, 0)
+    starts = rng.sample(range(0, len(order) - BATCH, BATCH), rounds + 1)
+    batches = [order[i : i + BATCH] for i in starts]  # as training groups widths; the first round warms up
     times: dict[str, dict[str, list[float]]] = {v: {"frozen": [], "full": []} for v in variants}
     for r, idx in enumerate(batches):
         for v, run in runs.items():
@@ -110,7 +119,7 @@ def accuracy(dataset: str, variant: str, root: Path, cache: Path) -> dict[str, A
     """Held-out sequence accuracy after EPOCHS[dataset] epochs of one model."""
     ds = DATASETS[dataset]
     cfg = dict(seed=0, epochs=EPOCHS[dataset], patience=1000, case=ds.case, progress=False,
-               cache_dir=str(cache), **VARIANTS[variant])
+               cache_dir=str(cache), **{k: v for k, v in VARIANTS[variant].items() if k != "compile"})
     with tempfile.TemporaryDirectory() as tmp:
         r = train(str(root / ds.path), TrainConfig(out=tmp, **cfg))
     if r.test is None:
@@ -144,17 +153,15 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", choices=list(EPOCHS), default=list(EPOCHS))
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--rounds", type=int, default=7, help="turns each variant takes at the speed measurement")
-    ap.add_argument("--accuracy", action="store_true", help="also train each variant for EPOCHS epochs")
-    ap.add_argument("--root", default="../shared/datasets")
+    ap.add_argument("--accuracy", nargs="*", metavar="VARIANT",
+                    help="also train these variants (none named: every one) for EPOCHS epochs")
     ap.add_argument("--cache", default="bench_out/throughput_cache", help="decoded images, shared by the runs")
-    ap.add_argument("--json", default="benchmarks/results/train_throughput.json")
-    ap.add_argument("--table", help="print the table of this JSON and exit")
+    common_args(ap, "benchmarks/results/train_throughput.json")
     a = ap.parse_args()
     if a.table:
-        print(table(json.loads(Path(a.table).read_text())["runs"]))
+        print(table(saved_runs(a.table)))
         return
-    out = Path(a.json)
-    rows = json.loads(out.read_text())["runs"] if out.is_file() else []  # other pairs are kept
+    rows = saved_runs(a.json)
     root, cache = Path(a.root), Path(a.cache)
     for dataset in a.datasets:
         stamp = time.strftime("%Y-%m-%d %H:%M")
@@ -162,12 +169,11 @@ def main() -> None:
             old = next((x for x in rows if (x["dataset"], x["variant"]) == (dataset, variant)), {})
             row = {**old, "dataset": dataset, "variant": variant, "flags": VARIANTS[variant], **speed,
                    "speed_run": stamp, "load_avg": os.getloadavg()}
-            if a.accuracy:
+            if a.accuracy is not None and (not a.accuracy or variant in a.accuracy):
                 row.update(accuracy(dataset, variant, root, cache))
                 print(f"{dataset} {variant}: held-out {row['held_out']:.2%}", file=sys.stderr, flush=True)
             rows = [x for x in rows if (x["dataset"], x["variant"]) != (dataset, variant)] + [row]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"machine": machine(), "epochs": EPOCHS, "runs": rows}, indent=1))
+            save_runs(a.json, rows, epochs=EPOCHS)
     print(table(rows))
 
 

@@ -35,19 +35,25 @@ ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+GREY_MODES = ("luma", "contrast")
+
+
 @dataclass
 class Preprocess:
     """How an image becomes model input. Stored in every model file.
 
     height: rows fed to the network. width: fixed width, or None to keep the aspect ratio
     (then widths are padded per batch). channels: 1 (grey) or 3 (RGB). crop: cut the image to the
-    box around its text first (``crop_to_ink``), for small text in wide blank margins.
+    box around its text first (``crop_to_ink``), for small text in wide blank margins. grey: how a
+    colour image becomes grey (channels 1): "luma" (Pillow's L), or "contrast" (the distance from the
+    background colour, stretched, so that pale coloured text on white turns dark; ``contrast_grey``).
     """
 
     height: int = 32
     width: int | None = 128
     channels: int = 1
     crop: bool = False
+    grey: str = "luma"
     min_width: int = 16
     max_width: int = 1024
     max_pixels: int = 40_000_000
@@ -72,6 +78,8 @@ class Preprocess:
             _positive_int("width", self.width)
         if self.channels not in (1, 3):
             raise ValueError(f"preprocessing: channels must be 1 or 3, not {self.channels}")
+        if self.grey not in GREY_MODES:
+            raise ValueError(f"preprocessing: grey must be {' or '.join(GREY_MODES)}, not {self.grey!r}")
         if not isinstance(self.crop, bool):
             raise ValueError(f"preprocessing: crop must be true or false, not {self.crop!r}")
         return self
@@ -300,9 +308,12 @@ def load_image(src: ImageInput, pre: Preprocess) -> np.ndarray:
     Every failure (unreadable, damaged, too large, an unconvertible mode) is a CaptchaError naming src.
     """
     name = describe(src)
-    im = to_mode(open_image(src, pre), pre.channels, name)
+    contrast = pre.channels == 1 and pre.grey == "contrast"
+    im = to_mode(open_image(src, pre), 3 if contrast else pre.channels, name)
     if pre.crop:
         im = crop_to_ink(im)
+    if contrast:
+        im = contrast_grey(im)
     w, h = im.size
     tw = pre.target_width(w, h)
     try:
@@ -312,6 +323,21 @@ def load_image(src: ImageInput, pre: Preprocess) -> np.ndarray:
     except PIL_ERRORS as e:
         raise CaptchaError(f"{name}: cannot resize image ({_one_line(e)})") from None
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+CONTRAST_FLOOR = 48  # a distance from the background that is stretched to full ink at most
+
+
+def contrast_grey(im: Image.Image) -> Image.Image:
+    """RGB -> L as the distance from the background colour (the median of the border pixels), the
+    largest channel difference, stretched so that the 99th percentile is full ink: light yellow, green
+    or pink text on white comes out as dark as black text would."""
+    rgb = np.asarray(im, dtype=np.int16)  # (H, W, 3)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])  # (2W + 2H, 3)
+    dist = np.abs(rgb - np.median(border, axis=0)).max(-1)  # (H, W) in 0..255
+    top = max(float(np.percentile(dist, 99)), CONTRAST_FLOOR)
+    ink = np.clip(dist * (255.0 / top), 0, 255)
+    return Image.fromarray((255.0 - ink).astype(np.uint8), mode="L")
 
 
 def image_size(src: ImageInput) -> tuple[int, int]:

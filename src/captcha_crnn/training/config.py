@@ -110,6 +110,9 @@ class TrainConfig:
     patience: int = opt(10, "early stop after N epochs without a validation gain", whole(1), metavar="N")
     seed: int = opt(0, "seed for the split, init and augmentation")
     device: str = opt("auto", "auto: cuda when available", choices=("auto", "cpu", "cuda"))
+    precision: str = opt("auto", "arithmetic of the training steps: bf16 autocast or fp32 (the saved model is "
+                         "fp32 either way); auto: bf16 where the device computes it natively (CUDA, or a CPU "
+                         "with avx512_bf16 or amx_bf16)", choices=("auto", "bf16", "fp32"))
     # data
     val: float | None = opt(None, "validation fraction of the split; default 0.1, or 0.2 under 300 labelled "
                             "images", optional(fraction), parse=float)
@@ -137,6 +140,8 @@ class TrainConfig:
                                   "(from the data)", width_problem, parse=number_or_word)
     channels: int | str = opt("auto", "1 grey, 3 colour, auto: colour when the images carry colour (grey for the "
                               "pretrained start)", choices=(1, 3, "auto"), parse=number_or_word)
+    grey: str = opt("luma", "how colour becomes grey for a grey model: luma, or contrast (the distance from the "
+                    "background colour, stretched: pale coloured text turns dark)", choices=("luma", "contrast"))
     crop: bool | str = opt("auto", "cut each image to the box around its text before resizing; auto: when the "
                            "text covers under 30%% of images of varying sizes", crop_problem,
                            parse=on_off_auto, metavar="{on,off,auto}")

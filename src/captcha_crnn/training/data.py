@@ -58,16 +58,17 @@ def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
                 continue
     max_len = max(len(s.label) for s in samples)
     height = choose_height(cfg, sizes, max_len)
+    common = dict(height=height, channels=cfg.channels, grey=cfg.grey)
     if cfg.width not in ("auto", None, "variable"):
-        return Preprocess(height=height, width=int(cfg.width), channels=cfg.channels, crop=crop)
+        return Preprocess(width=int(cfg.width), crop=crop, **common)
     if cfg.width == "variable":
-        return Preprocess(height=height, width=None, channels=cfg.channels, crop=crop)
+        return Preprocess(width=None, crop=crop, **common)
     min_w = 4 * (2 * max_len + 1)  # room for every char and a blank between repeats
     if len(sizes) == 1 and not crop:  # cropped boxes differ in size: keep their aspect ratio
         (w, h), = sizes
         tw = max(min_w, round(w * height / h))
-        return Preprocess(height=height, width=(tw + 3) // 4 * 4, channels=cfg.channels)
-    return Preprocess(height=height, width=None, channels=cfg.channels, min_width=min_w, crop=crop)
+        return Preprocess(width=(tw + 3) // 4 * 4, **common)
+    return Preprocess(width=None, min_width=min_w, crop=crop, **common)
 
 
 def ctc_targets(labels: list[str], alphabet: Alphabet) -> tuple[torch.Tensor, torch.Tensor]:

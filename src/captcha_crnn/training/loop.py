@@ -30,7 +30,7 @@ from .distributed import Dist
 from .ema import EMA
 from .log import log
 from .schedule import lr_at
-from .setup import build_model, make_optimizer, pick_device
+from .setup import build_model, make_optimizer, pick_device, pick_precision
 from .state import Clock, RunState, rank_state, restore, shared_checkpoint, snapshot
 from .validate import evaluate_set
 
@@ -87,9 +87,11 @@ class Run:
         self.epochs = max_epochs(cfg)
         self.total_steps = self.epochs * self.steps_per_epoch
         self.budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+        self.precision, self.precision_why = pick_precision(cfg.precision, device)
         self.st = RunState()
         self.info = {"training": {"data": cfg.data, "split": data.how, "seed": cfg.seed,
                                   "train_images": len(data.train), "val_images": len(data.val),
+                                  "precision": self.precision,
                                   "processes": d.world, "config": cfg.to_dict()}}
 
     def now(self) -> float:
@@ -206,7 +208,8 @@ class Run:
         frozen = self.frozen()
         for g in self.opt.param_groups:
             g["lr"] = 0.0 if frozen and g.get("backbone") else lr * g.get("lr_scale", 1.0)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
+        bf16 = self.precision == "bf16"  # autocast: bf16 matrix products, fp32 weights and loss
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             logp = self.net(x)  # (B, T, classes)
         in_lens = CRNN.output_lengths(widths)
         loss = F.ctc_loss(logp.float().transpose(0, 1), targets, in_lens, target_lens,
@@ -292,6 +295,7 @@ def _train(cfg: TrainConfig, device: str, d: Dist, on_epoch: EpochHook | None) -
         + (f", {d.world} processes (global batch {cfg.batch_size})" if d.enabled else ""))
     log(f"init: {init}")
     run = Run(cfg, data_, model.to(device), device, out, on_epoch, d)
+    log(f"precision: {run.precision} ({run.precision_why})")
     if ckpt:
         restore(run, ckpt)
     reason = run.loop()

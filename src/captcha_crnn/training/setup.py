@@ -20,6 +20,30 @@ def pick_device(name: str) -> str:
     return name
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU features that make bf16 matrix products native
+
+
+def cpu_bf16_flag() -> str | None:
+    """The CPU feature (from /proc/cpuinfo) that computes bf16 natively, or None (or not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
+
+
+def pick_precision(name: str, device: str) -> tuple[str, str]:
+    """("bf16" or "fp32", why) for the --precision setting on `device`."""
+    if name != "auto":
+        return name, "asked for"
+    if device.startswith("cuda"):
+        ok = torch.cuda.is_bf16_supported()
+        return ("bf16", "the GPU supports it") if ok else ("fp32", "the GPU has no bf16")
+    flag = cpu_bf16_flag()
+    return ("bf16", f"the CPU has {flag}") if flag else ("fp32", "the CPU has no native bf16")
+
+
 def init_weights(model: CRNN, alphabet: Alphabet, init: str | None, pretrained: str = "off",
                  source: str = "ddddocr") -> str:
     """Initialise `model`: from the `init` model when one is named, else from the pretrained backbone

@@ -1,0 +1,125 @@
+"""Held-out accuracy against the time budget of the default command, and what the remaining misses are.
+
+    python benchmarks/time_curve.py [--dataset generic_varlen] [--minutes 10 30 60] [--seed 0]
+        [--root ../shared/datasets] [--json benchmarks/results/time_curve.json] [--gallery docs/errors_generic.png]
+
+Each budget is one `captcha-crnn train DATA --max-minutes M` (the default recipe; the dataset's case
+rule). The output model reads the held-out split; its misses are sorted by kind:
+
+- lookalike: same length, and every differing character is a lookalike of the truth's in some fonts
+  (LOOKALIKES: 0/o, 1/l/i/j, 5/s, 2/z, 9/g/q, ...);
+- length: a character too many or too few;
+- other: same length, some other character read wrong.
+
+"if lookalikes counted" is the accuracy when those misses count as right: how much of what is left
+is font ambiguity rather than the model. The longest budget's misses are drawn (--gallery).
+A budget replaces the same dataset and budget in --json. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from captcha_crnn import Recognizer
+from captcha_crnn.data.images import load_image
+from captcha_crnn.evaluate import align, fold
+from captcha_crnn.model.modelfile import read_metadata
+from captcha_crnn.training import TrainConfig, train
+from captcha_crnn.training.data import held_out_samples
+from captcha_crnn.viz import errors_gallery
+
+sys.path.insert(0, str(Path(__file__).parent))
+from datasets import DATASETS, common_args, save_runs, saved_runs  # noqa: E402
+
+LOOKALIKES = ("0oOQD", "1lIij|", "5sS", "2zZ", "9gq", "6b", "8B", "uvUV", "cC", "kK", "wW", "xX", "pP", "yY")
+
+
+def lookalike(a: str, b: str) -> bool:
+    """Whether characters a and b look alike in some fonts (LOOKALIKES)."""
+    return any(a in group and b in group for group in LOOKALIKES)
+
+
+def miss_kind(truth: str, pred: str) -> str:
+    """'right', 'length', 'lookalike' or 'other' (see the module docstring)."""
+    if truth == pred:
+        return "right"
+    if len(truth) != len(pred):
+        return "length"
+    _, _, subs = align(truth, pred)
+    return "lookalike" if subs and all(lookalike(t, p) for t, p in subs) else "other"
+
+
+def breakdown(truths: list[str], preds: list[str]) -> dict[str, Any]:
+    """Counts of each kind, the commonest substitutions and the accuracy if lookalikes counted."""
+    kinds = Counter(miss_kind(t, p) for t, p in zip(truths, preds))
+    subs: Counter[tuple[str, str]] = Counter()
+    for t, p in zip(truths, preds):
+        if t != p and len(t) == len(p):
+            subs.update(align(t, p)[2])
+    n = len(truths)
+    return {"n": n, "right": kinds["right"], "length": kinds["length"], "lookalike": kinds["lookalike"],
+            "other": kinds["other"], "accuracy": kinds["right"] / n,
+            "accuracy_if_lookalikes_counted": (kinds["right"] + kinds["lookalike"]) / n,
+            "top_substitutions": [f"{t}->{p} x{c}" for (t, p), c in subs.most_common(12)]}
+
+
+def run(dataset: str, minutes: float, seed: int, root: Path, gallery: Path | None) -> dict[str, Any]:
+    ds = DATASETS[dataset]
+    data = str(root / ds.path)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        r = train(data, TrainConfig(out=tmp, max_minutes=minutes, seed=seed, case=ds.case, progress=False))
+        wall = time.perf_counter() - t0
+        meta = read_metadata(r.model_path)
+        held = held_out_samples(meta, data)
+        rec = Recognizer.load(r.model_path)
+        preds = [p.text for p in rec.predict([s.path for s in held])]
+        truths = [fold(s.label, ds.case == "insensitive") for s in held]
+        preds = [fold(p, ds.case == "insensitive") for p in preds]
+        row = {"dataset": dataset, "minutes": minutes, "seed": seed, "wall_minutes": wall / 60,
+               "reader": (r.recipe or {}).get("output", {}).get("reader", "single model"),
+               "architecture": meta.get("architecture"), "load_avg": os.getloadavg(), **breakdown(truths, preds)}
+        if gallery:
+            images = [load_image(s.path, rec.preprocess)[0] for s in held]
+            errors_gallery(images, truths, preds, gallery)
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| dataset | budget | held-out | if lookalikes counted | misses: length / lookalike / other |",
+             "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["minutes"])):
+        lines.append(f"| {r['dataset']} | {r['minutes']:g} min | {r['accuracy']:.2%} | "
+                     f"{r['accuracy_if_lookalikes_counted']:.2%} | {r['length']} / {r['lookalike']} / {r['other']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=list(DATASETS), default="generic_varlen")
+    ap.add_argument("--minutes", type=float, nargs="+", default=[10, 30, 60])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gallery", default="docs/errors_generic_varlen.png", help="misses of the longest budget")
+    common_args(ap, "benchmarks/results/time_curve.json")
+    a = ap.parse_args()
+    if a.table:
+        print(table(saved_runs(a.table)))
+        return
+    rows = saved_runs(a.json)
+    for m in a.minutes:
+        row = run(a.dataset, m, a.seed, Path(a.root), Path(a.gallery) if m == max(a.minutes) else None)
+        print(f"{a.dataset} {m:g} min: {row['accuracy']:.2%}", file=sys.stderr, flush=True)
+        rows = [r for r in rows if (r["dataset"], r["minutes"]) != (a.dataset, m)] + [row]
+        save_runs(a.json, rows)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
