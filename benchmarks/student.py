@@ -170,7 +170,8 @@ def main() -> int:
         return 0
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    old = json.loads(out.read_text())["results"] if out.is_file() else []
+    rows = [r for r in old if r["scenario"] not in a.scenarios]  # scenarios not re-run keep their rows
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.scenarios:

@@ -12,8 +12,10 @@ rule). The output model reads the held-out split; its misses are sorted by kind:
 - other: same length, some other character read wrong.
 
 "if lookalikes counted" is the accuracy when those misses count as right: how much of what is left
-is font ambiguity rather than the model. The longest budget's misses are drawn (--gallery).
-A budget replaces the same dataset and budget in --json. Prints a table and writes JSON.
+is font ambiguity rather than the model. The longest budget's misses are drawn (--gallery). The output's reading speed
+(student.py: reading_speed) is given beside the shipped captcha_v2 model's, on the same bytes.
+A budget replaces the same dataset and budget in --json.
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from captcha_crnn.viz import errors_gallery
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import DATASETS, common_args, save_runs, saved_runs  # noqa: E402
+from student import reading_speed  # noqa: E402
 
 LOOKALIKES = ("0oOQD", "1lIij|", "5sS", "2zZ", "9gq", "6b", "8B", "uvUV", "cC", "kK", "wW", "xX", "pP", "yY")
 
@@ -86,6 +89,9 @@ def run(dataset: str, minutes: float, seed: int, root: Path, gallery: Path | Non
         row = {"dataset": dataset, "minutes": minutes, "seed": seed, "wall_minutes": wall / 60,
                "reader": (r.recipe or {}).get("output", {}).get("reader", "single model"),
                "architecture": meta.get("architecture"), "load_avg": os.getloadavg(), **breakdown(truths, preds)}
+        sample = [Path(s.path).read_bytes() for s in held[:300]]
+        row["images_per_s"] = round(reading_speed(r.model_path, sample), 1)
+        row["shipped_captcha_v2_images_per_s"] = round(reading_speed("captcha_v2", sample), 1)
         if gallery:
             images = [load_image(s.path, rec.preprocess)[0] for s in held]
             errors_gallery(images, truths, preds, gallery)

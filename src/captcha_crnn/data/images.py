@@ -312,13 +312,13 @@ def load_image(src: ImageInput, pre: Preprocess) -> np.ndarray:
     im = to_mode(open_image(src, pre), 3 if contrast else pre.channels, name)
     if pre.crop:
         im = crop_to_ink(im)
-    if contrast:
-        im = contrast_grey(im)
     w, h = im.size
     tw = pre.target_width(w, h)
     try:
         if (w, h) != (tw, pre.height):
             im = im.resize((tw, pre.height), Image.BILINEAR)
+        if contrast:
+            im = contrast_grey(im)  # after resizing: fewer pixels to measure
         a = np.asarray(im, dtype=np.uint8)
     except PIL_ERRORS as e:
         raise CaptchaError(f"{name}: cannot resize image ({_one_line(e)})") from None
@@ -334,10 +334,12 @@ def contrast_grey(im: Image.Image) -> Image.Image:
     or pink text on white comes out as dark as black text would."""
     rgb = np.asarray(im, dtype=np.int16)  # (H, W, 3)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])  # (2W + 2H, 3)
-    dist = np.abs(rgb - np.median(border, axis=0)).max(-1)  # (H, W) in 0..255
-    top = max(float(np.percentile(dist, 99)), CONTRAST_FLOOR)
-    ink = np.clip(dist * (255.0 / top), 0, 255)
-    return Image.fromarray((255.0 - ink).astype(np.uint8), mode="L")
+    d = np.abs(rgb - np.partition(border, len(border) // 2, axis=0)[len(border) // 2])  # from the median colour
+    dist = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])  # (H, W) in 0..255
+    counts = np.cumsum(np.bincount(dist.ravel(), minlength=256))
+    top = max(int(np.searchsorted(counts, 0.99 * dist.size)), CONTRAST_FLOOR)  # the 99th percentile
+    paper = (255.0 - np.minimum(np.arange(256) * (255.0 / top), 255.0)).astype(np.uint8)  # distance -> grey
+    return Image.fromarray(paper[dist], mode="L")
 
 
 def image_size(src: ImageInput) -> tuple[int, int]:
