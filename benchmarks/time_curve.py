@@ -118,11 +118,10 @@ def main() -> None:
     if a.table:
         print(table(saved_runs(a.table)))
         return
-    rows = saved_runs(a.json)
     for m in a.minutes:
         row = run(a.dataset, m, a.seed, Path(a.root), Path(a.gallery) if m == max(a.minutes) else None)
         print(f"{a.dataset} {m:g} min: {row['accuracy']:.2%}", file=sys.stderr, flush=True)
-        rows = [r for r in rows if (r["dataset"], r["minutes"]) != (a.dataset, m)] + [row]
+        rows = [r for r in saved_runs(a.json) if (r["dataset"], r["minutes"]) != (a.dataset, m)] + [row]
         save_runs(a.json, rows)
     print(table(rows))
 
