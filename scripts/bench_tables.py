@@ -1,0 +1,380 @@
+"""The README's result tables and docs/benchmarks.md, generated from the benchmarks' JSON.
+
+    python scripts/bench_tables.py            # rewrite both
+    python scripts/bench_tables.py --check    # exit 1 naming what is stale (tests/test_bench_tables.py runs it)
+
+README.md: each block between `<!-- bench:NAME -->` and `<!-- /bench -->` is TOPICS[NAME]: the command
+that wrote its JSON, then a short table of the headline rows. A topic whose JSON is not in
+benchmarks/results/ is left as it is, with a warning (its block holds a "not measured yet" line).
+docs/benchmarks.md: between `<!-- bench:detail -->` and `<!-- /bench -->`, a section per JSON file in
+benchmarks/results/: the command, the run's settings (machine, load averages, seeds, budget, dates) and
+every row: the writing script's own `table()` where it has one (TABLES), then every field.
+
+A JSON file's script is benchmarks/<longest prefix of its name>.py (learning_curve_student.json:
+learning_curve.py). Scripts are imported only for their table functions; importing one runs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results"
+README = ROOT / "README.md"
+DOC = ROOT / "docs" / "benchmarks.md"
+BLOCK = re.compile(r"(<!-- bench:([\w-]+) -->\n)(.*?)(<!-- /bench -->)", re.S)
+DETAIL = "detail"  # the block name in docs/benchmarks.md
+
+# How each JSON was made; formatted with its data ({0[minutes]:g}). Others: their script's usage line.
+COMMANDS = {
+    "datasets.json": "python benchmarks/datasets.py --datasets generic_varlen henan_digits4",
+    "datasets_own_backbone.json": "python benchmarks/datasets.py --set backbone_weights={0[overrides]"
+                                  "[backbone_weights]} --json benchmarks/results/datasets_own_backbone.json",
+    "ddddocr_norm.json": "python benchmarks/ddddocr_norm.py --limit {0[0][n]}",
+    "inference_own_backbone.json": "python benchmarks/inference.py --model {0[model]} --engines onnx,onnx-int8,"
+                                   "ddddocr --repeats {0[repeats]} --json "
+                                   "benchmarks/results/inference_own_backbone.json",
+    "inference_pretrained.json": "python benchmarks/inference.py --model {0[model]} --engines onnx,onnx-int8,ddddocr "
+                                 "--repeats {0[repeats]} --json benchmarks/results/inference_pretrained.json",
+    "inference_scratch.json": "python benchmarks/inference.py --model captcha_v2 --accuracy-model "
+                              "/tmp/bench/v2scratch/model.safetensors --engines onnx,onnx-int8 --repeats {0[repeats]} "
+                              "--json benchmarks/results/inference_scratch.json",
+    "label_latency.json": "python benchmarks/label_latency.py",
+    "labelling.json": "python benchmarks/labelling.py --rounds 6",
+    "labelling_captcha_v2_ddddocr_prefill.json": "python benchmarks/labelling.py --strategies prefill --rounds 8 "
+                                                 "--json benchmarks/results/labelling_captcha_v2_ddddocr_prefill.json",
+    "labelling_henan.json": "python benchmarks/labelling.py --dataset henan_digits4 --rounds 4 "
+                            "--json benchmarks/results/labelling_henan.json",
+    "labelling_henan_ddddocr_prefill.json": "python benchmarks/labelling.py --dataset henan_digits4 --strategies "
+                                            "prefill --rounds 4 --json "
+                                            "benchmarks/results/labelling_henan_ddddocr_prefill.json",
+    "learning_curve.json": "python benchmarks/learning_curve.py --minutes {0[minutes]:g}",
+    "learning_curve_student.json": "python benchmarks/learning_curve.py --sizes 50 100 250 --starts student "
+                                   "--minutes {0[minutes]:g} --json benchmarks/results/learning_curve_student.json",
+    "serve_load.json": "python benchmarks/serve_load.py --soak 300 --out benchmarks/results/serve_load.json",
+    "student.json": "python benchmarks/student.py",
+    "time_curve.json": "python benchmarks/time_curve.py",
+    "train_captcha_v2.json": "python benchmarks/train_captcha_v2.py --set max_minutes={0[overrides][max_minutes]} "
+                             "--json benchmarks/results/train_captcha_v2.json",
+    "train_throughput.json": "python benchmarks/train_throughput.py",
+}
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def bench(name: str) -> Any:
+    """benchmarks/<name>.py as a module (its imports only; it has a __main__ guard)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+def fmt(v: Any) -> str:
+    """A JSON value in a table cell."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    if isinstance(v, list):
+        return " ".join(map(fmt, v)) if not any(isinstance(x, (dict, list)) for x in v) else f"({len(v)} entries)"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2%}"
+
+
+def md(head: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    line = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "---|" * len(head), *map(line, rows)])
+
+
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {prefix + k: v})
+    return out
+
+
+def records(data: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the run's settings, its rows): the first list of dicts, a dict of such lists, or the dicts of data."""
+    if isinstance(data, list):
+        return {}, data
+    for k, v in data.items():
+        rest = {a: b for a, b in data.items() if a != k}
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            return rest, v
+        if isinstance(v, dict) and v and all(isinstance(x, list) for x in v.values()):
+            return rest, [{k: name, **r} for name, rs in v.items() for r in rs]
+    parts = {k: v for k, v in data.items() if isinstance(v, dict)}
+    return {k: v for k, v in data.items() if k not in parts}, [{"part": k, **v} for k, v in parts.items()]
+
+
+def script_of(json_name: str) -> str:
+    """The benchmark that writes a JSON file: the longest script name its name starts with."""
+    stem = json_name.removesuffix(".json")
+    names = [p.stem for p in BENCH.glob("*.py") if stem == p.stem or stem.startswith(p.stem + "_")]
+    return max(names, key=len, default="")
+
+
+def docstring(script: str) -> str:
+    """benchmarks/<script>.py's docstring, read without importing it ("" when there is none)."""
+    path = BENCH / f"{script}.py"
+    return (ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "") if script and path.is_file() else ""
+
+
+def command(json_name: str, data: Any) -> str:
+    """The command that wrote a JSON file (COMMANDS, else its script's usage line)."""
+    if json_name in COMMANDS:
+        return COMMANDS[json_name].format(data)
+    return next((ln.strip() for ln in docstring(script_of(json_name)).splitlines() if ln.strip().startswith("python ")),
+                "?")
+
+
+def anchor(json_name: str) -> str:
+    """The link to a JSON file's section of docs/benchmarks.md, from the README."""
+    return f"[{json_name}](docs/benchmarks.md#{json_name.replace('.', '').lower()})"
+
+
+# ------------------------------------------------------------------ README topics: one short table each
+
+
+def first_per(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The first row of each value of key (the seed-0 run of each scenario)."""
+    first: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        first.setdefault(r[key], r)
+    return list(first.values())
+
+
+def starts(rows: list[dict[str, Any]]) -> list[str]:
+    """The starts a learning_curve.json holds, in the script's order."""
+    return [s for s in ("scratch", "pretrained", "student", "own") if s in rows[0]]
+
+
+def student(d: dict) -> str:
+    return bench("student").table(first_per(d["results"], "scenario"))
+
+
+def curve(d: dict) -> str:
+    """Labelled images across, datasets down; each cell every start's accuracy (and images/s)."""
+    rows = d["results"]
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+
+    def cell(r: dict) -> str:
+        acc = " / ".join(pct(r[s]["sequence_accuracy"]) + (f" ({r[s]['images_per_s']:.0f}/s)" if "images_per_s"
+                                                           in r[s] else "") for s in starts(rows))
+        return acc + ("" if str(r["labelled"]) == r["size"] else f" ({r['labelled']})")
+
+    body = [[ds] + [next((cell(r) for r in rows if (r["dataset"], r["size"]) == (ds, s)), "-") for s in sizes]
+            for ds in dict.fromkeys(r["dataset"] for r in rows)]
+    return md([f"labelled images: {' / '.join(starts(rows))}", *sizes], body)
+
+
+def inference(pretrained: dict, scratch: dict) -> str:
+    """The fp32 ONNX engine of each model, and ddddocr (int8 and the rest: docs/benchmarks.md)."""
+    body = [[("ddddocr (same run)" if r["engine"] == "ddddocr" else f"{name}, {r['engine']}"),
+             f"{r['accuracy']:.1%}", f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p99']:.2f}",
+             f"{r['throughput_ips']:.0f}", f"{r['model_size_mb']:.1f}"]
+            for name, rep in (("pretrained start (ddddocr backbone)", pretrained),
+                              ("shipped `captcha_v2` (from scratch)", scratch))
+            for r in rep["results"] if r["engine"] in ("onnx", "ddddocr")]
+    return md(["model, engine", "held-out accuracy", "p50 ms", "p99 ms", "images/s", "size MB"], body)
+
+
+def labelling(*runs: dict) -> str:
+    """Pairs of JSON (pre-fill run, file-order run) per dataset: corrections to 95% and the last round."""
+    body = []
+    for pre, order in zip(runs[::2], runs[1::2]):
+        p, o = pre["runs"]["prefill"][-1], order["runs"]["order"][-1]
+        c95 = order["summary"]["order"]["corrections_to_95"]
+        body.append([pre["dataset"], fmt(pre["summary"]["prefill"]["corrections_to_95"]),
+                     fmt(c95) if c95 is not None else f"not in {o['labelled']}",
+                     f"{p['labelled']}, {p['corrections']}, {pct(p['held_out_accuracy'])}",
+                     f"{o['labelled']}, {pct(o['held_out_accuracy'])}"])
+    return md(["dataset", "corrections to 95% held-out: pre-fill", "file order",
+               "last round, pre-fill: labelled, corrections, held-out", "file order: labelled, held-out"], body)
+
+
+def serve_load(d: dict) -> str:
+    """A row per level of clients, and the soak's."""
+    soak = d.get("soak")
+    levels = d["levels"] + ([{**soak, "clients": f"{soak['clients']} ({soak['seconds']:g} s soak)"}] if soak else [])
+    body = [[str(r["clients"]), fmt(r["requests_per_s"]), fmt(r["p50_ms"]), fmt(r["p99_ms"]), fmt(r["max_ms"]),
+             str(r["errors"]), fmt(r.get("mean_batch"))] for r in levels]
+    table = md(["clients", "requests/s", "p50 ms", "p99 ms", "max ms", "errors", "mean batch"], body)
+    return table + (f"\n\nSoak: server memory {soak['rss_start_mb']} -> {soak['rss_end_mb']} MB." if soak else "")
+
+
+def train_throughput(d: dict) -> str:
+    """The recipe before (fp32, the speed-ups' base) and now (`default`; bf16 until a run of it is there)."""
+    now = "default" if any(r["variant"] == "default" for r in d["runs"]) else "bf16"
+    return bench("train_throughput").table([r for r in d["runs"] if r["variant"] in ("fp32", now)])
+
+
+def time_curve(d: dict) -> str:
+    return bench("time_curve").table(d["runs"])
+
+
+def models() -> str:
+    try:
+        from captcha_crnn.model.zoo import format_cards, zoo_cards
+    except ImportError:  # run without the package installed: the checkout's src/
+        sys.path.insert(0, str(ROOT / "src"))
+        from captcha_crnn.model.zoo import format_cards, zoo_cards
+    return format_cards(zoo_cards())
+
+
+@dataclass(frozen=True)
+class Topic:
+    files: tuple[str, ...]  # JSON files in benchmarks/results/, passed to table in this order
+    table: Callable[..., str]
+    command: str | None = None  # above the table, formatted with the data and {links}; default: COMMANDS
+
+
+TOPICS = {
+    "models": Topic((), models, "`captcha-crnn models` prints these cards; `make models` rebuilds them "
+                                "(`scripts/train_models.py`)"),
+    "student": Topic(("student.json",), student),
+    "learning_curve_student": Topic(("learning_curve_student.json",), curve),
+    "inference": Topic(("inference_pretrained.json", "inference_scratch.json"), inference,
+                       "`python benchmarks/inference.py --model MODEL --repeats {0[repeats]}` ({links})"),
+    "labelling": Topic(("labelling_captcha_v2_ddddocr_prefill.json", "labelling.json",
+                        "labelling_henan_ddddocr_prefill.json", "labelling_henan.json"), labelling,
+                       "`python benchmarks/labelling.py [--dataset henan_digits4] [--strategies prefill]` ({links})"),
+    "serve_load": Topic(("serve_load.json",), serve_load),
+    "train_throughput": Topic(("train_throughput.json",), train_throughput),
+    "time_curve": Topic(("time_curve.json",), time_curve),
+}
+
+
+def load(path: Path) -> Any:
+    """A JSON file's data, or None (with a warning) when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        print(f"bench_tables: {path.name}: {e}; left as it is", file=sys.stderr)
+        return None
+
+
+def block(name: str, results: Path) -> str | None:
+    """The new text of README block `name`, or None when its JSON is not there yet."""
+    t = TOPICS[name]
+    data = [load(results / f) for f in t.files]
+    if any(d is None for d in data):
+        missing = ", ".join(f for f, d in zip(t.files, data) if d is None)
+        print(f"bench_tables: README block {name}: no {missing} in {results}; left as it is", file=sys.stderr)
+        return None
+    links = ", ".join(anchor(f) for f in t.files)
+    head = (t.command.format(*data, links=links) if t.command else
+            ";\n".join(f"`{command(f, d)}` ({anchor(f)})" for f, d in zip(t.files, data)))
+    return f"{head}:\n\n{t.table(*data)}\n"
+
+
+# ------------------------------------------------------------------ docs/benchmarks.md: every run of every JSON
+
+TABLES: dict[str, Callable[[Any, list[dict[str, Any]]], str]] = {  # script -> its own table of a JSON's rows
+    "datasets": lambda d, rows: bench("datasets").table(rows),
+    "inference": lambda d, rows: "```text\n" + bench("inference").table(d).rstrip() + "\n```",
+    "learning_curve": lambda d, rows: bench("learning_curve").table(rows, starts(rows)),
+    "student": lambda d, rows: bench("student").table(rows),
+    "time_curve": lambda d, rows: bench("time_curve").table(rows),
+    "train_throughput": lambda d, rows: bench("train_throughput").table(rows),
+}
+
+
+def every_field(rows: list[dict[str, Any]]) -> str:
+    """Every field of every row; a column per row where there are few rows and many fields."""
+    rows = [flat(r) for r in rows]
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    if len(rows) * 2 < len(cols):  # headed by the first field
+        return md([cols[0], *(fmt(r.get(cols[0])) for r in rows)],
+                  [[c, *(fmt(r.get(c)) for r in rows)] for c in cols[1:]])
+    return md(cols, [[fmt(r.get(c)) for c in cols] for r in rows])
+
+
+def section(path: Path) -> str:
+    """A JSON file's part of docs/benchmarks.md."""
+    name, data = path.name, load(path)
+    script = script_of(name)
+    doc = " ".join(docstring(script).split("\n\n")[0].split())
+    parts = [f"## {name}", f"[The JSON](../benchmarks/results/{name}), written by "
+             + (f"[benchmarks/{script}.py](../benchmarks/{script}.py): {doc}" if script else "an unknown script.")]
+    if data is None:
+        return "\n\n".join([*parts, "Unreadable JSON.\n"])
+    settings, rows = records(data)
+    parts.append(f"```bash\n{command(name, data)}\n```")
+    parts += ["\n".join(f"- {k.replace('_', ' ')}: " + (", ".join(f"{a} {fmt(b)}" for a, b in flat(v).items())
+                                                       or "none" if isinstance(v, dict) else fmt(v))
+                        for k, v in settings.items())] if settings else []
+    if script in TABLES and rows:
+        parts += [TABLES[script](data, rows), "<details><summary>Every field of every row</summary>",
+                  every_field(rows), "</details>"]
+    elif rows:
+        parts.append(every_field(rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def detail(results: Path) -> str:
+    files = sorted(results.glob("*.json"))
+    index = "Files: " + ", ".join(f"[{p.name}](#{p.name.replace('.', '').lower()})" for p in files) + "."
+    return "\n".join([index, "", *map(section, files)])
+
+
+# ------------------------------------------------------------------ rewriting the files
+
+
+def rewrite(text: str, new: dict[str, str | None], where: str) -> tuple[str, list[str]]:
+    """(text with each block in new replaced, a None leaving it as it is; the blocks missing from text)."""
+    present = {m[2] for m in BLOCK.finditer(text)}
+    for name in sorted(present - set(new)):
+        print(f"bench_tables: {where}: unknown block <!-- bench:{name} --> left as it is", file=sys.stderr)
+    missing = [f"no <!-- bench:{name} --> block" for name in new if name not in present]
+    return BLOCK.sub(lambda m: m[1] + (new.get(m[2]) or m[3]) + m[4], text), missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if README.md or docs/benchmarks.md is stale")
+    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--doc", type=Path, default=DOC)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the benchmarks' JSON files")
+    a = ap.parse_args(argv)
+    stale = []
+    for path, new in ((a.readme, {name: block(name, a.results) for name in TOPICS}),
+                      (a.doc, {DETAIL: detail(a.results) + "\n"})):
+        text = path.read_text(encoding="utf-8")
+        changed, missing = rewrite(text, new, path.name)
+        names = [m[2] for m, n in zip(BLOCK.finditer(text), BLOCK.finditer(changed)) if m[3] != n[3]]
+        if names and not a.check:
+            path.write_text(changed, encoding="utf-8")
+            print(f"bench_tables: rewrote {path} ({', '.join(names)})", file=sys.stderr)
+        if missing or (names and a.check):
+            stale.append(f"{path} ({', '.join((names if a.check else []) + missing)})")
+    for s in stale:
+        print(f"bench_tables: stale: {s}", file=sys.stderr)
+    if stale:
+        print("bench_tables: add the missing blocks, run `python scripts/bench_tables.py` and commit the result"
+              if not a.check else "bench_tables: run `python scripts/bench_tables.py` and commit the result",
+              file=sys.stderr)
+    return 1 if stale else 0
+
+if __name__ == "__main__":
+    sys.exit(main())
