@@ -34,7 +34,7 @@ from captcha_crnn.data.images import load_image
 from captcha_crnn.evaluate import align, fold
 from captcha_crnn.model.modelfile import read_metadata
 from captcha_crnn.training import TrainConfig, train
-from captcha_crnn.training.data import held_out_samples
+from captcha_crnn.training.data import load_data
 from captcha_crnn.viz import errors_gallery
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -74,27 +74,33 @@ def breakdown(truths: list[str], preds: list[str]) -> dict[str, Any]:
 
 
 def run(dataset: str, minutes: float, seed: int, root: Path, gallery: Path | None) -> dict[str, Any]:
+    """Train with the default command under `minutes`, then score() its output."""
     ds = DATASETS[dataset]
-    data = str(root / ds.path)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        r = train(data, TrainConfig(out=tmp, max_minutes=minutes, seed=seed, case=ds.case, progress=False))
-        wall = time.perf_counter() - t0
-        meta = read_metadata(r.model_path)
-        held = held_out_samples(meta, data)
-        rec = Recognizer.load(r.model_path)
-        preds = [p.text for p in rec.predict([s.path for s in held])]
-        truths = [fold(s.label, ds.case == "insensitive") for s in held]
-        preds = [fold(p, ds.case == "insensitive") for p in preds]
-        row = {"dataset": dataset, "minutes": minutes, "seed": seed, "wall_minutes": wall / 60,
-               "reader": (r.recipe or {}).get("output", {}).get("reader", "single model"),
-               "architecture": meta.get("architecture"), "load_avg": os.getloadavg(), **breakdown(truths, preds)}
-        sample = [Path(s.path).read_bytes() for s in held[:300]]
-        row["images_per_s"] = round(reading_speed(r.model_path, sample), 1)
-        row["shipped_captcha_v2_images_per_s"] = round(reading_speed("captcha_v2", sample), 1)
-        if gallery:
-            images = [load_image(s.path, rec.preprocess)[0] for s in held]
-            errors_gallery(images, truths, preds, gallery)
+        r = train(str(root / ds.path), TrainConfig(out=tmp, max_minutes=minutes, seed=seed, case=ds.case,
+                                                   progress=False))
+        reader = (r.recipe or {}).get("output", {}).get("reader", "single model")
+        return {**score(dataset, r.model_path, seed, root, gallery), "minutes": minutes, "reader": reader,
+                "wall_minutes": (time.perf_counter() - t0) / 60}
+
+
+def score(dataset: str, model: Path, seed: int, root: Path, gallery: Path | None) -> dict[str, Any]:
+    """A model's misses by kind on the seed's test split, its reading speed, and its error gallery."""
+    ds = DATASETS[dataset]
+    blind = ds.case == "insensitive"
+    _, _, held, _ = load_data(TrainConfig(data=str(root / ds.path), seed=seed, case=ds.case))  # train's split
+    rec = Recognizer.load(model)
+    preds = [fold(p.text, blind) for p in rec.predict([s.path for s in held])]
+    truths = [fold(s.label, blind) for s in held]
+    sample = [Path(s.path).read_bytes() for s in held[:300]]
+    row = {"dataset": dataset, "seed": seed, "architecture": read_metadata(model).get("architecture"),
+           "load_avg": os.getloadavg(), **breakdown(truths, preds),
+           "images_per_s": round(reading_speed(model, sample), 1),
+           "shipped_captcha_v2_images_per_s": round(reading_speed("captcha_v2", sample), 1)}
+    if gallery:
+        images = [load_image(s.path, rec.preprocess) for s in held]  # (C, H, W) each
+        errors_gallery(images, truths, preds, gallery)
     return row
 
 
@@ -113,10 +119,19 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, nargs="+", default=[10, 30, 60])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gallery", default="docs/errors_generic_varlen.png", help="misses of the longest budget")
+    ap.add_argument("--evaluate", metavar="MODEL", help="score this model, trained under --minutes, instead")
+    ap.add_argument("--reader", default="teacher", help="with --evaluate: which model of the recipe it is")
     common_args(ap, "benchmarks/results/time_curve.json")
     a = ap.parse_args()
     if a.table:
         print(table(saved_runs(a.table)))
+        return
+    if a.evaluate:  # a model trained earlier under the one budget named
+        row = {**score(a.dataset, Path(a.evaluate), a.seed, Path(a.root), Path(a.gallery)), "minutes": a.minutes[0],
+               "reader": a.reader}
+        rows = [r for r in saved_runs(a.json) if (r["dataset"], r["minutes"]) != (a.dataset, a.minutes[0])] + [row]
+        save_runs(a.json, rows)
+        print(table(rows))
         return
     for m in a.minutes:
         row = run(a.dataset, m, a.seed, Path(a.root), Path(a.gallery) if m == max(a.minutes) else None)
