@@ -52,7 +52,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "threads4": dict(BIG, precision="fp32", height=64, grey="luma", threads=4),
     "compile": dict(BIG, precision="fp32", height=64, grey="luma", compile=True),
     "fast": dict(BIG, precision="bf16", height=32, grey="luma"),
-    "fast_contrast": dict(BIG, precision="bf16", height=32, grey="contrast"),
     "default": dict(BIG),
     "small_fp32": dict(SMALL, precision="fp32"),
     "small_bf16": dict(SMALL, precision="bf16"),
