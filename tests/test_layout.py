@@ -5,7 +5,12 @@ file or function grows past what a reader can hold."""
 from __future__ import annotations
 
 import ast
+import re
+from dataclasses import fields
 from pathlib import Path
+
+from captcha_crnn.model.archs import ARCHS
+from captcha_crnn.training.config import TrainConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "captcha_crnn"
 # Bottom up; a module may import from its own layer's package and from any layer below (as in
@@ -121,3 +126,87 @@ def test_one_app_factory() -> None:
                     found.append(f"{path.relative_to(SRC)}:{node.lineno}")
     elsewhere = [f for f in found if not f.startswith(str(APP_FACTORY.relative_to(SRC)) + ":")]
     assert found and not elsewhere, "FastAPI apps built outside service/factory.py:\n" + "\n".join(elsewhere)
+
+
+ARCH_CARDS = SRC / "model" / "archs.py"  # the one table of architectures
+ARCH_FIELDS = {"backbone", "preset"}  # what holds an architecture's name
+ARCH_CONSTANT = re.compile(r"ARCHS?|PRESETS?|BACKBONES?|NATIVE_\w+|\w*HEIGHT")  # names of architecture tables
+AMBIGUOUS = {"ddddocr"}  # also the package's name, a weights source's and the zero-shot reader's: rule 2 only
+# (file, literal or constant) that is not an architecture, and why
+NOT_ARCHITECTURES = {
+    ("training/config.py", "small"): "--reader small: the student, a choice of reader and not a preset",
+    ("training/recipe.py", "small"): "the --reader small value",
+    ("training/pretrained.py", "pretrained"): "cache_dir's folder name for the converted ddddocr weights",
+    ("model/ddddocr_package.py", "HEIGHT"): "an alias of the ddddocr card's height, read by infer/ddddocr_reader.py "
+                                            "until it reads the card itself",
+}
+
+
+def _holds_arch(node: ast.AST) -> bool:
+    """`x.backbone`, `preset`, `x["backbone"]`: an expression holding a backbone or preset name."""
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value in ARCH_FIELDS
+    if isinstance(node, ast.Attribute):
+        return node.attr in ARCH_FIELDS
+    return isinstance(node, ast.Name) and node.id in ARCH_FIELDS
+
+
+def _targets(node: ast.AST) -> list[ast.expr]:
+    """What an assignment statement assigns to (nothing for other statements)."""
+    if isinstance(node, ast.Assign):
+        return node.targets
+    return [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else []
+
+
+def _arch_values(tree: ast.AST) -> list[ast.AST]:
+    """What is compared with, passed as, stored under or assigned to a backbone or preset."""
+    out: list[ast.AST] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(map(_holds_arch, [node.left, *node.comparators])):
+            out += [s for s in (node.left, *node.comparators) if not _holds_arch(s)]
+        elif isinstance(node, ast.keyword) and node.arg in ARCH_FIELDS:
+            out.append(node.value)
+        elif isinstance(node, ast.Dict):
+            out += [v for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant) and k.value in ARCH_FIELDS]
+        elif any(map(_holds_arch, _targets(node))):
+            out.append(node.value)  # type: ignore[attr-defined]  # an assignment: _targets says so
+    return out
+
+
+def architecture_mentions(tree: ast.Module) -> set[tuple[str, int]]:
+    """(name or literal, line) of each place `tree` names or defines an architecture itself (rules in
+    test_architectures_live_in_their_cards)."""
+    names, options = set(ARCHS), {f.name for f in fields(TrainConfig)}
+    keys = {id(n.slice) for n in ast.walk(tree) if isinstance(n, ast.Subscript)}
+    keys |= {id(k) for n in ast.walk(tree) if isinstance(n, ast.Dict) for k in n.keys}
+    found = {(n.value, n.lineno) for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in names - AMBIGUOUS
+             and not (id(n) in keys and n.value in options)}
+    found |= {(n.value, n.lineno) for v in _arch_values(tree) for n in ast.walk(v)
+              if isinstance(n, ast.Constant) and n.value in names}
+    return found | {(t.id, node.lineno) for node in tree.body for t in _targets(node)
+                    if isinstance(t, ast.Name) and ARCH_CONSTANT.fullmatch(t.id)}
+
+
+def test_architectures_live_in_their_cards() -> None:
+    """Every architecture is a card of model/archs.py (name, backbone, sizes, input height, channels, input
+    norm, weights) and no other module of src names or holds one itself:
+    1. no string literal equal to a card's name (a backbone or preset: "plain", "resnet", "ddddocr-bn", "tiny",
+       "small", "base", "pretrained", any new card), wherever it stands: a tuple of choices, a dict, a comparison,
+       an argument. Exempt: a dict key or subscript naming a TrainConfig option (`{"pretrained": "on"}` is the
+       --pretrained option), and "ddddocr" (AMBIGUOUS: also the package, a weights source, a reader);
+    2. where a backbone or preset is meant, not even "ddddocr": no card name compared with, passed as
+       (`backbone=`), stored under (`{"preset": ...}`, `x["backbone"] = ...`) or assigned to a `backbone` or
+       `preset`;
+    3. no module-level constant named like an architecture table or input height (ARCHS, PRESETS, BACKBONES,
+       NATIVE_*, *HEIGHT; not HEIGHTS, the auto height's choices).
+    NOT_ARCHITECTURES lists each exception with its reason; an entry no longer needed fails as well."""
+    found: dict[tuple[str, str], list[int]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        if path != ARCH_CARDS:
+            for what, line in architecture_mentions(ast.parse(path.read_text(encoding="utf-8"))):
+                found.setdefault((path.relative_to(SRC).as_posix(), what), []).append(line)
+    bad = [f"{f}:{min(lines)} {what!r}" for (f, what), lines in sorted(found.items())
+           if (f, what) not in NOT_ARCHITECTURES]
+    stale = [f"{f} {what!r}" for f, what in NOT_ARCHITECTURES if (f, what) not in found]
+    assert not bad, "architectures named outside model/archs.py (read them from its cards):\n" + "\n".join(bad)
+    assert not stale, "NOT_ARCHITECTURES entries that match nothing any more:\n" + "\n".join(stale)

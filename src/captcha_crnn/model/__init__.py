@@ -10,10 +10,14 @@ __all__ = ["CRNN", "CRNNConfig", "PRESETS"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("CRNN", "PRESETS"):
-        from . import crnn
+    if name == "CRNN":
+        from .crnn import CRNN
 
-        return getattr(crnn, name)
+        return CRNN
+    if name == "PRESETS":
+        from .archs import PRESETS
+
+        return PRESETS
     if name == "CRNNConfig":
         from .format import CRNNConfig
 

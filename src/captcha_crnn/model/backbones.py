@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .archs import backbone_card
+
 # Downsampling per stage: height halves four times, width twice (W/4 time steps).
 STRIDES = ((2, 2), (2, 2), (2, 1), (2, 1))
 
@@ -169,7 +171,6 @@ def fold_batchnorm(backbone: nn.Module) -> dict[str, torch.Tensor]:
             for k, v in ((f"{name}.weight", w), (f"{name}.bias", b))}
 
 
-BACKBONES = {"plain": PlainBackbone, "resnet": ResNetBackbone, "ddddocr": DdddocrBackbone, "ddddocr-bn": ddddocr_bn}
-# The input each pretrained backbone reads best (benchmarks/ddddocr_norm.py: zero-shot, centred input
-# read 98.0/97.5/8.5% of captcha_v2/henan_digits4/generic_varlen against 97.5/97.5/6.5% for grey / 255).
-NATIVE_NORM = {"ddddocr": "centered", "ddddocr-bn": "centered"}
+def build_backbone(name: str, in_ch: int, widths: tuple[int, ...], depth: int = 1) -> nn.Module:
+    """The backbone `name` (a backbone card of model/archs.py), built by its card's builder here."""
+    return globals()[backbone_card(name).builder](in_ch, widths, depth)

@@ -11,21 +11,13 @@ import torch
 from torch import nn
 
 from ..data.images import time_steps
-from .backbones import BACKBONES
+from .archs import PRESETS, backbone_card
+from .backbones import build_backbone
 from .format import INPUT_NORMS, CRNNConfig
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(widths=(16, 32, 48, 64), hidden=64),
-    "small": dict(widths=(16, 32, 64, 128), hidden=96),  # 2.3x faster to read than (32,64,96,128)/128, as accurate
-    "base": dict(widths=(64, 128, 192, 256), hidden=256, depth=2),
-    # the RNN straight on the 512 features per column of the ddddocr backbone: a projection before it
-    # kept a new head on the CTC blank plateau for hundreds of steps (docs/experiments.md)
-    "pretrained": dict(hidden=192, proj=False),
-}
 
 
 def preset(name: str, **overrides: Any) -> CRNNConfig:
-    """A CRNNConfig from a preset name with overrides (num_classes, backbone, rnn, ...)."""
+    """A CRNNConfig with the sizes of a preset (archs.PRESETS) and overrides (num_classes, backbone, rnn, ...)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return replace(CRNNConfig(**PRESETS[name]), **overrides)
@@ -38,12 +30,11 @@ class CRNN(nn.Module):
         super().__init__()
         if cfg.height % 16:
             raise ValueError(f"height must be a multiple of 16, got {cfg.height}")
-        if cfg.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {cfg.backbone!r}; choose from {', '.join(BACKBONES)}")
+        backbone_card(cfg.backbone)  # ValueError for an unknown one
         if cfg.input_norm not in INPUT_NORMS:
             raise ValueError(f"unknown input_norm {cfg.input_norm!r}; choose from {', '.join(INPUT_NORMS)}")
         self.cfg = cfg
-        self.backbone = BACKBONES[cfg.backbone](cfg.in_channels, cfg.widths, cfg.depth)
+        self.backbone = build_backbone(cfg.backbone, cfg.in_channels, cfg.widths, cfg.depth)
         feat = self.backbone.out_channels * (cfg.height // self.backbone.height_div)
         self.proj = nn.Sequential(nn.Linear(feat, cfg.hidden), nn.ReLU(inplace=True)) if cfg.proj else nn.Identity()
         rnn_cls = {"gru": nn.GRU, "lstm": nn.LSTM}[cfg.rnn]

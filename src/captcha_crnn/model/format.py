@@ -10,13 +10,14 @@ graph was made). Loading never unpickles code.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data.alphabet import Alphabet
 from ..data.images import Preprocess
 from ..errors import CaptchaError
+from .archs import BACKBONES, DEFAULT
 
 FORMAT = "captcha-crnn"
 VERSION = 1
@@ -24,7 +25,6 @@ META_KEY = "captcha_crnn"
 ONNX_KEY = "captcha_crnn.onnx"  # ONNX metadata_props key: how the graph was made (names, quantisation)
 INPUT, OUTPUT = "image", "log_probs"  # the ONNX graph's input (float ink) and output names
 CORE_KEYS = ("format", "version", "alphabet", "preprocess", "model")
-BACKBONES = ("plain", "resnet", "ddddocr", "ddddocr-bn")
 # What a backbone is fed: ink (0 paper, 1 ink: the project's own), grey / 255 ("pixel"), or
 # (grey / 255 - 0.5) / 0.5 ("centered"), as the ddddocr model was trained on.
 INPUT_NORMS = ("ink", "pixel", "centered")
@@ -35,18 +35,19 @@ ARCH_LIMITS = {"depth": 16, "rnn_layers": 8, "hidden": 8192, "num_classes": 100_
 
 @dataclass
 class CRNNConfig:
-    """Architecture of a CRNN; stored in every model file."""
+    """Architecture of a CRNN; stored in every model file. A field the file does not give takes the
+    default card's value (archs.DEFAULT)."""
 
     num_classes: int = 37  # alphabet + CTC blank
     in_channels: int = 1
     height: int = 32
-    backbone: str = "plain"  # plain | resnet | ddddocr | ddddocr-bn
-    input_norm: str = "ink"  # what the backbone is fed (INPUT_NORMS)
-    widths: tuple[int, ...] = field(default_factory=lambda: (32, 64, 96, 128))
-    depth: int = 1
+    backbone: str = DEFAULT.backbone  # archs.BACKBONES
+    input_norm: str = DEFAULT.input_norm  # what the backbone is fed (INPUT_NORMS)
+    widths: tuple[int, ...] = DEFAULT.widths
+    depth: int = DEFAULT.depth
     rnn: str = "gru"  # gru | lstm
-    hidden: int = 128
-    proj: bool = True  # a linear+ReLU from the features to `hidden` before the RNN (else the RNN reads them)
+    hidden: int = DEFAULT.hidden
+    proj: bool = DEFAULT.proj  # a linear+ReLU from the features to `hidden` before the RNN (else the RNN reads them)
     rnn_layers: int = 2
     dropout: float = 0.1
 

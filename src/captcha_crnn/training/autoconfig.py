@@ -15,6 +15,7 @@ from PIL import Image
 from ..data.images import crop_to_ink, open_image, to_mode
 from ..data.labels import Sample
 from ..errors import CaptchaError
+from ..model.archs import BIG, SCRATCH
 from .config import TrainConfig
 from .start import resolve_start
 
@@ -70,7 +71,7 @@ def resolve(cfg: TrainConfig, samples: list[Sample], n_labelled: int | None = No
         notes.append(f"{'crop to the text' if changes['crop'] else 'no crop'} (text box {share:.0%} of the image, "
                      f"{n_sizes} image size{'s' if n_sizes > 1 else ''})")
     if cfg.preset == "auto":
-        changes["preset"] = "base" if len(samples) >= BIG_DATA else "small"
+        changes["preset"] = BIG.name if len(samples) >= BIG_DATA else SCRATCH.name
         notes.append(f"model {changes['preset']} ({len(samples)} training images)")
     if cfg.augment == "auto":
         changes["augment"] = 1.0 if len(samples) < SMALL_DATA else 0.5

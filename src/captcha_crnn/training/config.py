@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import CaptchaError
+from ..model.archs import BACKBONES, PRESETS
 
 MIN_WIDTH = 16  # narrowest fixed input width (4 CTC frames)
 Rule = Callable[[Any], "str | None"]  # None for a valid value, else what it must be
@@ -148,10 +149,10 @@ class TrainConfig:
                            parse=on_off_auto, metavar="{on,off,auto}")
     # model
     preset: str = opt("auto", "model size of a from-scratch model; auto: small, base from 50 000 images",
-                      choices=("tiny", "small", "base", "pretrained", "auto"))
+                      choices=(*PRESETS, "auto"))
     backbone: str = opt("auto", "convolutional part; auto: ddddocr for the pretrained start, else plain; "
                         "ddddocr-bn: its layout with batch norm, for training it from random weights (pretrain)",
-                        choices=("plain", "resnet", "ddddocr", "ddddocr-bn", "auto"))
+                        choices=(*BACKBONES, "auto"))
     pretrained: str = opt("auto", "start from a captcha-pretrained backbone (ddddocr's: pip install "
                           "\"captcha-crnn[pretrained]\"; see --backbone-weights); auto: when one is at hand, the "
                           "architecture is auto and there are 90 training images or more",

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import CaptchaError
 from ..files import atomic_write
+from ..model.archs import PRETRAIN, PRETRAINED
 from .config import TrainConfig
 
 CHARSET = string.digits + string.ascii_lowercase + string.ascii_uppercase
@@ -78,10 +79,10 @@ def synthetic_set(cfg: PretrainConfig) -> Path:
 def train_config(cfg: PretrainConfig) -> TrainConfig:
     """The training run: ddddocr layout with batch norm, random weights, grey at cfg.height."""
     out = Path(cfg.out) / "model"
-    return TrainConfig(out=str(out), backbone="ddddocr-bn", preset="pretrained", pretrained="off", init="none",
-                       channels=1, height=cfg.height, crop=False, label_sep="_", val=0.02, test=0.02,
-                       epochs=cfg.epochs, patience=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                       max_minutes=cfg.max_minutes, threads=cfg.threads, progress=cfg.progress,
+    return TrainConfig(out=str(out), backbone=PRETRAIN.backbone, preset=PRETRAINED.name, pretrained="off",
+                       init="none", channels=PRETRAIN.channels, height=cfg.height, crop=False, label_sep="_",
+                       val=0.02, test=0.02, epochs=cfg.epochs, patience=cfg.epochs, batch_size=cfg.batch_size,
+                       seed=cfg.seed, max_minutes=cfg.max_minutes, threads=cfg.threads, progress=cfg.progress,
                        resume=cfg.resume and (out / "checkpoint.pt").is_file())
 
 
@@ -93,8 +94,9 @@ def export_backbone(model_path: str | Path, out: str | Path) -> Path:
     from ..model.modelfile import load_bundle
 
     b = load_bundle(model_path)
-    if b.model.cfg.backbone != "ddddocr-bn":
-        raise CaptchaError(f"{model_path}: a {b.model.cfg.backbone} model; pretrain exports ddddocr-bn backbones")
+    if b.model.cfg.backbone != PRETRAIN.backbone:
+        raise CaptchaError(f"{model_path}: a {b.model.cfg.backbone} model; pretrain exports {PRETRAIN.backbone} "
+                           "backbones")
     state = fold_batchnorm(b.model.backbone.eval())
     test = b.info.get("metrics", {}).get("test", {})
     meta = {"source": "captcha-crnn pretrain (synth --style mixed)", "model": str(model_path),

@@ -19,9 +19,10 @@ import torch
 
 from ..errors import CaptchaError
 from ..files import atomic_write, cache_dir
+from ..model.archs import DDDDOCR, PRETRAINED
 from ..model.backbones import DdddocrBackbone
 from ..model.crnn import CRNN
-from ..model.ddddocr_package import HEIGHT, INSTALL_HINT, installed, package_file
+from ..model.ddddocr_package import INSTALL_HINT, installed, package_file
 from ..model.format import one_line
 from .config import height_problem
 
@@ -105,7 +106,7 @@ def check(state: dict[str, torch.Tensor], proto: Any, path: Path) -> float:
     _, _, out_name = _graph(proto, path)
     proto.graph.output.insert(0, onnx.helper.make_empty_tensor_value_info(out_name))  # the backbone's output
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    probe = np.random.default_rng(0).random((1, 1, 64, 160), dtype=np.float32)  # (1, 1, 64, W) grey / 255
+    probe = np.random.default_rng(0).random((1, 1, DDDDOCR.height, 160), dtype=np.float32)  # (1, 1, 64, W)
     want = sess.run([out_name], {sess.get_inputs()[0].name: probe})[0]  # (1, 64, 8, W/8)
     backbone = DdddocrBackbone()
     backbone.load_state_dict(state)
@@ -173,9 +174,9 @@ def native_height(source: str) -> int:
     """The input height the backbone of `source` was trained at: ddddocr's 64, or what the file's
     metadata says (`captcha-crnn pretrain` writes it; 64 when it says nothing)."""
     if source == "ddddocr":
-        return HEIGHT
+        return DDDDOCR.height
     _, meta, path = _read_file(source)
-    raw = meta.get("height", str(HEIGHT))
+    raw = meta.get("height", str(DDDDOCR.height))
     height = int(raw) if raw.isdigit() else raw
     if height_problem(height) or height == "auto":
         raise CaptchaError(f"{path}: its metadata gives the input height {raw!r}, not a multiple of 16")
@@ -189,8 +190,8 @@ def backbone_weights(source: str = "ddddocr") -> tuple[dict[str, torch.Tensor], 
 
 def load_pretrained(model: CRNN, source: str = "ddddocr") -> str:
     """Copy the pretrained backbone of `source` into `model` (whose backbone must be `ddddocr`); describe it."""
-    if model.cfg.backbone != "ddddocr":
-        raise CaptchaError(f"the pretrained weights are for --backbone ddddocr, not {model.cfg.backbone}")
+    if model.cfg.backbone != PRETRAINED.backbone:
+        raise CaptchaError(f"the pretrained weights are for --backbone {PRETRAINED.backbone}, not {model.cfg.backbone}")
     state, note = backbone_weights(source)
     model.backbone.load_state_dict(state)
     return note

@@ -6,7 +6,7 @@ import torch
 
 from ..data.alphabet import Alphabet
 from ..errors import CaptchaError
-from ..model.backbones import NATIVE_NORM
+from ..model.archs import SCRATCH, input_norm
 from ..model.crnn import CRNN, preset
 from .config import TrainConfig
 from .data import Data
@@ -59,10 +59,11 @@ def init_weights(model: CRNN, alphabet: Alphabet, init: str | None, pretrained: 
         return "pretrained " + load_pretrained(model, source) + "; new RNN and head"
     if init in (None, "", "none"):
         return "random (from scratch)"
-    if zoo_path("synthetic") is None:
-        return "random (from scratch; no shipped synthetic model to start from)"
+    shipped = SCRATCH.weights  # the shipped model of the from-scratch sizes: "synthetic"
+    if shipped is None or zoo_path(shipped) is None:
+        return f"random (from scratch; no shipped {shipped} model to start from)"
     try:
-        return "warm start from synthetic: " + warm_start(model, alphabet, "synthetic")
+        return f"warm start from {shipped}: " + warm_start(model, alphabet, shipped)
     except CaptchaError as e:
         return f"random (from scratch; {e})"
 
@@ -71,7 +72,7 @@ def build_model(cfg: TrainConfig, data: Data, warm: bool) -> tuple[CRNN, str]:
     """The CRNN for this data, initialised when `warm` (not when resuming); with a description of its init."""
     mcfg = preset(cfg.preset, num_classes=data.alphabet.num_classes, in_channels=data.pre.channels,
                   height=data.pre.height, backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout,
-                  input_norm=NATIVE_NORM.get(cfg.backbone, "ink"))
+                  input_norm=input_norm(cfg.backbone))
     model = CRNN(mcfg)
     if not warm:
         return model, "from the checkpoint"

@@ -5,10 +5,10 @@ setup.init_weights carries it out."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..errors import CaptchaError
+from ..model.archs import PRETRAINED, SCRATCH, preset_of
 from . import pretrained
 from .config import TrainConfig
 
@@ -40,25 +40,13 @@ def _from_init(cfg: TrainConfig, init: str) -> tuple[dict[str, Any], list[str]]:
     if cfg.backbone not in ("auto", arch["backbone"]):
         raise CaptchaError(f"--init {init} has the {arch['backbone']} backbone, not --backbone {cfg.backbone}")
     if cfg.preset == "auto":
-        changes["preset"] = _preset_of(arch)
-    if arch["backbone"] == "ddddocr":
-        changes["channels"] = 1
+        changes["preset"] = preset_of(arch) or SCRATCH.name  # else the warm start says what it could copy
+    if arch["backbone"] == PRETRAINED.backbone:
+        changes["channels"] = PRETRAINED.channels
         if cfg.height == "auto":
             changes["height"] = spec.preprocess.height
     return changes, [f"warm start from {init} (named by --init), its architecture ({changes.get('preset', cfg.preset)} "
                      f"{arch['backbone']}+{arch['rnn']})"]
-
-
-def _preset_of(arch: dict[str, Any]) -> str:
-    """The preset whose sizes a stored architecture has (small when none matches: the warm start says what
-    it could copy)."""
-    from ..model.crnn import preset
-
-    for name in ("small", "tiny", "base", "pretrained"):
-        want = preset(name, backbone=arch["backbone"]).to_dict()
-        if all(json.dumps(want[k]) == json.dumps(arch[k]) for k in ("widths", "depth", "hidden", "proj")):
-            return name
-    return "small"
 
 
 def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict[str, Any], list[str]]:
@@ -70,12 +58,12 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
     if init is not None:
         return _from_init(cfg, init)
     weights = cfg.backbone_weights != "auto"  # naming the weights asks for the pretrained start
-    if (cfg.pretrained == "on" or weights) and cfg.backbone not in ("auto", "ddddocr"):
+    if (cfg.pretrained == "on" or weights) and cfg.backbone not in ("auto", PRETRAINED.backbone):
         flag = "--pretrained on" if cfg.pretrained == "on" else "--backbone-weights"
-        raise CaptchaError(f"{flag} needs --backbone ddddocr (or auto), not {cfg.backbone}")
+        raise CaptchaError(f"{flag} needs --backbone {PRETRAINED.backbone} (or auto), not {cfg.backbone}")
     if weights and cfg.pretrained == "off":
         raise CaptchaError("--backbone-weights names pretrained weights, --pretrained off asks for none; drop one")
-    named = cfg.backbone == "ddddocr" or weights
+    named = cfg.backbone == PRETRAINED.backbone or weights
     wants = cfg.pretrained == "on" or (cfg.pretrained == "auto" and (
         named or (cfg.backbone == "auto" and cfg.preset == "auto")))
     few = (cfg.pretrained == "auto" and not named and cfg.backbone == "auto"
@@ -83,26 +71,27 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
     if not wants or few:
         notes = [f"from scratch: {n_labelled} labelled images, under the {PRETRAINED_MIN_LABELS} from which the "
                  "pretrained start helps"] if wants else []
-        return {"pretrained": "off", "backbone": "plain" if cfg.backbone == "auto" else cfg.backbone}, notes
+        return {"pretrained": "off", "backbone": SCRATCH.backbone if cfg.backbone == "auto" else cfg.backbone}, notes
     source = pretrained.pick_source(cfg.backbone_weights)
     if source is None:
         hint = pretrained.missing_hint(cfg.backbone_weights)
         if cfg.pretrained == "on" or named:
             raise CaptchaError(hint + ("" if cfg.pretrained == "on" or weights else
                                        " (or --pretrained off for random weights)"))
-        return {"pretrained": "off", "backbone": "plain"}, [f"from scratch: {hint}"]
-    if source != "ddddocr":
+        return {"pretrained": "off", "backbone": SCRATCH.backbone}, [f"from scratch: {hint}"]
+    if source != PRETRAINED.weights:
         pretrained.backbone_weights(source)  # a bad file fails now, before the images are decoded
     if cfg.channels not in ("auto", 1, "1"):
         raise CaptchaError("--pretrained: the ddddocr backbone reads grey images; drop --channels 3")
-    changes: dict[str, Any] = {"pretrained": "on", "backbone": "ddddocr", "channels": 1, "backbone_weights": source}
-    if cfg.height == "auto" and source != "ddddocr":
+    changes: dict[str, Any] = {"pretrained": "on", "backbone": PRETRAINED.backbone, "channels": PRETRAINED.channels,
+                               "backbone_weights": source}
+    if cfg.height == "auto" and source != PRETRAINED.weights:
         changes["height"] = pretrained.native_height(source)  # what the project's own backbone was trained at
-    # ddddocr's backbone reads at 64 rows; from the data's auto height (32 for most captchas) it trains
-    # 3-4x as many images per second and fine-tuning adapts it (benchmarks/train_throughput.py)
+    elif cfg.height == "auto" and PRETRAINED.height:
+        changes["height"] = PRETRAINED.height  # the card's (None: the data's auto height; archs.py says why)
     if cfg.preset == "auto":
-        changes["preset"] = "pretrained"
-    why = (PRETRAINED_WHY if source == "ddddocr" else "named by --backbone-weights" if weights
+        changes["preset"] = PRETRAINED.name
+    why = (PRETRAINED_WHY if source == PRETRAINED.weights else "named by --backbone-weights" if weights
            else "the project's own, as ddddocr is not installed")
     height = changes.get("height", cfg.height)
     return changes, [f"pretrained start from the {source} backbone ({why}), grey"
