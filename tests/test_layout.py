@@ -137,8 +137,6 @@ NOT_ARCHITECTURES = {
     ("training/config.py", "small"): "--reader small: the student, a choice of reader and not a preset",
     ("training/recipe.py", "small"): "the --reader small value",
     ("training/pretrained.py", "pretrained"): "cache_dir's folder name for the converted ddddocr weights",
-    ("model/ddddocr_package.py", "HEIGHT"): "an alias of the ddddocr card's height, read by infer/ddddocr_reader.py "
-                                            "until it reads the card itself",
 }
 
 

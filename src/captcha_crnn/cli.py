@@ -229,7 +229,8 @@ def _add_label(sub: Any) -> None:
     lb.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     lb.add_argument("--port", type=int, default=8001, help="port (default 8001)")
     lb.add_argument("--api-key", default=None, metavar="KEY",
-                    help="require X-API-Key: KEY on /api/* (or set CAPTCHA_CRNN_API_KEY); the page URL carries it")
+                    help="require X-API-Key: KEY on /api/* and /metrics (or set CAPTCHA_CRNN_API_KEY); the page URL "
+                         "carries it")
     lb.add_argument("--charset", default=None, metavar="CHARS", help="only these characters in labels")
     lb.set_defaults(func=cmd_label)
 

@@ -19,14 +19,15 @@ from ..data.alphabet import Alphabet
 from ..data.images import ImageInput, Preprocess, describe
 from ..decode.ctc import greedy_decode
 from ..errors import CaptchaError
-from ..model.ddddocr_package import HEIGHT, installed, package_file
+from ..model.archs import DDDDOCR
+from ..model.ddddocr_package import installed, package_file
 from .batching import fill_in, load_many
 from .recognizer import Prediction
 
 NAME = "ddddocr"  # the model name that means this reader (label --model ddddocr)
 ONNX_FILE = "common_old.onnx"
 CHARSET_FILE = "charsets.py"
-PRE = Preprocess(height=HEIGHT, width=None, channels=1, min_width=8)  # the one preprocessing, at its height
+PRE = Preprocess(height=DDDDOCR.height, width=None, channels=1, min_width=8)  # the one preprocessing, at its height
 DEFAULT_CHARSET = string.digits + string.ascii_letters  # what a captcha most often holds
 
 

@@ -11,10 +11,8 @@ import importlib.util
 from pathlib import Path
 
 from ..errors import CaptchaError
-from .archs import DDDDOCR
 
 INSTALL_HINT = 'pip install "captcha-crnn[pretrained]"'
-HEIGHT = DDDDOCR.height  # deprecated alias of the card's native height, for infer/ddddocr_reader.py
 
 
 def package_file(name: str) -> Path:
