@@ -83,3 +83,24 @@ def test_a_contrast_model_reads_with_contrast(tmp_path: Path) -> None:
     assert len(rec.predict([pale_text("123")])) == 1
     with pytest.raises(CaptchaError, match="--grey must be"):
         TrainConfig(grey="pale").validate()
+
+
+def test_auto_grey_is_contrast_only_for_coloured_captchas(tmp_path: Path) -> None:
+    from captcha_crnn.data.labels import Sample
+    from captcha_crnn.training.autoconfig import resolve
+
+    def samples(colour: tuple[int, int, int], name: str) -> list[Sample]:
+        (tmp_path / name).mkdir()
+        out = []
+        for i in range(6):
+            path = tmp_path / name / f"{i}.png"
+            im = Image.new("RGB", (96, 32), "white")
+            ImageDraw.Draw(im).rectangle((10, 5, 60, 25), fill=colour)  # a fifth of the image in that colour
+            im.save(path)
+            out.append(Sample(str(path), "1"))
+        return out
+
+    cfg = TrainConfig(pretrained="off", channels=1)
+    assert resolve(cfg, samples((250, 235, 150), "pale"))[0].grey == "contrast"
+    assert resolve(cfg, samples((20, 20, 20), "black"))[0].grey == "luma"
+    assert resolve(TrainConfig(pretrained="off", grey="luma"), samples((250, 0, 0), "red"))[0].grey == "luma"

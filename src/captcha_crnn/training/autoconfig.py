@@ -60,11 +60,15 @@ def resolve(cfg: TrainConfig, samples: list[Sample], n_labelled: int | None = No
     labelled images the user gave, which decides the start); say why."""
     changes, notes = resolve_start(cfg, len(samples) if n_labelled is None else n_labelled)
     cfg = replace(cfg, **changes)
-    images = sample_images(samples) if "auto" in (cfg.channels, cfg.crop) else []  # opened once for both
+    images = sample_images(samples) if "auto" in (cfg.channels, cfg.crop, cfg.grey) else []  # opened once for all
+    share = colour_share(images) if "auto" in (cfg.channels, cfg.grey) else 0.0
     if cfg.channels == "auto":
-        share = colour_share(images)
         changes["channels"] = 3 if share > COLOUR_PIXELS else 1
         notes.append(f"{'colour' if changes['channels'] == 3 else 'grey'} ({share:.1%} coloured pixels)")
+    if cfg.grey == "auto":  # the contrast grey costs reading time; it pays where colour carries the text
+        changes["grey"] = "contrast" if share > COLOUR_PIXELS else "luma"
+        if changes.get("channels", cfg.channels) in (1, "1"):
+            notes.append(f"grey as {'contrast to the background' if changes['grey'] == 'contrast' else 'luma'}")
     if cfg.crop == "auto":
         share, n_sizes = text_share(images)  # one image size: a fixed layout, kept as it is
         changes["crop"] = share < CROP_BELOW and n_sizes > 1

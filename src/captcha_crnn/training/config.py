@@ -142,9 +142,10 @@ class TrainConfig:
                                   "(from the data)", width_problem, parse=number_or_word)
     channels: int | str = opt("auto", "1 grey, 3 colour, auto: colour when the images carry colour (grey for the "
                               "pretrained start)", choices=(1, 3, "auto"), parse=number_or_word)
-    grey: str = opt("contrast", "how colour becomes grey for a grey model: contrast (the distance from the "
-                    "background colour, stretched: pale coloured text turns dark) or luma (plain grey)",
-                    choices=("contrast", "luma"))
+    grey: str = opt("auto", "how colour becomes grey for a grey model: contrast (the distance from the "
+                    "background colour, stretched: pale coloured text turns dark; about 80 us more per image to "
+                    "read), luma (plain grey), auto: contrast when the images carry colour",
+                    choices=("auto", "contrast", "luma"))
     crop: bool | str = opt("auto", "cut each image to the box around its text before resizing; auto: when the "
                            "text covers under 30%% of images of varying sizes", crop_problem,
                            parse=on_off_auto, metavar="{on,off,auto}")

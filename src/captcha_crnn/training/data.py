@@ -58,7 +58,7 @@ def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
                 continue
     max_len = max(len(s.label) for s in samples)
     height = choose_height(cfg, sizes, max_len)
-    common = dict(height=height, channels=cfg.channels, grey=cfg.grey)
+    common = dict(height=height, channels=cfg.channels, grey="luma" if cfg.grey == "auto" else cfg.grey)
     if cfg.width not in ("auto", None, "variable"):
         return Preprocess(width=int(cfg.width), crop=crop, **common)
     if cfg.width == "variable":
