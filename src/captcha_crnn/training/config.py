@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..data.images import GREY_MODES
 from ..errors import CaptchaError
 from ..model.archs import BACKBONES, PRESETS
 
@@ -145,7 +146,7 @@ class TrainConfig:
     grey: str = opt("auto", "how colour becomes grey for a grey model: contrast (the distance from the "
                     "background colour, stretched: pale coloured text turns dark; about 80 us more per image to "
                     "read), luma (plain grey), auto: contrast when the images carry colour",
-                    choices=("auto", "contrast", "luma"))
+                    choices=("auto", *GREY_MODES))
     crop: bool | str = opt("auto", "cut each image to the box around its text before resizing; auto: when the "
                            "text covers under 30%% of images of varying sizes", crop_problem,
                            parse=on_off_auto, metavar="{on,off,auto}")
