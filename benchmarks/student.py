@@ -87,10 +87,11 @@ def run(name: str, labelled: list[Sample], unlabelled: list[Sample], held: list[
            "images_per_s": round(out_speed, 1), "shipped_captcha_v2_images_per_s": round(peer_speed, 1),
            "speed_ratio": round(out_speed / peer_speed, 3)}
     if recipe:
-        t, p = recipe["teacher"], recipe["pseudo"]
+        t, p = recipe["teacher"], recipe.get("pseudo")  # no readings stage without unlabelled images
         other = Path(r.out) / "teacher.safetensors"
-        row.update(teacher_val=t["val"], student_val=recipe["student"]["val"], val_n=t["val_n"],
-                   threshold=p["threshold"], kept=len(p["kept"]), read=p["read"], held_out_precision=p["precision"])
+        row.update(teacher_val=t["val"], student_val=recipe["student"]["val"], val_n=t["val_n"])
+        if p:
+            row.update(threshold=p["threshold"], kept=len(p["kept"]), read=p["read"], held_out_precision=p["precision"])
         if other.is_file():
             row["teacher_accuracy"] = accuracy(other, held, case)
     print(json.dumps(row), file=sys.stderr, flush=True)

@@ -80,8 +80,11 @@ def run(dataset: str, minutes: float, seed: int, root: Path, gallery: Path | Non
         t0 = time.perf_counter()
         r = train(str(root / ds.path), TrainConfig(out=tmp, max_minutes=minutes, seed=seed, case=ds.case,
                                                    progress=False))
-        reader = (r.recipe or {}).get("output", {}).get("reader", "single model")
-        return {**score(dataset, r.model_path, seed, root, gallery), "minutes": minutes, "reader": reader,
+        recipe = r.recipe or {}
+        stages = {k: {f: recipe[k][f] for f in ("val", "epochs", "minutes", "test")}
+                  for k in ("student", "teacher") if k in recipe}  # val, test: each stage's own split
+        return {**score(dataset, r.model_path, seed, root, gallery), "minutes": minutes,
+                "reader": recipe.get("output", {}).get("reader", "single model"), "stages": stages,
                 "wall_minutes": (time.perf_counter() - t0) / 60}
 
 

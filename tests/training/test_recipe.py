@@ -149,3 +149,30 @@ def test_recipe_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixt
     assert backbone == ("plain" if out["reader"] == "student" else "ddddocr")
     t, s = summary["recipe"]["teacher"]["val"], summary["recipe"]["student"]["val"]
     assert (out["reader"] == "student") == (s >= t - max(1 / 12, 0.005))
+
+
+@pytest.mark.slow
+@needs_ddddocr
+def test_labels_only_recipe_trains_the_student_first(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Nothing unlabelled: the student (labels only) goes first, the teacher second; no readings stage;
+    a run killed in the teacher stage resumes there, the student not trained again."""
+    make_clean_set(tmp_path / "d", 60, lengths=(3, 3))
+    cfg = TrainConfig(out=str(tmp_path / "run"), epochs=2, batch_size=16, freeze_epochs=1, label_sep="-",
+                      progress=False, checkpoint_minutes=0)
+    order: list[str] = []
+
+    def killed_in_teacher(rec: dict, bundle) -> None:
+        order.append(bundle.model.cfg.backbone)
+        if bundle.model.cfg.backbone == "ddddocr":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(str(tmp_path / "d"), cfg, on_epoch=killed_in_teacher)
+    assert order == ["plain", "plain", "ddddocr"]
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert "student" in stages and "teacher" not in stages and "pseudo" not in stages
+    capsys.readouterr()
+    r = train(str(tmp_path / "d"), TrainConfig(**{**cfg.__dict__, "resume": True}))
+    err = capsys.readouterr().err
+    assert "stage 1/2 student: done in an earlier run" in err and "stage 2/2 teacher" in err
+    assert set(r.recipe) >= {"student", "teacher", "output"} and "pseudo" not in r.recipe
