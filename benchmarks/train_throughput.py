@@ -43,6 +43,7 @@ BATCH, STEPS = 32, 3  # images per step, steps per variant and round
 EPOCHS = {"captcha_v2": 8, "henan_digits4": 3, "generic_varlen": 3}  # fixed per dataset: 2 frozen + the rest
 BIG = dict(reader="big", pretrained="on")  # the teacher: the pretrained start
 SMALL = dict(reader="small", pretrained="off")  # the student's architecture, trained alone
+SPEED_ONLY = ("compile", "contiguous")  # flags of how the steps run, not of what `train` builds
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": dict(BIG, precision="fp32", height=64, grey="luma"),
     "bf16": dict(BIG, precision="bf16", height=64, grey="luma"),
@@ -51,6 +52,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "threads1": dict(BIG, precision="fp32", height=64, grey="luma", threads=1),
     "threads4": dict(BIG, precision="fp32", height=64, grey="luma", threads=4),
     "compile": dict(BIG, precision="fp32", height=64, grey="luma", compile=True),
+    "contiguous": dict(BIG, precision="fp32", height=64, grey="luma", contiguous=True),
     "fast": dict(BIG, precision="bf16", height=32, grey="luma"),
     "default": dict(BIG),
     "small_fp32": dict(SMALL, precision="fp32"),
@@ -60,7 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def prepared(dataset: str, variant: str, root: Path, cache: Path) -> Run:
     """The Run that `train` builds for this dataset and variant (data decoded, model initialised)."""
-    flags = {k: v for k, v in VARIANTS[variant].items() if k not in ("reader", "compile")}
+    flags = {k: v for k, v in VARIANTS[variant].items() if k not in ("reader", *SPEED_ONLY)}
     cfg = TrainConfig(data=str(root / DATASETS[dataset].path), out=tempfile.mkdtemp(), seed=0, progress=False,
                       case=DATASETS[dataset].case, cache_dir=str(cache), **flags).validate()
     cfg, data = prepare_data(cfg, None)
@@ -68,6 +70,9 @@ def prepared(dataset: str, variant: str, root: Path, cache: Path) -> Run:
     run = Run(cfg, data, model, "cpu", Path(cfg.out))
     if VARIANTS[variant].get("compile"):
         run.net = torch.compile(run.net, dynamic=True)  # speed only: the warm-up round pays for compiling
+    if VARIANTS[variant].get("contiguous"):  # the convolutions on plain (N, C, H, W) tensors
+        run.memory_format = torch.contiguous_format
+        run.model.to(memory_format=run.memory_format)
     return run
 
 
@@ -118,7 +123,7 @@ def accuracy(dataset: str, variant: str, root: Path, cache: Path) -> dict[str, A
     """Held-out sequence accuracy after EPOCHS[dataset] epochs of one model."""
     ds = DATASETS[dataset]
     cfg = dict(seed=0, epochs=EPOCHS[dataset], patience=1000, case=ds.case, progress=False,
-               cache_dir=str(cache), **{k: v for k, v in VARIANTS[variant].items() if k != "compile"})
+               cache_dir=str(cache), **{k: v for k, v in VARIANTS[variant].items() if k not in SPEED_ONLY})
     with tempfile.TemporaryDirectory() as tmp:
         r = train(str(root / ds.path), TrainConfig(out=tmp, **cfg))
     if r.test is None:
@@ -127,20 +132,19 @@ def accuracy(dataset: str, variant: str, root: Path, cache: Path) -> dict[str, A
             "train_minutes": r.history[-1]["time_s"] / 60, "load_avg": os.getloadavg()}
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one row per dataset and variant; the speed-up is against fp32 (small_fp32 for the small
-    model) of the same dataset, measured side by side in the same run."""
-    def base(r: dict[str, Any]) -> dict[str, Any] | None:
-        name = "small_fp32" if r["variant"].startswith("small") else "fp32"
-        return next((b for b in rows if (b["dataset"], b["variant"], b["speed_run"]) ==
-                     (r["dataset"], name, r["speed_run"])), None)
+def base_variant(variant: str) -> str:
+    """The variant a speed-up is taken against: fp32, or small_fp32 for the small model."""
+    return "small_fp32" if variant.startswith("small") else "fp32"
 
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per dataset and variant; the speed-up is against base_variant() of the same
+    dataset, measured side by side in the same run (stored with the row)."""
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     lines = ["| dataset | variant | input | images/s | frozen images/s | speed-up | held-out after epochs |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        b = base(r)
-        up = f"{r['images_per_s'] / b['images_per_s']:.2f}x" if b else "-"
+        up = f"{r['speed_up']:.2f}x" if r.get("speed_up") else "-"
         acc = f"{r['held_out']:.2%} ({r['epochs']})" if r.get("held_out") is not None else "-"
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['input']}, {r['precision']} | "
                      f"{fmt(r['images_per_s'], '.0f')} | {fmt(r['frozen_images_per_s'], '.0f')} | {up} | {acc} |")
@@ -164,10 +168,13 @@ def main() -> None:
     root, cache = Path(a.root), Path(a.cache)
     for dataset in a.datasets:
         stamp = time.strftime("%Y-%m-%d %H:%M")
-        for variant, speed in speeds(dataset, a.variants, root, cache, a.rounds).items():
+        measured = speeds(dataset, a.variants, root, cache, a.rounds)
+        for variant, speed in measured.items():
             old = next((x for x in rows if (x["dataset"], x["variant"]) == (dataset, variant)), {})
+            b = measured.get(base_variant(variant))
             row = {**old, "dataset": dataset, "variant": variant, "flags": VARIANTS[variant], **speed,
-                   "speed_run": stamp, "load_avg": os.getloadavg()}
+                   "speed_up": b and speed["images_per_s"] / b["images_per_s"], "speed_run": stamp,
+                   "load_avg": os.getloadavg()}
             if a.accuracy is not None and (not a.accuracy or variant in a.accuracy):
                 row.update(accuracy(dataset, variant, root, cache))
                 print(f"{dataset} {variant}: held-out {row['held_out']:.2%}", file=sys.stderr, flush=True)
