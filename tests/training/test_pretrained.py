@@ -115,7 +115,7 @@ def test_pretrained_start_end_to_end(cache: Path, tmp_path: Path, monkeypatch: p
 
     meta = read_metadata(r.model_path)
     assert meta["model"]["backbone"] == "ddddocr" and meta["model"]["input_norm"] == "centered"
-    assert meta["preprocess"]["height"] == 32 and meta["preprocess"]["channels"] == 1  # the data's auto height
+    assert meta["preprocess"]["height"] == 64 and meta["preprocess"]["channels"] == 1  # native: few labels
     images = sorted((tmp_path / "d").glob("*.png"))[:8]
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ddddocr" else real(n, *a))

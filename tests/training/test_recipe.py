@@ -52,6 +52,17 @@ def test_start_is_decided_by_labelled_images_and_init() -> None:
     assert resolve_start(TrainConfig(), n_labelled=49)[0]["pretrained"] == "off"
 
 
+@needs_ddddocr
+def test_pretrained_start_keeps_its_native_height_for_few_labels() -> None:
+    from captcha_crnn.training.start import NATIVE_HEIGHT_BELOW
+
+    few, _ = resolve_start(TrainConfig(), n_labelled=NATIVE_HEIGHT_BELOW - 1)
+    many, _ = resolve_start(TrainConfig(), n_labelled=NATIVE_HEIGHT_BELOW)
+    assert few["pretrained"] == many["pretrained"] == "on"
+    assert few["height"] == 64 and "height" not in many  # many: the data's auto height (training/data.py)
+    assert "height" not in resolve_start(TrainConfig(height="48"), n_labelled=100)[0]  # --height wins
+
+
 def test_unlabelled_images_leave_out_the_labelled_ones(tmp_path: Path) -> None:
     make_clean_set(tmp_path / "d", 6)
     labelled = read_samples(str(tmp_path / "d"), LabelRule(sep="-"))[:2]
