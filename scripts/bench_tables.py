@@ -154,12 +154,12 @@ def anchor(json_name: str) -> str:
 # ------------------------------------------------------------------ README topics: one short table each
 
 
-def first_per(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    """The first row of each value of key (the seed-0 run of each scenario)."""
-    first: dict[Any, dict[str, Any]] = {}
+def median_per(rows: list[dict[str, Any]], key: str, by: str) -> list[dict[str, Any]]:
+    """Per value of key, the run whose `by` is the median of its seeds (the lower middle of an even count)."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
     for r in rows:
-        first.setdefault(r[key], r)
-    return list(first.values())
+        groups.setdefault(r[key], []).append(r)
+    return [sorted(g, key=lambda r: r[by])[(len(g) - 1) // 2] for g in groups.values()]
 
 
 def starts(rows: list[dict[str, Any]]) -> list[str]:
@@ -168,7 +168,7 @@ def starts(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def student(d: dict) -> str:
-    return bench("student").table(first_per(d["results"], "scenario"))
+    return bench("student").table(median_per(d["results"], "scenario", "accuracy"))
 
 
 def curve(d: dict) -> str:

@@ -54,10 +54,10 @@ def test_start_is_decided_by_labelled_images_and_init() -> None:
 
 @needs_ddddocr
 def test_pretrained_start_keeps_its_native_height_for_few_labels() -> None:
-    from captcha_crnn.training.start import NATIVE_HEIGHT_BELOW
+    from captcha_crnn.training.start import AUTO_HEIGHT_FROM_LABELS
 
-    few, _ = resolve_start(TrainConfig(), n_labelled=NATIVE_HEIGHT_BELOW - 1)
-    many, _ = resolve_start(TrainConfig(), n_labelled=NATIVE_HEIGHT_BELOW)
+    few, _ = resolve_start(TrainConfig(), n_labelled=AUTO_HEIGHT_FROM_LABELS - 1)
+    many, _ = resolve_start(TrainConfig(), n_labelled=AUTO_HEIGHT_FROM_LABELS)
     assert few["pretrained"] == many["pretrained"] == "on"
     assert few["height"] == 64 and "height" not in many  # many: the data's auto height (training/data.py)
     assert "height" not in resolve_start(TrainConfig(height="48"), n_labelled=100)[0]  # --height wins

@@ -18,11 +18,11 @@ from .config import TrainConfig
 PRETRAINED_MIN_LABELS = 50
 PRETRAINED_WHY = "measured from 50 labelled images up on captcha_v2, henan_digits4 and generic_varlen"
 NAMED_INIT = ("auto", "none", "", None)  # init values that name no model
-# Under this many labelled images the ddddocr backbone reads at its native height (64), above at the data's
-# auto height: a few hundred images cannot move its features to 32 rows (benchmarks/student.py: from 100
-# captcha_v2 labels the teacher read 0% of validation at 32 after 2 minutes, 100% at 64), while on
-# thousands 32 rows learn more per minute (benchmarks/train_throughput.py, time_curve.py).
-NATIVE_HEIGHT_BELOW = 1000
+# From this many labelled images the ddddocr backbone reads at the data's auto height, below at its native 64:
+# a few hundred images cannot move its features to 32 rows (benchmarks/student.py: from 100 captcha_v2 labels
+# the teacher read 0% of validation at 32 after 2 minutes, 100% at 64), while on thousands 32 rows learn more
+# per minute (benchmarks/train_throughput.py, time_curve.py).
+AUTO_HEIGHT_FROM_LABELS = 1000
 
 
 def init_model(cfg: TrainConfig) -> str | None:
@@ -92,7 +92,7 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
                                "backbone_weights": source}
     if cfg.height == "auto" and source != PRETRAINED.weights:
         changes["height"] = pretrained.native_height(source)  # what the project's own backbone was trained at
-    elif cfg.height == "auto" and n_labelled is not None and n_labelled < NATIVE_HEIGHT_BELOW:
+    elif cfg.height == "auto" and n_labelled is not None and n_labelled < AUTO_HEIGHT_FROM_LABELS:
         changes["height"] = DDDDOCR.height  # its native height
     elif cfg.height == "auto" and PRETRAINED.height:
         changes["height"] = PRETRAINED.height  # the card's (None: the data's auto height; archs.py says why)
