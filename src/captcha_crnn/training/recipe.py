@@ -25,7 +25,7 @@ from ..errors import CaptchaError
 from ..files import atomic_write
 from .checkpoint import CHECKPOINT
 from .config import TrainConfig
-from .data import load_data
+from .data import EARLY_STOP_MIN_VAL, load_data
 from .log import log
 from .loop import EpochHook, TrainResult, train_model
 from .pseudo import PseudoLabels, label_folder_unlabelled, pseudo_label, unlabelled_images
@@ -146,7 +146,8 @@ class Recipe:
         out = self.out / name
         what = ("the pretrained start fine-tuned on the labels" if name == "teacher"
                 else "the small model on the labels and the kept readings" if stages == 3
-                else f"the small model on the labels, until its curve levels off ({changes['patience']} epochs)")
+                else f"the small model on the labels, until its curve levels off ({changes['patience']} epochs)"
+                if len(self.split.val) >= EARLY_STOP_MIN_VAL else "the small model on the labels")
         log(f"stage {number}/{stages} {name}: {what}" + (f", {minutes:.1f} min" if minutes else ""))
         test = str(files["test"]) if "test" in files else None
         cfg = replace(self.cfg, out=str(out), max_minutes=minutes, val_data=str(files["val"]), test_data=test,
