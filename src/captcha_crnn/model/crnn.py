@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..data.images import time_steps
-from .archs import PRESETS, backbone_card
+from .archs import PRESETS
 from .backbones import build_backbone
 from .format import INPUT_NORMS, CRNNConfig
 
@@ -30,7 +30,6 @@ class CRNN(nn.Module):
         super().__init__()
         if cfg.height % 16:
             raise ValueError(f"height must be a multiple of 16, got {cfg.height}")
-        backbone_card(cfg.backbone)  # ValueError for an unknown one
         if cfg.input_norm not in INPUT_NORMS:
             raise ValueError(f"unknown input_norm {cfg.input_norm!r}; choose from {', '.join(INPUT_NORMS)}")
         self.cfg = cfg

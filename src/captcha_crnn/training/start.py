@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import CaptchaError
-from ..model.archs import DDDDOCR, PRETRAINED, SCRATCH, preset_of
+from ..model.archs import PRETRAINED, SCRATCH, preset_of
 from . import pretrained
 from .config import TrainConfig
 
@@ -90,12 +90,9 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
         raise CaptchaError("--pretrained: the ddddocr backbone reads grey images; drop --channels 3")
     changes: dict[str, Any] = {"pretrained": "on", "backbone": PRETRAINED.backbone, "channels": PRETRAINED.channels,
                                "backbone_weights": source}
-    if cfg.height == "auto" and source != PRETRAINED.weights:
-        changes["height"] = pretrained.native_height(source)  # what the project's own backbone was trained at
-    elif cfg.height == "auto" and n_labelled is not None and n_labelled < AUTO_HEIGHT_FROM_LABELS:
-        changes["height"] = DDDDOCR.height  # its native height
-    elif cfg.height == "auto" and PRETRAINED.height:
-        changes["height"] = PRETRAINED.height  # the card's (None: the data's auto height; archs.py says why)
+    few_labels = n_labelled is not None and n_labelled < AUTO_HEIGHT_FROM_LABELS
+    if cfg.height == "auto" and (source != PRETRAINED.weights or few_labels):
+        changes["height"] = pretrained.native_height(source)  # what the backbone was trained at; else the data's
     if cfg.preset == "auto":
         changes["preset"] = PRETRAINED.name
     why = (PRETRAINED_WHY if source == PRETRAINED.weights else "named by --backbone-weights" if weights
