@@ -158,7 +158,7 @@ class TrainConfig:
                         choices=(*BACKBONES, "auto"))
     pretrained: str = opt("auto", "start from a captcha-pretrained backbone (ddddocr's: pip install "
                           "\"captcha-crnn[pretrained]\"; see --backbone-weights); auto: when one is at hand, the "
-                          "architecture is auto and there are 90 training images or more",
+                          "architecture is auto and there are 50 labelled images or more",
                           choices=("on", "off", "auto"))
     backbone_weights: str = opt("auto", "pretrained start: whose weights: ddddocr (the package's) or a file from "
                                 "`captcha-crnn pretrain`; auto: ddddocr where installed; naming one asks for the "
