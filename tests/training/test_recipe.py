@@ -23,15 +23,27 @@ needs_ddddocr = pytest.mark.skipif(not pretrained.available(), reason="the pretr
 
 def test_threshold_is_the_lowest_that_keeps_the_precision() -> None:
     conf = [0.99, 0.98, 0.97, 0.9, 0.8, 0.5]
-    assert choose_threshold(conf, [True] * 6) == (0.5, 1.0, 6)
-    assert choose_threshold(conf, [True, True, True, False, True, True]) == (0.97, 1.0, 3)
-    assert choose_threshold(conf, [False] + [True] * 5) == (None, None, 0)  # the surest reading is wrong
+    assert choose_threshold(conf, [True] * 6, min_clearing=1) == (0.5, 1.0, 6)
+    assert choose_threshold(conf, [True, True, True, False, True, True], min_clearing=1) == (0.97, 1.0, 3)
+    assert choose_threshold(conf, [False] + [True] * 5, min_clearing=1) == (None, None, 0)  # the surest is wrong
     # a tie is kept whole or not at all: 0.9 holds one right and one wrong reading
-    assert choose_threshold([0.99, 0.9, 0.9], [True, True, False]) == (0.99, 1.0, 1)
+    assert choose_threshold([0.99, 0.9, 0.9], [True, True, False], min_clearing=1) == (0.99, 1.0, 1)
     many = [1 - i / 1000 for i in range(200)]
     right = [i != 150 for i in range(200)]  # one miss in 200: 99.5% right over all of them
     assert choose_threshold(many, right) == (many[-1], 199 / 200, 200)
     assert choose_threshold([], []) == (None, None, 0)
+
+
+def test_threshold_rests_on_enough_held_out_readings() -> None:
+    # a weak teacher: its 3 surest of 40 readings are right, the rest mostly wrong
+    conf = [1 - i / 100 for i in range(40)]
+    right = [i < 3 or i % 10 == 5 for i in range(40)]
+    assert choose_threshold(conf, right, min_clearing=1) == (0.98, 1.0, 3)
+    assert choose_threshold(conf, right) == (None, None, 0)  # 3 readings are too few to stand for 99%
+    assert choose_threshold(conf[:12], [True] * 12) == (conf[11], 1.0, 12)
+    # fewer held-out readings than MIN_CLEARING: all of them must clear
+    assert choose_threshold(conf[:8], [True] * 8) == (conf[7], 1.0, 8)
+    assert choose_threshold(conf[:8], [True] * 7 + [False]) == (None, None, 0)
 
 
 def test_few_labels_split_keeps_every_label_for_training_or_validation() -> None:
@@ -92,7 +104,7 @@ def test_teacher_readings_above_the_threshold_are_kept(tmp_path: Path, monkeypat
     falls between, and of the unlabelled images only the sure readings of a plausible length are kept."""
     from captcha_crnn.infer import Prediction, Recognizer
 
-    make_clean_set(tmp_path / "d", 30, lengths=(3, 3))
+    make_clean_set(tmp_path / "d", 40, lengths=(3, 3))
     samples = read_samples(str(tmp_path / "d"), LabelRule(sep="-"))
     truth = {s.path: s.label for s in samples}
 
@@ -109,12 +121,12 @@ def test_teacher_readings_above_the_threshold_are_kept(tmp_path: Path, monkeypat
                     out.append(Prediction(label, 0.95))
             return out
 
-    images = [s.path for s in samples[20:]]
+    images = [s.path for s in samples[30:]]
     unlabelled = set(images)
     monkeypatch.setattr(Recognizer, "load", classmethod(lambda cls, *a, **k: Teacher()))
-    p = pseudo_label("teacher.safetensors", samples[:10], samples[10:20], images, TrainConfig(progress=False))
+    p = pseudo_label("teacher.safetensors", samples[:10], samples[10:30], images, TrainConfig(progress=False))
     assert p.threshold == 0.95 and p.precision == 1.0 and p.read == 10
-    assert p.held_out == 10 and p.held_out_kept < 10 and p.teacher_accuracy < 1
+    assert p.held_out == 20 and 10 <= p.held_out_kept < 20 and p.teacher_accuracy < 1
     assert p.kept and all(truth[path] == text for path, text in p.kept), p.kept
     assert all(len(text) == 3 for _, text in p.kept)
     assert f"kept {len(p.kept)} of 10" in p.describe()
