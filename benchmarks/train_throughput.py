@@ -121,6 +121,9 @@ def speeds(dataset: str, variants: list[str], root: Path, cache: Path, rounds: i
     return out
 
 
+ACCURACY_FIELDS = ("epochs", "held_out", "test_n", "train_minutes")  # what accuracy() adds to a row
+
+
 def accuracy(dataset: str, variant: str, root: Path, cache: Path) -> dict[str, Any]:
     """Held-out sequence accuracy after EPOCHS[dataset] epochs of one model."""
     ds = DATASETS[dataset]
@@ -173,8 +176,9 @@ def main() -> None:
         measured = speeds(dataset, a.variants, root, cache, a.rounds)
         for variant, speed in measured.items():
             old = next((x for x in rows if (x["dataset"], x["variant"]) == (dataset, variant)), {})
+            kept = {k: old[k] for k in ACCURACY_FIELDS if k in old}  # the accuracy of an earlier run, if not re-run
             b = measured.get(base_variant(variant))
-            row = {**old, "dataset": dataset, "variant": variant, "flags": VARIANTS[variant], **speed,
+            row = {**kept, "dataset": dataset, "variant": variant, "flags": VARIANTS[variant], **speed,
                    "speed_up": b and speed["images_per_s"] / b["images_per_s"], "speed_run": stamp,
                    "load_avg": os.getloadavg()}
             if a.accuracy is not None and (not a.accuracy or variant in a.accuracy):
