@@ -163,8 +163,8 @@ def median_per(rows: list[dict[str, Any]], key: str, by: str) -> list[dict[str, 
 
 
 def starts(rows: list[dict[str, Any]]) -> list[str]:
-    """The starts a learning_curve.json holds, in the script's order."""
-    return [s for s in ("scratch", "pretrained", "student", "own") if s in rows[0]]
+    """The starts every row of a learning_curve.json holds, in the script's order."""
+    return [s for s in bench("learning_curve").STARTS if all(s in r for r in rows)]
 
 
 def student(d: dict) -> str:
@@ -222,9 +222,13 @@ def serve_load(d: dict) -> str:
 
 
 def train_throughput(d: dict) -> str:
-    """The recipe before (fp32, the speed-ups' base) and now (`default`; bf16 until a run of it is there)."""
-    now = "default" if any(r["variant"] == "default" for r in d["runs"]) else "bf16"
-    return bench("train_throughput").table([r for r in d["runs"] if r["variant"] in ("fp32", now)])
+    """Per dataset, the recipe before (fp32, the speed-ups' base) and now (`default`; bf16 where no run of
+    the default is there)."""
+    rows: list[dict[str, Any]] = []
+    for ds in dict.fromkeys(r["dataset"] for r in d["runs"]):
+        runs = {r["variant"]: r for r in d["runs"] if r["dataset"] == ds}
+        rows += [runs[v] for v in ("fp32", "default" if "default" in runs else "bf16") if v in runs]
+    return bench("train_throughput").table(rows)
 
 
 def time_curve(d: dict) -> str:
@@ -375,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
               if not a.check else "bench_tables: run `python scripts/bench_tables.py` and commit the result",
               file=sys.stderr)
     return 1 if stale else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
