@@ -53,11 +53,16 @@ def reading_speed(model: str | Path, images: list[bytes], repeats: int = 3) -> f
     return statistics.median(rates)
 
 
-def accuracy(model: str | Path, held: list[Sample], case: str) -> float:
+MISSES_LISTED = 20  # a row names up to this many misreadings (file, label, reading)
+
+
+def accuracy(model: str | Path, held: list[Sample], case: str) -> tuple[float, list[list[str]]]:
+    """Sequence accuracy on `held` and the misreadings as [file name, label, reading]."""
     fold = (lambda t: t.lower()) if case == "insensitive" else (lambda t: t)
     preds = Recognizer.load(model).predict([s.path for s in held], errors="return")
-    return sum(getattr(p, "text", None) is not None and fold(p.text) == fold(s.label)
-               for p, s in zip(preds, held)) / len(held)
+    misses = [[Path(s.path).name, s.label, getattr(p, "text", "(unreadable)")] for p, s in zip(preds, held)
+              if getattr(p, "text", None) is None or fold(p.text) != fold(s.label)]
+    return 1 - len(misses) / len(held), misses
 
 
 def run(name: str, labelled: list[Sample], unlabelled: list[Sample], held: list[Sample], minutes: float,
@@ -79,9 +84,10 @@ def run(name: str, labelled: list[Sample], unlabelled: list[Sample], held: list[
     sample = [Path(s.path).read_bytes() for s in held[:500]]
     out_speed = reading_speed(r.model_path, sample)
     peer_speed = reading_speed("captcha_v2", sample)
+    acc, misses = accuracy(r.model_path, held, case)
     row = {"scenario": name, "seed": seed, "labelled": len(labelled), "unlabelled": len(unlabelled),
            "held_out": len(held), "budget_minutes": minutes, "wall_minutes": round(wall / 60, 2),
-           "accuracy": accuracy(r.model_path, held, case),
+           "accuracy": acc, "misses": misses[:MISSES_LISTED],
            "reader": recipe.get("output", {}).get("reader", "single model"),
            "why": recipe.get("output", {}).get("why"),
            "images_per_s": round(out_speed, 1), "shipped_captcha_v2_images_per_s": round(peer_speed, 1),
@@ -93,7 +99,8 @@ def run(name: str, labelled: list[Sample], unlabelled: list[Sample], held: list[
         if p:
             row.update(threshold=p["threshold"], kept=len(p["kept"]), read=p["read"], held_out_precision=p["precision"])
         if other.is_file():
-            row["teacher_accuracy"] = accuracy(other, held, case)
+            t_acc, t_misses = accuracy(other, held, case)
+            row.update(teacher_accuracy=t_acc, teacher_misses=t_misses[:MISSES_LISTED])
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
 
