@@ -62,7 +62,7 @@ def accuracy(model: str | Path, held: list[Sample], case: str) -> tuple[float, l
     preds = Recognizer.load(model).predict([s.path for s in held], errors="return")
     misses = [[Path(s.path).name, s.label, getattr(p, "text", "(unreadable)")] for p, s in zip(preds, held)
               if getattr(p, "text", None) is None or fold(p.text) != fold(s.label)]
-    return 1 - len(misses) / len(held), misses
+    return (len(held) - len(misses)) / len(held), misses
 
 
 def run(name: str, labelled: list[Sample], unlabelled: list[Sample], held: list[Sample], minutes: float,
