@@ -189,11 +189,11 @@ def curve(d: dict) -> str:
 def inference(pretrained: dict, scratch: dict) -> str:
     """The fp32 ONNX engine of each model, and ddddocr (int8 and the rest: docs/benchmarks.md)."""
     body = [[("ddddocr (same run)" if r["engine"] == "ddddocr" else f"{name}, {r['engine']}"),
-             f"{r['accuracy']:.1%}", f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p99']:.2f}",
+             pct(r["accuracy"]), f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p99']:.2f}",
              f"{r['throughput_ips']:.0f}", f"{r['model_size_mb']:.1f}"]
             for name, rep in (("pretrained start (ddddocr backbone)", pretrained),
                               ("shipped `captcha_v2` (from scratch)", scratch))
-            for r in rep["results"] if r["engine"] in ("onnx", "ddddocr")]
+            for r in rep["results"] if r["engine"] in ("onnx", "ddddocr") and "error" not in r]
     return md(["model, engine", "held-out accuracy", "p50 ms", "p99 ms", "images/s", "size MB"], body)
 
 
