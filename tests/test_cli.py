@@ -160,3 +160,25 @@ def test_eval_and_info_show_selective_accuracy(trained, clean_dir: Path, capsys)
     assert table[0]["coverage"] == 1.0 and all(a["coverage"] >= b["coverage"] for a, b in zip(table, table[1:]))
     code, out, _ = run(["info", str(trained.out)], capsys)
     assert code == 0 and "test selective accuracy" in out
+
+
+def test_eval_lists_sure_misreadings_as_labels_to_check(captcha_dir: Path, tmp_path: Path, capsys) -> None:
+    """An image the shipped synthetic model reads surely, given a wrong label, is listed by eval (text, --json)."""
+    from captcha_crnn.infer import Recognizer
+
+    images = sorted(captcha_dir.glob("*.png"))[:12]
+    preds = Recognizer.load("synthetic").predict([str(i) for i in images])
+    sure = [(i, p) for i, p in zip(images, preds) if p.confidence >= 0.99 and p.text == i.stem]
+    assert sure, "the synthetic model reads some captcha-package images surely"
+    image, pred = sure[0]
+    wrong = "".join("5" if c == "2" else "2" for c in pred.text)  # every character changed, same length
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for i in images:
+        shutil.copy(i, folder / (f"{wrong}.png" if i == image else i.name))
+    code, out, _ = run(["eval", "synthetic", str(folder), "--json"], capsys)
+    misses = json.loads(out)["sure_misses"]
+    assert code == 0 and all(m["confidence"] >= 0.99 and m["label"] != m["read"] for m in misses)
+    assert [m["read"] for m in misses if m["label"] == wrong] == [pred.text]
+    code, out, _ = run(["eval", "synthetic", str(folder)], capsys)
+    assert code == 0 and "check these labels" in out and f"label '{wrong}', read '{pred.text}'" in out

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captcha_crnn.evaluate import Report, align, format_report, score
+from captcha_crnn.evaluate import SURE_LISTED, Report, align, format_report, score, sure_misses
 
 # ---------------------------------------------------------------- align
 
@@ -155,3 +155,17 @@ def test_selective_accuracy_trades_coverage_for_accuracy() -> None:
                      thresholds=(0.0, 0.5, 0.95, 1.0))
     assert [(r["coverage"], r["accuracy"]) for r in rows] == [(1.0, 0.5), (0.75, 2 / 3), (0.25, 1.0), (0.0, 1.0)]
     assert selective(["gh"], ["GH"], [0.7], case_insensitive=True, thresholds=(0.5,))[0]["accuracy"] == 1.0
+
+
+def test_sure_misses_are_confident_misreadings_surest_first() -> None:
+    paths = ["a.png", "b.png", "c.png", "d.png"]
+    found = sure_misses(paths, ["ab", "cd", "ef", "Gh"], ["ab", "cx", "ey", "gh"], [0.999, 0.995, 0.999, 0.999])
+    assert [(m["file"], m["read"]) for m in found] == [("c.png", "ey"), ("d.png", "gh"), ("b.png", "cx")]
+    assert [m["file"] for m in sure_misses(paths, ["ab", "cd", "ef", "Gh"], ["ab", "cx", "ey", "gh"],
+                                           [0.9, 0.5, 0.999, 0.999], case_insensitive=True)] == ["c.png"]
+    many = sure_misses([f"{i}.png" for i in range(15)], ["a"] * 15, ["b"] * 15, [1.0] * 15)
+    r = score(["a"] * 15, ["b"] * 15)
+    r.sure_misses = many
+    text = format_report(r)
+    assert text.count("read 'b'") == SURE_LISTED and "and 5 more" in text
+    assert "sure_misses" in r.to_dict() and "sure_misses" not in score(["a"], ["a"]).to_dict()
