@@ -115,8 +115,8 @@ def format_selective(rows: Sequence[dict[str, float]]) -> str:
         f"{r['threshold']:g}: {r['accuracy']:.2%} of {r['coverage']:.1%}" for r in rows)
 
 
-# A misreading this confident is worth a look at its label: on held-out images of the shared sets they were
-# wrong labels (captcha_v2's cdcb3.png shows "edcb3", read at 0.999; henan_digits4's misses, docs/experiments.md).
+# A misreading this confident is worth a look at its label: the shipped captcha_v2 model's two on its set are
+# cdcb3.png, whose picture shows "edcb3" (a wrong label), and ep85x.png, read "cp85x" (a hard image).
 SURE = 0.99
 SURE_LISTED = 10  # the text report lists this many; --json all of them
 
