@@ -41,9 +41,11 @@ def test_threshold_rests_on_enough_held_out_readings() -> None:
     assert choose_threshold(conf, right, min_clearing=1) == (0.98, 1.0, 3)
     assert choose_threshold(conf, right) == (None, None, 0)  # 3 readings are too few to stand for 99%
     assert choose_threshold(conf[:12], [True] * 12) == (conf[11], 1.0, 12)
-    # fewer held-out readings than MIN_CLEARING: all of them must clear
+    # under twice MIN_CLEARING held-out readings: half of them must clear
     assert choose_threshold(conf[:8], [True] * 8) == (conf[7], 1.0, 8)
-    assert choose_threshold(conf[:8], [True] * 7 + [False]) == (None, None, 0)
+    assert choose_threshold(conf[:8], [True] * 4 + [False] * 4) == (conf[3], 1.0, 4)
+    assert choose_threshold(conf[:8], [True] * 3 + [False] * 5) == (None, None, 0)
+    assert choose_threshold(conf[:10], [True] * 9 + [False]) == (conf[8], 1.0, 9)  # 50 labels: 10 held out
 
 
 def test_few_labels_split_keeps_every_label_for_training_or_validation() -> None:
