@@ -59,10 +59,12 @@ def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: f
     r = train(str(pool), cfg)
     assert r.test is not None
     output = ((r.recipe or {}).get("output") or {}).get("reader", "single model")
+    pseudo = (r.recipe or {}).get("pseudo")  # the teacher's readings: how many were kept, at what threshold
+    kept = {"kept": len(pseudo["kept"]), "read": pseudo["read"], "threshold": pseudo["threshold"]} if pseudo else {}
     return {"start": start, "sequence_accuracy": r.test.sequence_accuracy, "cer": r.test.cer, "test_n": r.test.n,
             "epochs": len(r.history), "train_minutes": r.history[-1]["time_s"] / 60, "output": output,
             "wall_minutes": (time.perf_counter() - t0) / 60, "val_sequence_accuracy": r.best["val_sequence_accuracy"],
-            "images_per_s": round(reading_speed(r.model_path, speed_images), 1)}
+            "images_per_s": round(reading_speed(r.model_path, speed_images), 1), **kept}
 
 
 def link_folder(samples: list[Sample], folder: Path) -> Path:
