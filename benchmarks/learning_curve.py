@@ -156,8 +156,9 @@ def main() -> int:
     a = ap.parse_args()
     if a.replot:
         rows = json.loads(Path(a.replot).read_text())["results"]
-        print(table(rows, a.starts))
-        plot(rows, a.starts, Path(a.plot))
+        held = [s for s in STARTS if all(s in r for r in rows)]  # the starts that run measured
+        print(table(rows, held))
+        plot(rows, held, Path(a.plot))
         return 0
     overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in a.set)}
     if "own" in a.starts and not a.own_weights:
