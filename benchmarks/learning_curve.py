@@ -58,13 +58,19 @@ def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: f
     t0 = time.perf_counter()
     r = train(str(pool), cfg)
     assert r.test is not None
-    output = ((r.recipe or {}).get("output") or {}).get("reader", "single model")
-    pseudo = (r.recipe or {}).get("pseudo")  # the teacher's readings: how many were kept, at what threshold
+    recipe = r.recipe or {}
+    output = (recipe.get("output") or {}).get("reader", "single model")
+    pseudo = recipe.get("pseudo")  # the teacher's readings: how many were kept, at what threshold
     kept = {"kept": len(pseudo["kept"]), "read": pseudo["read"], "threshold": pseudo["threshold"]} if pseudo else {}
     return {"start": start, "sequence_accuracy": r.test.sequence_accuracy, "cer": r.test.cer, "test_n": r.test.n,
             "epochs": len(r.history), "train_minutes": r.history[-1]["time_s"] / 60, "output": output,
             "wall_minutes": (time.perf_counter() - t0) / 60, "val_sequence_accuracy": r.best["val_sequence_accuracy"],
             "images_per_s": round(reading_speed(r.model_path, speed_images), 1), **kept}
+
+
+def measured_starts(rows: list[dict[str, Any]]) -> list[str]:
+    """The starts every row of a run holds, in STARTS' order."""
+    return [s for s in STARTS if all(s in r for r in rows)]
 
 
 def link_folder(samples: list[Sample], folder: Path) -> Path:
@@ -156,7 +162,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.replot:
         rows = json.loads(Path(a.replot).read_text())["results"]
-        held = [s for s in STARTS if all(s in r for r in rows)]  # the starts that run measured
+        held = measured_starts(rows)
         print(table(rows, held))
         plot(rows, held, Path(a.plot))
         return 0

@@ -36,6 +36,7 @@ from typing import Any
 from captcha_crnn import Recognizer
 from captcha_crnn.data.labels import Sample, read_samples, write_csv
 from captcha_crnn.data.split import split_items
+from captcha_crnn.evaluate import fold
 from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -59,10 +60,10 @@ MISSES_LISTED = 20  # a row names up to this many misreadings (file, label, read
 
 def accuracy(model: str | Path, held: list[Sample], case: str) -> tuple[float, list[list[str]]]:
     """Sequence accuracy on `held` and the misreadings as [file name, label, reading]."""
-    fold = (lambda t: t.lower()) if case == "insensitive" else (lambda t: t)
+    blind = case == "insensitive"
     preds = Recognizer.load(model).predict([s.path for s in held], errors="return")
     misses = [[Path(s.path).name, s.label, getattr(p, "text", "(unreadable)")] for p, s in zip(preds, held)
-              if getattr(p, "text", None) is None or fold(p.text) != fold(s.label)]
+              if getattr(p, "text", None) is None or fold(p.text, blind) != fold(s.label, blind)]
     return (len(held) - len(misses)) / len(held), misses
 
 

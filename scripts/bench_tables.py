@@ -164,7 +164,7 @@ def median_per(rows: list[dict[str, Any]], key: str, by: str) -> list[dict[str, 
 
 def starts(rows: list[dict[str, Any]]) -> list[str]:
     """The starts every row of a learning_curve.json holds, in the script's order."""
-    return [s for s in bench("learning_curve").STARTS if all(s in r for r in rows)]
+    return bench("learning_curve").measured_starts(rows)
 
 
 def student(d: dict) -> str:
