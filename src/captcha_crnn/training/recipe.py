@@ -144,10 +144,14 @@ class Recipe:
             return self.done[name]
         minutes = self.budget(share)
         out = self.out / name
-        what = ("the pretrained start fine-tuned on the labels" if name == "teacher"
-                else "the small model on the labels and the kept readings" if stages == 3
-                else f"the small model on the labels, until its curve levels off ({changes['patience']} epochs)"
-                if len(self.split.val) >= EARLY_STOP_MIN_VAL else "the small model on the labels")
+        if name == "teacher":
+            what = "the pretrained start fine-tuned on the labels"
+        elif stages == 3:
+            what = "the small model on the labels and the kept readings"
+        elif len(self.split.val) >= EARLY_STOP_MIN_VAL:  # only then can its early stop tell a level curve
+            what = f"the small model on the labels, until its curve levels off ({changes['patience']} epochs)"
+        else:
+            what = "the small model on the labels"
         log(f"stage {number}/{stages} {name}: {what}" + (f", {minutes:.1f} min" if minutes else ""))
         test = str(files["test"]) if "test" in files else None
         cfg = replace(self.cfg, out=str(out), max_minutes=minutes, val_data=str(files["val"]), test_data=test,
