@@ -67,14 +67,20 @@ def test_start_is_decided_by_labelled_images_and_init() -> None:
 
 
 @needs_ddddocr
-def test_pretrained_start_keeps_its_native_height_for_few_labels() -> None:
-    from captcha_crnn.training.start import AUTO_HEIGHT_FROM_LABELS
+def test_pretrained_start_reads_fewer_rows_the_more_labels() -> None:
+    from captcha_crnn.training.start import AUTO_HEIGHT_FROM_LABELS, MID_HEIGHT_FROM_LABELS
 
-    few, _ = resolve_start(TrainConfig(), n_labelled=AUTO_HEIGHT_FROM_LABELS - 1)
-    many, _ = resolve_start(TrainConfig(), n_labelled=AUTO_HEIGHT_FROM_LABELS)
-    assert few["pretrained"] == many["pretrained"] == "on"
-    assert few["height"] == 64 and "height" not in many  # many: the data's auto height (training/data.py)
-    assert "height" not in resolve_start(TrainConfig(height="48"), n_labelled=100)[0]  # --height wins
+    def start(n: int) -> dict:
+        changes, notes = resolve_start(TrainConfig(), n_labelled=n)
+        assert changes["pretrained"] == "on"
+        if "height" in changes:
+            assert f"height {changes['height']}" in notes[0]
+        return changes
+
+    assert start(MID_HEIGHT_FROM_LABELS - 1)["height"] == 64  # its native rows
+    assert start(MID_HEIGHT_FROM_LABELS)["height"] == start(AUTO_HEIGHT_FROM_LABELS - 1)["height"] == 48
+    assert "height" not in start(AUTO_HEIGHT_FROM_LABELS)  # the data's auto height (training/data.py)
+    assert "height" not in resolve_start(TrainConfig(height="32"), n_labelled=100)[0]  # --height wins
 
 
 def test_unlabelled_images_leave_out_the_labelled_ones(tmp_path: Path) -> None:

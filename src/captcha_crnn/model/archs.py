@@ -60,7 +60,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     # the RNN straight on the 512 features per column of the ddddocr backbone: a projection before it kept a
     # new head on the CTC blank plateau for hundreds of steps (docs/experiments.md); trained at the data's auto
     # height, 3-4x the images per second of its native 64 (benchmarks/train_throughput.py), from
-    # training/start.py's AUTO_HEIGHT_FROM_LABELS labelled images (fewer keep 64)
+    # training/start.py's AUTO_HEIGHT_FROM_LABELS labelled images (fewer: 48 rows, the fewest 64)
     Arch("pretrained", "ddddocr", hidden=192, proj=False, channels=1, input_norm="centered", weights="ddddocr"),
 )}
 

@@ -18,11 +18,16 @@ from .config import TrainConfig
 PRETRAINED_MIN_LABELS = 50
 PRETRAINED_WHY = "measured from 50 labelled images up on captcha_v2, henan_digits4 and generic_varlen"
 NAMED_INIT = ("auto", "none", "", None)  # init values that name no model
-# From this many labelled images the ddddocr backbone reads at the data's auto height, below at its native 64:
-# a few hundred images cannot move its features to 32 rows (benchmarks/student.py: from 100 captcha_v2 labels
-# the teacher read 0% of validation at 32 after 2 minutes, 100% at 64), while on thousands 32 rows learn more
-# per minute (benchmarks/train_throughput.py, time_curve.py).
-AUTO_HEIGHT_FROM_LABELS = 1000
+# The ddddocr backbone's input height, by the labelled images the user gave: the more labels, the further
+# from its native 64 rows fine-tuning moves its features (fewer rows, less arithmetic per image). Measured on
+# captcha_v2, the first N files by name labelled, the teacher alone for 3 minutes, read on the rest
+# (docs/experiments.md): 100 labels (all beginning with 2-4) at 48 rows read 4% (a leading "3" added), at 64
+# 96.5%; 250: 98.7% at 48, 97.5% at 64; 500: 98.6 and 98.9%; 936: the same held-out median at 2.96x the fp32
+# images/s (benchmarks/train_throughput.py). At 32 rows 100 labels read 0% and 936 lose 3 points per epoch,
+# while on thousands 32 rows learn more per minute (time_curve.py).
+MID_HEIGHT_FROM_LABELS = 250
+MID_HEIGHT = 48
+AUTO_HEIGHT_FROM_LABELS = 1000  # from here the data's auto height (data.py: choose_height)
 
 
 def init_model(cfg: TrainConfig) -> str | None:
@@ -90,9 +95,8 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
         raise CaptchaError("--pretrained: the ddddocr backbone reads grey images; drop --channels 3")
     changes: dict[str, Any] = {"pretrained": "on", "backbone": PRETRAINED.backbone, "channels": PRETRAINED.channels,
                                "backbone_weights": source}
-    few_labels = n_labelled is not None and n_labelled < AUTO_HEIGHT_FROM_LABELS
-    if cfg.height == "auto" and (source != PRETRAINED.weights or few_labels):
-        changes["height"] = pretrained.native_height(source)  # what the backbone was trained at; else the data's
+    if cfg.height == "auto":
+        changes.update(_backbone_height(source, n_labelled))
     if cfg.preset == "auto":
         changes["preset"] = PRETRAINED.name
     why = (PRETRAINED_WHY if source == PRETRAINED.weights else "named by --backbone-weights" if weights
@@ -100,3 +104,12 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
     height = changes.get("height", cfg.height)
     return changes, [f"pretrained start from the {source} backbone ({why}), grey"
                      + ("" if height == "auto" else f", height {height}")]
+
+
+def _backbone_height(source: str, n_labelled: int | None) -> dict[str, Any]:
+    """The input height for the pretrained backbone `source` (an empty dict: the data's auto height)."""
+    if source != PRETRAINED.weights:
+        return {"height": pretrained.native_height(source)}  # what the backbone file was trained at
+    if n_labelled is None or n_labelled >= AUTO_HEIGHT_FROM_LABELS:
+        return {}
+    return {"height": MID_HEIGHT if n_labelled >= MID_HEIGHT_FROM_LABELS else pretrained.native_height(source)}
