@@ -1,7 +1,7 @@
 """Training throughput of the default recipe and of each speed change on its own, on the shared sets.
 
     python benchmarks/train_throughput.py [--datasets captcha_v2 henan_digits4 generic_varlen]
-        [--variants fp32 bf16 ...] [--accuracy [VARIANT ...]] [--root ../shared/datasets]
+        [--variants fp32 bf16 ...] [--accuracy [VARIANT ...]] [--seeds 0 1 2] [--root ../shared/datasets]
         [--json benchmarks/results/train_throughput.json]
 
 This machine is shared, so speeds are taken side by side: every variant builds the run `train` would
@@ -54,6 +54,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "compile": dict(BIG, precision="fp32", height=64, grey="luma", compile=True),
     "contiguous": dict(BIG, precision="fp32", height=64, grey="luma", contiguous=True),
     "fast": dict(BIG, precision="bf16", height=32, grey="luma"),
+    "height48": dict(BIG, precision="bf16", height=48),  # the default (grey by the data) at 48 rows
     "default": dict(BIG),
     "small_fp32": dict(SMALL, precision="fp32"),
     "small_bf16": dict(SMALL, precision="bf16"),
@@ -121,20 +122,27 @@ def speeds(dataset: str, variants: list[str], root: Path, cache: Path, rounds: i
     return out
 
 
-ACCURACY_FIELDS = ("epochs", "held_out", "test_n", "train_minutes")  # what accuracy() adds to a row
+ACCURACY_FIELDS = ("epochs", "held_out", "held_out_seeds", "test_n", "train_minutes")  # what accuracy() adds
 
 
-def accuracy(dataset: str, variant: str, root: Path, cache: Path) -> dict[str, Any]:
-    """Held-out sequence accuracy after EPOCHS[dataset] epochs of one model."""
+def accuracy(dataset: str, variant: str, root: Path, cache: Path, seeds: list[int]) -> dict[str, Any]:
+    """Held-out sequence accuracy after EPOCHS[dataset] epochs of one model: the median over seeds
+    (each its own split and initialisation), every seed's figure beside it."""
     ds = DATASETS[dataset]
-    cfg = dict(seed=0, epochs=EPOCHS[dataset], patience=1000, case=ds.case, progress=False,
-               cache_dir=str(cache), **{k: v for k, v in VARIANTS[variant].items() if k not in SPEED_ONLY})
-    with tempfile.TemporaryDirectory() as tmp:
-        r = train(str(root / ds.path), TrainConfig(out=tmp, **cfg))
-    if r.test is None:
-        raise SystemExit(f"{dataset}: no test images were scored")
-    return {"epochs": len(r.history), "held_out": r.test.sequence_accuracy, "test_n": r.test.n,
-            "train_minutes": r.history[-1]["time_s"] / 60, "load_avg": os.getloadavg()}
+    cfg = dict(epochs=EPOCHS[dataset], patience=1000, case=ds.case, progress=False, cache_dir=str(cache),
+               **{k: v for k, v in VARIANTS[variant].items() if k not in SPEED_ONLY})
+    results = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = train(str(root / ds.path), TrainConfig(out=tmp, seed=seed, **cfg))
+        if r.test is None:
+            raise SystemExit(f"{dataset}: no test images were scored")
+        results.append(r)
+    held_out = [r.test.sequence_accuracy for r in results]
+    last = results[-1]
+    return {"epochs": len(last.history), "held_out": statistics.median(held_out),
+            "held_out_seeds": dict(zip(map(str, seeds), held_out, strict=True)), "test_n": last.test.n,
+            "train_minutes": last.history[-1]["time_s"] / 60, "load_avg": os.getloadavg()}
 
 
 def base_variant(variant: str) -> str:
@@ -150,7 +158,9 @@ def table(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         up = f"{r['speed_up']:.2f}x" if r.get("speed_up") else "-"
-        acc = f"{r['held_out']:.2%} ({r['epochs']})" if r.get("held_out") is not None else "-"
+        seeds = len(r.get("held_out_seeds") or [0])
+        acc = "-" if r.get("held_out") is None else (
+            f"{r['held_out']:.2%} ({r['epochs']}" + (f", median of {seeds} seeds)" if seeds > 1 else ")"))
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['input']}, {r['precision']} | "
                      f"{fmt(r['images_per_s'], '.0f')} | {fmt(r['frozen_images_per_s'], '.0f')} | {up} | {acc} |")
     return "\n".join(lines)
@@ -163,6 +173,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="turns each variant takes at the speed measurement")
     ap.add_argument("--accuracy", nargs="*", metavar="VARIANT",
                     help="also train these variants (none named: every one) for EPOCHS epochs")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="accuracy: the median over these seeds (split and initialisation)")
     ap.add_argument("--cache", default="bench_out/throughput_cache", help="decoded images, shared by the runs")
     common_args(ap, "benchmarks/results/train_throughput.json")
     a = ap.parse_args()
@@ -182,7 +194,7 @@ def main() -> None:
                    "speed_up": b and speed["images_per_s"] / b["images_per_s"], "speed_run": stamp,
                    "load_avg": os.getloadavg()}
             if a.accuracy is not None and (not a.accuracy or variant in a.accuracy):
-                row.update(accuracy(dataset, variant, root, cache))
+                row.update(accuracy(dataset, variant, root, cache, a.seeds))
                 print(f"{dataset} {variant}: held-out {row['held_out']:.2%}", file=sys.stderr, flush=True)
             rows = [x for x in rows if (x["dataset"], x["variant"]) != (dataset, variant)] + [row]
             save_runs(a.json, rows, epochs=EPOCHS)
