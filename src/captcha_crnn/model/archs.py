@@ -30,6 +30,7 @@ class Arch:
     depth: int = 1  # convolutions (or blocks) per stage
     proj: bool = True  # a linear + ReLU from the features to `hidden` before the RNN
     height: int | None = None  # the input height it reads best (its native one); None: the data's auto height
+    tuned_height: int | None = None  # fewer rows that fine-tuning on a few hundred labels moves it to
     channels: int | None = None  # input channels it needs; None: from the data (grey or colour)
     input_norm: str = "ink"  # what it is fed (format.INPUT_NORMS)
     weights: str | None = None  # where trained weights come from: "ddddocr" (the package, training/pretrained.py),
@@ -60,8 +61,10 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     # the RNN straight on the 512 features per column of the ddddocr backbone: a projection before it kept a
     # new head on the CTC blank plateau for hundreds of steps (docs/experiments.md); trained at the data's auto
     # height, 3-4x the images per second of its native 64 (benchmarks/train_throughput.py), from
-    # training/start.py's AUTO_HEIGHT_FROM_LABELS labelled images (fewer: 48 rows, the fewest 64)
-    Arch("pretrained", "ddddocr", hidden=192, proj=False, channels=1, input_norm="centered", weights="ddddocr"),
+    # training/start.py's AUTO_HEIGHT_FROM_LABELS labelled images; from its TUNED_HEIGHT_FROM_LABELS at 48 rows
+    # (1.8x the images per second of 64), fewer labels at its native 64
+    Arch("pretrained", "ddddocr", hidden=192, proj=False, tuned_height=48, channels=1, input_norm="centered",
+         weights="ddddocr"),
 )}
 
 BACKBONES = tuple(name for name, a in ARCHS.items() if a.builder)  # --backbone, a model file's "backbone"

@@ -25,8 +25,7 @@ NAMED_INIT = ("auto", "none", "", None)  # init values that name no model
 # 96.5%; 250: 98.7% at 48, 97.5% at 64; 500: 98.6 and 98.9%; 936: the same held-out median at 2.96x the fp32
 # images/s (benchmarks/train_throughput.py). At 32 rows 100 labels read 0% and 936 lose 3 points per epoch,
 # while on thousands 32 rows learn more per minute (time_curve.py).
-MID_HEIGHT_FROM_LABELS = 250
-MID_HEIGHT = 48
+TUNED_HEIGHT_FROM_LABELS = 250  # from here model/archs.py's PRETRAINED.tuned_height
 AUTO_HEIGHT_FROM_LABELS = 1000  # from here the data's auto height (data.py: choose_height)
 
 
@@ -112,4 +111,6 @@ def _backbone_height(source: str, n_labelled: int | None) -> dict[str, Any]:
         return {"height": pretrained.native_height(source)}  # what the backbone file was trained at
     if n_labelled is None or n_labelled >= AUTO_HEIGHT_FROM_LABELS:
         return {}
-    return {"height": MID_HEIGHT if n_labelled >= MID_HEIGHT_FROM_LABELS else pretrained.native_height(source)}
+    if n_labelled >= TUNED_HEIGHT_FROM_LABELS:
+        return {"height": PRETRAINED.tuned_height}
+    return {"height": pretrained.native_height(source)}
