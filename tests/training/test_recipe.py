@@ -68,7 +68,7 @@ def test_start_is_decided_by_labelled_images_and_init() -> None:
 
 @needs_ddddocr
 def test_pretrained_start_reads_fewer_rows_the_more_labels() -> None:
-    from captcha_crnn.training.start import AUTO_HEIGHT_FROM_LABELS, TUNED_HEIGHT_FROM_LABELS
+    from captcha_crnn.training.start import TUNED_HEIGHT_FROM_LABELS
 
     def start(n: int) -> dict:
         changes, notes = resolve_start(TrainConfig(), n_labelled=n)
@@ -78,8 +78,7 @@ def test_pretrained_start_reads_fewer_rows_the_more_labels() -> None:
         return changes
 
     assert start(TUNED_HEIGHT_FROM_LABELS - 1)["height"] == 64  # its native rows
-    assert start(TUNED_HEIGHT_FROM_LABELS)["height"] == start(AUTO_HEIGHT_FROM_LABELS - 1)["height"] == 48
-    assert "height" not in start(AUTO_HEIGHT_FROM_LABELS)  # the data's auto height (training/data.py)
+    assert start(TUNED_HEIGHT_FROM_LABELS)["height"] == start(10_000)["height"] == 48
     assert "height" not in resolve_start(TrainConfig(height="32"), n_labelled=100)[0]  # --height wins
 
 

@@ -58,11 +58,10 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     # 2.3x faster to read than (32,64,96,128)/128, as accurate; the shipped models have its sizes
     Arch("small", "plain", widths=(16, 32, 64, 128), hidden=96, weights="synthetic"),
     Arch("base", "plain", widths=(64, 128, 192, 256), hidden=256, depth=2),
-    # the RNN straight on the 512 features per column of the ddddocr backbone: a projection before it kept a
-    # new head on the CTC blank plateau for hundreds of steps (docs/experiments.md); trained at the data's auto
-    # height, 3-4x the images per second of its native 64 (benchmarks/train_throughput.py), from
-    # training/start.py's AUTO_HEIGHT_FROM_LABELS labelled images; from its TUNED_HEIGHT_FROM_LABELS at 48 rows
-    # (1.8x the images per second of 64), fewer labels at its native 64
+    # the RNN straight on the features per column of the ddddocr backbone: a projection before it kept a
+    # new head on the CTC blank plateau for hundreds of steps (docs/experiments.md); trained at 48 rows (1.8x the
+    # images per second of its native 64, as accurate) from training/start.py's TUNED_HEIGHT_FROM_LABELS
+    # labelled images, fewer at its native 64
     Arch("pretrained", "ddddocr", hidden=192, proj=False, tuned_height=48, channels=1, input_norm="centered",
          weights="ddddocr"),
 )}

@@ -135,8 +135,8 @@ class TrainConfig:
                     choices=("sensitive", "insensitive"))
     # preprocessing ("auto" = from the data)
     height: int | str = opt("auto", "input height, a multiple of 16, or auto: 32, or 48/64 when characters would "
-                            "be under 24 pixels wide at 32 (the ddddocr backbone too from 1000 labelled images, 48 "
-                            "from 250, below that its native 64; a backbone file from pretrain: its own)",
+                            "be under 24 pixels wide at 32 (the ddddocr backbone: 48 from 250 labelled images, below "
+                            "that its native 64; a backbone file from pretrain: its own)",
                             height_problem,
                             parse=number_or_word)
     width: int | str | None = opt("auto", "input width: a number, 'variable' (keep aspect, pad) or 'auto' "

@@ -18,15 +18,15 @@ from .config import TrainConfig
 PRETRAINED_MIN_LABELS = 50
 PRETRAINED_WHY = "measured from 50 labelled images up on captcha_v2, henan_digits4 and generic_varlen"
 NAMED_INIT = ("auto", "none", "", None)  # init values that name no model
-# The ddddocr backbone's input height, by the labelled images the user gave: the more labels, the further
-# from its native 64 rows fine-tuning moves its features (fewer rows, less arithmetic per image). Measured on
-# captcha_v2, the first N files by name labelled, the teacher alone for 3 minutes, read on the rest
-# (docs/experiments.md): 100 labels (all beginning with 2-4) at 48 rows read 4% (a leading "3" added), at 64
-# 96.5%; 250: 98.7% at 48, 97.5% at 64; 500: 98.6 and 98.9%; 936: the same held-out median at 2.96x the fp32
-# images/s (benchmarks/train_throughput.py). At 32 rows 100 labels read 0% and 936 lose 3 points per epoch,
-# while on thousands 32 rows learn more per minute (time_curve.py).
-TUNED_HEIGHT_FROM_LABELS = 250  # from here model/archs.py's PRETRAINED.tuned_height
-AUTO_HEIGHT_FROM_LABELS = 1000  # from here the data's auto height (data.py: choose_height)
+# The ddddocr backbone's input height, by the labelled images the user gave: from TUNED_HEIGHT_FROM_LABELS,
+# 48 rows (model/archs.py: PRETRAINED.tuned_height), fewer rows than its native 64 and so less arithmetic
+# per image; below, its native 64. Measured (docs/experiments.md): captcha_v2, the first N files by name
+# labelled, the teacher alone for 3 minutes, read on the rest: 100 labels (all beginning with 2-4) at 48
+# rows read 4% (a leading "3" added), at 64 96.5%; 250: 98.7% at 48, 97.5% at 64; 500: 98.6 and 98.9%;
+# 936: the same held-out median at 2.6-3.0x the fp32 images/s (benchmarks/train_throughput.py).
+# generic_varlen (8000): 55.4% after 3 epochs at 48 against 52.4% at 64 (fp32) and 46.3% at 32, and 56.3%
+# in 10 minutes against 53.3% at 32 (time_curve.py). At 32 rows 100 captcha_v2 labels read 0%.
+TUNED_HEIGHT_FROM_LABELS = 250
 
 
 def init_model(cfg: TrainConfig) -> str | None:
@@ -95,7 +95,7 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
     changes: dict[str, Any] = {"pretrained": "on", "backbone": PRETRAINED.backbone, "channels": PRETRAINED.channels,
                                "backbone_weights": source}
     if cfg.height == "auto":
-        changes.update(_backbone_height(source, n_labelled))
+        changes["height"] = _backbone_height(source, n_labelled)
     if cfg.preset == "auto":
         changes["preset"] = PRETRAINED.name
     why = (PRETRAINED_WHY if source == PRETRAINED.weights else "named by --backbone-weights" if weights
@@ -105,12 +105,10 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
                      + ("" if height == "auto" else f", height {height}")]
 
 
-def _backbone_height(source: str, n_labelled: int | None) -> dict[str, Any]:
-    """The input height for the pretrained backbone `source` (an empty dict: the data's auto height)."""
-    if source != PRETRAINED.weights:
-        return {"height": pretrained.native_height(source)}  # what the backbone file was trained at
-    if n_labelled is None or n_labelled >= AUTO_HEIGHT_FROM_LABELS:
-        return {}
-    if n_labelled >= TUNED_HEIGHT_FROM_LABELS:
-        return {"height": PRETRAINED.tuned_height}
-    return {"height": pretrained.native_height(source)}
+def _backbone_height(source: str, n_labelled: int | None) -> int:
+    """The input height for the pretrained backbone `source`: ddddocr's tuned height from
+    TUNED_HEIGHT_FROM_LABELS labelled images, else the height the backbone was trained at."""
+    if source == PRETRAINED.weights and PRETRAINED.tuned_height and (
+            n_labelled is None or n_labelled >= TUNED_HEIGHT_FROM_LABELS):
+        return PRETRAINED.tuned_height
+    return pretrained.native_height(source)
