@@ -98,7 +98,7 @@ def score(dataset: str, model: Path, seed: int, root: Path, gallery: Path | None
     truths = [fold(s.label, blind) for s in held]
     sample = [Path(s.path).read_bytes() for s in held[:300]]
     row = {"dataset": dataset, "seed": seed, "architecture": read_metadata(model).get("architecture"),
-           "load_avg": os.getloadavg(), **breakdown(truths, preds),
+           "input_height": rec.preprocess.height, "load_avg": os.getloadavg(), **breakdown(truths, preds),
            "images_per_s": round(reading_speed(model, sample), 1),
            "shipped_captcha_v2_images_per_s": round(reading_speed("captcha_v2", sample), 1)}
     if gallery:
@@ -108,11 +108,12 @@ def score(dataset: str, model: Path, seed: int, root: Path, gallery: Path | None
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| dataset | budget | held-out | if lookalikes counted | misses: length / lookalike / other |",
-             "|---|---|---|---|---|"]
+    lines = ["| dataset | budget | held-out | if lookalikes counted | misses: length / lookalike / other | "
+             "output, input rows |", "|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["minutes"])):
         lines.append(f"| {r['dataset']} | {r['minutes']:g} min | {r['accuracy']:.2%} | "
-                     f"{r['accuracy_if_lookalikes_counted']:.2%} | {r['length']} / {r['lookalike']} / {r['other']} |")
+                     f"{r['accuracy_if_lookalikes_counted']:.2%} | {r['length']} / {r['lookalike']} / {r['other']} | "
+                     f"{r['reader']}, {r.get('input_height', '-')} |")
     return "\n".join(lines)
 
 
