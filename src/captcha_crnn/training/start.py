@@ -100,9 +100,8 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
         changes["preset"] = PRETRAINED.name
     why = (PRETRAINED_WHY if source == PRETRAINED.weights else "named by --backbone-weights" if weights
            else "the project's own, as ddddocr is not installed")
-    height = changes.get("height", cfg.height)
-    return changes, [f"pretrained start from the {source} backbone ({why}), grey"
-                     + ("" if height == "auto" else f", height {height}")]
+    height = changes.get("height", cfg.height)  # never "auto" here: _backbone_height settled it
+    return changes, [f"pretrained start from the {source} backbone ({why}), grey, height {height}"]
 
 
 def _backbone_height(source: str, n_labelled: int | None) -> int:
