@@ -12,7 +12,8 @@ Per dataset, a seeded 10% is held out (the same images for every size and start)
 90%, the first N of a seeded shuffle are labelled (each smaller set is part of every larger one);
 training takes its own 10% of them for validation, as ``captcha-crnn train`` does. Each point is
 ``captcha-crnn train POOL --max-minutes M`` with ``--pretrained off``, ``--pretrained on --reader big``
-or, for the student, ``--unlabelled REST`` (the pool's other images), with M = 3 (captcha_v2), 5
+or, for the student, ``--unlabelled REST`` (the pool's other images), or with nothing unlabelled
+``--distil on`` (distil) or ``--distil off`` (labels), with M = 3 (captcha_v2), 5
 (henan_digits4) or 10 (generic_varlen, case-blind) minutes times --minutes-scale, or --minutes for
 every point; every other setting is the default. Figures are sequence accuracy on the held-out images.
 
@@ -40,10 +41,14 @@ from datasets import DATASETS, Dataset, machine, parse_value  # noqa: E402
 
 # each start as TrainConfig fields: from scratch, the ddddocr backbone, the project's own (`pretrain`)
 # "student": the default recipe, the pretrained teacher's readings of the rest of the pool teaching the small model
+# with nothing unlabelled, the recipe's two ways (--distil): "distil", the teacher first and the student learning
+# its per-step readings of the labelled images; "labels", the student on the labels alone first, then the teacher
 STARTS: dict[str, dict[str, Any]] = {"scratch": {"pretrained": "off"},
                                      "pretrained": {"pretrained": "on", "backbone_weights": "ddddocr", "reader": "big"},
                                      "own": {"pretrained": "on", "reader": "big"},
-                                     "student": {}}
+                                     "student": {},
+                                     "distil": {"distil": "on"},
+                                     "labels": {"distil": "off"}}
 
 
 def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: float, tmp: Path,

@@ -85,11 +85,11 @@ def step_seconds(run: Run, idx: list[int], frozen: bool, steps: int) -> float:
     run.model.train()
     run.freeze_backbone(run.frozen())
     torch.set_num_threads(run.cfg.threads or os.cpu_count() or 1)
-    _, x, widths = run.fetch(idx)
+    _, x, widths, view = run.fetch(idx)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        run.train_step(idx, x, widths, run.cfg.lr)
+        run.train_step(idx, x, widths, run.cfg.lr, view)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -73,3 +75,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, clean_dir: Path):
     cfg = TrainConfig(out=str(out), epochs=16, batch_size=8, preset="tiny", label_sep="-", progress=False,
                       seed=0, lr=3e-3, patience=50, augment=0.3)
     return train(str(clean_dir), cfg)
+
+
+def interrupt_at(backbone: str, seen: list[str]) -> Callable[[dict, Any], None]:
+    """An epoch hook that records each epoch's backbone and raises KeyboardInterrupt at the first epoch
+    of `backbone`: a run killed there, for --resume to pick up."""
+    def hook(rec: dict, bundle: Any) -> None:
+        seen.append(bundle.model.cfg.backbone)
+        if bundle.model.cfg.backbone == backbone:
+            raise KeyboardInterrupt
+    return hook

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_clean_set
+from conftest import interrupt_at, make_clean_set
 
 from captcha_crnn.cli import main
 from captcha_crnn.data.label_store import LabelStore
@@ -150,13 +150,8 @@ def test_recipe_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixt
                       progress=False, unlabelled=(str(tmp_path / "u"),), checkpoint_minutes=0)
     epochs: list[str] = []
 
-    def killed_in_student(rec: dict, bundle) -> None:
-        epochs.append(bundle.model.cfg.backbone)
-        if bundle.model.cfg.backbone == "plain":
-            raise KeyboardInterrupt  # as if killed during the student's first epoch
-
     with pytest.raises(KeyboardInterrupt):
-        train(str(tmp_path / "d"), cfg, on_epoch=killed_in_student)
+        train(str(tmp_path / "d"), cfg, on_epoch=interrupt_at("plain", epochs))
     assert epochs == ["ddddocr", "ddddocr", "plain"]
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert set(stages) >= {"teacher", "pseudo"} and "student" not in stages
@@ -184,20 +179,15 @@ def test_recipe_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.slow
 @needs_ddddocr
 def test_labels_only_recipe_trains_the_student_first(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Nothing unlabelled: the student (labels only) goes first, the teacher second; no readings stage;
+    """Nothing unlabelled, --distil off: the student (labels only) goes first, the teacher second; no readings stage;
     a run killed in the teacher stage resumes there, the student not trained again."""
     make_clean_set(tmp_path / "d", 60, lengths=(3, 3))
     cfg = TrainConfig(out=str(tmp_path / "run"), epochs=2, batch_size=16, freeze_epochs=1, label_sep="-",
-                      progress=False, checkpoint_minutes=0)
+                      progress=False, checkpoint_minutes=0, distil="off")
     order: list[str] = []
 
-    def killed_in_teacher(rec: dict, bundle) -> None:
-        order.append(bundle.model.cfg.backbone)
-        if bundle.model.cfg.backbone == "ddddocr":
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train(str(tmp_path / "d"), cfg, on_epoch=killed_in_teacher)
+        train(str(tmp_path / "d"), cfg, on_epoch=interrupt_at("ddddocr", order))
     assert order == ["plain", "plain", "ddddocr"]
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert "student" in stages and "teacher" not in stages and "pseudo" not in stages

@@ -127,6 +127,12 @@ class TrainConfig:
                       "pretrained teacher), big (the pretrained model itself), auto: the student when it reads the "
                       "held-out labels as well as the teacher (within one image or 0.5 points)",
                       choices=("small", "big", "auto"))
+    distil: str = opt("auto", "with no unlabelled images: the student learns from the labels and from the teacher's "
+                      "per-step readings of the same augmented images, after the teacher (on), or from the labels "
+                      "alone, before the teacher (off); auto: off", choices=("on", "off", "auto"))
+    teacher: str | None = opt(None, "a model file whose per-step readings of each augmented training batch the "
+                              "model also learns (training/distil.py); the recipe sets it for the student",
+                              flag=False)
     val_data: str | None = opt(None, "separate validation folder/CSV (no val split)", parse=str)
     test_data: str | None = opt(None, "separate test folder/CSV (no test split)", parse=str)
     label_regex: str | None = opt(None, "label from the file name (cli: labels group)", flag=False)

@@ -26,6 +26,7 @@ from . import distributed
 from .checkpoint import CHECKPOINT, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig
 from .data import EARLY_STOP_MIN_VAL, Data, ctc_targets, load_set, prepare_data
+from .distil import WEIGHT, Teacher, kd_loss
 from .distributed import Dist
 from .ema import EMA
 from .log import log
@@ -35,6 +36,7 @@ from .state import Clock, RunState, rank_state, restore, shared_checkpoint, snap
 from .validate import evaluate_set
 
 EpochHook = Callable[[dict[str, Any], ModelBundle], None]
+Batch = tuple[list[int], torch.Tensor, np.ndarray, "tuple[torch.Tensor, np.ndarray] | None"]
 DEFAULT_EPOCHS = 60  # without a time budget
 BUDGET_EPOCHS = 100_000  # with one, and no --epochs: the budget decides
 
@@ -89,6 +91,7 @@ class Run:
         self.total_steps = self.epochs * self.steps_per_epoch
         self.budget = cfg.max_minutes * 60 if cfg.max_minutes else None
         self.precision, self.precision_why = pick_precision(cfg.precision, device)
+        self.teacher = Teacher(cfg.teacher, data.train, data.alphabet, cfg, device) if cfg.teacher else None
         self.st = RunState()
         self.info = {"training": {"data": cfg.data, "split": data.how, "seed": cfg.seed,
                                   "train_images": len(data.train), "val_images": len(data.val),
@@ -149,11 +152,13 @@ class Run:
             return f"time budget of {cfg.max_minutes} min spent"
         return ""
 
-    def fetch(self, idx: list[int]) -> tuple[list[int], torch.Tensor, np.ndarray]:
-        """A batch as the model takes it (runs in the loader thread): indices, float ink (B, C, H, W), widths."""
+    def fetch(self, idx: list[int]) -> Batch:
+        """A batch as the model takes it (runs in the loader thread): indices, float ink (B, C, H, W), widths,
+        and with a teacher its own input of the same images."""
         u8, widths = self.data.train.batch(idx)  # (B, C, H, W) uint8 from the cache, (B,)
         x = torch.from_numpy(to_ink(u8))  # (B, C, H, W) float ink
-        return idx, x.pin_memory() if self.device.startswith("cuda") else x, widths
+        view = self.teacher.batch(idx) if self.teacher else None
+        return idx, x.pin_memory() if self.device.startswith("cuda") else x, widths, view
 
     def train_epoch(self) -> None:
         """Train on epoch `st.epoch` from batch `st.batch`; checkpoint every cfg.checkpoint_minutes.
@@ -172,13 +177,14 @@ class Run:
         loader = Prefetcher(self.fetch, (mine[b * bs : (b + 1) * bs] for b in range(st.batch, self.steps_per_epoch)))
         t0, images = time.perf_counter(), 0
         try:
-            for b, (idx, x, widths) in enumerate(loader, start=st.batch):
+            for b, (idx, x, widths, view) in enumerate(loader, start=st.batch):
                 elapsed = self.now()
                 if self.budget and elapsed > self.budget:
                     break
                 if every and elapsed - self.last_save >= every:
                     self.save()  # mid-epoch: the permutation and batch index come along
-                loss = self.train_step(idx, x, widths, lr_at(self.progress(elapsed), self.cfg.lr, self.cfg.warmup))
+                loss = self.train_step(idx, x, widths, lr_at(self.progress(elapsed), self.cfg.lr, self.cfg.warmup),
+                                       view)
                 st.batch, st.step, images = b + 1, st.step + 1, images + len(idx)
                 st.losses.append(loss)
                 self.bar.update(1)
@@ -200,10 +206,13 @@ class Run:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(not frozen)
 
-    def train_step(self, idx: list[int], x: torch.Tensor, widths: np.ndarray, lr: float) -> float:
-        """One optimizer step on the training images `idx` (ink x (B, C, H, W)); returns the mean CTC loss."""
+    def train_step(self, idx: list[int], x: torch.Tensor, widths: np.ndarray, lr: float,
+                   view: tuple[torch.Tensor, np.ndarray] | None = None) -> float:
+        """One optimizer step on the training images `idx` (ink x (B, C, H, W)); returns the mean loss: CTC,
+        plus with a teacher the distillation term on its input `view` of the same images."""
         ds, alphabet = self.data.train, self.data.alphabet
         x = x.to(self.device, non_blocking=True)
+        aug_state = self.aug_gen.get_state()  # the teacher's copy is augmented with the same draws
         x = augment(x, float(self.cfg.augment), self.aug_gen).contiguous(memory_format=self.memory_format)
         targets, target_lens = ctc_targets([ds.labels[j] for j in idx], alphabet)
         frozen = self.frozen()
@@ -215,6 +224,10 @@ class Run:
         in_lens = CRNN.output_lengths(widths)
         loss = F.ctc_loss(logp.float().transpose(0, 1), targets, in_lens, target_lens,
                           blank=0, reduction="mean", zero_infinity=True)
+        if self.teacher and view is not None:
+            soft = self.teacher.targets(view[0].to(self.device), view[1], aug_state, float(self.cfg.augment),
+                                        in_lens, logp.shape[1], bf16)  # (B, T, classes)
+            loss = loss + WEIGHT * kd_loss(logp.float(), soft, in_lens)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # DDP: gradients averaged over the ranks here
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)

@@ -3,9 +3,11 @@ reads the unlabelled images; its readings that clear a confidence threshold chos
 labels become labels for the small from-scratch model (the student), which reads about ten times
 faster. The output is the student when it reads the held-out labels as well as the teacher.
 
-Without unlabelled images the student learns from the labels alone, so it trains first and stops
-once its validation curve has flattened for PLATEAU_EPOCHS epochs; the teacher takes the rest of
-the budget (on generic_varlen the small model levels off near 40% while the teacher still rises).
+Without unlabelled images the student either learns from the labels and, through distillation
+(training/distil.py), from the teacher's per-step readings of the same augmented images, after the
+teacher; or from the labels alone: then it trains first and stops once its validation curve has
+flattened for PLATEAU_EPOCHS epochs, and the teacher takes the rest of the budget (on generic_varlen
+the small model levels off near 40% while the teacher still rises). `distils` says which.
 
 One time budget covers every stage; `stages.json` in the output folder records each finished stage,
 so `--resume` continues at the stage (and, through its checkpoint, the batch) where a run stopped.
@@ -35,6 +37,7 @@ STAGES = "stages.json"
 TEACHER_SHARE = 0.4  # of the time budget (benchmarks/learning_curve.py); the student takes what is left
 LABELS_ONLY_STUDENT_SHARE = 0.5  # the student's most, trained first, when there is nothing unlabelled
 PLATEAU_EPOCHS = 3  # the student's patience when it trains first: the time it saves goes to the teacher
+DISTIL_AUTO = False  # benchmarks/learning_curve.py --starts distil labels
 LAST_MIN_SHARE = 0.3  # the last stage's budget when the stages before it overran theirs
 
 
@@ -87,7 +90,7 @@ class Recipe:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / STAGES
-        first = "teacher" if unlabelled else "student"
+        first = "teacher" if unlabelled or self.distils() else "student"
         if cfg.resume and not path.is_file() and not (self.out / first / CHECKPOINT).is_file():
             raise CaptchaError(f"{self.out / first / CHECKPOINT}: no checkpoint to resume from")
         self.done: dict[str, Any] = json.loads(path.read_text()) if cfg.resume and path.is_file() else {}
@@ -113,7 +116,12 @@ class Recipe:
         n = len(sp.train) + len(sp.val) + len(sp.test)
         log(f"recipe: teacher -> student on {n} labelled images ({len(sp.train)} train, {len(sp.val)} held out for "
             f"validation and the threshold, {len(sp.test)} test) and {len(images)} unlabelled; {sp.how}")
-        if not images:  # the student cannot learn from the teacher: it goes first, the teacher takes the rest
+        if not images and self.distils():  # the student learns the teacher's readings of the labelled images
+            teacher = self.stage("teacher", 1, 2, files["train"], files, {"reader": "big"}, TEACHER_SHARE)
+            student = self.stage("student", 2, 2, files["train"], files, {**STUDENT, "teacher": teacher["model"]},
+                                 None)
+            return self.choose(teacher, student)
+        if not images:  # the student learns from the labels alone: it goes first, the teacher takes the rest
             student = self.stage("student", 1, 2, files["train"], files,
                                  {**STUDENT, "patience": min(self.cfg.patience, PLATEAU_EPOCHS)},
                                  LABELS_ONLY_STUDENT_SHARE)
@@ -126,6 +134,12 @@ class Recipe:
             student_data = write_csv(sp.train + [Sample(p, t) for p, t in pseudo.kept], folder / "student.csv")
         student = self.stage("student", 3, 3, student_data, files, STUDENT, None)
         return self.choose(teacher, student)
+
+    def distils(self) -> bool:
+        """Whether a student without unlabelled images learns the teacher's readings (--distil)."""
+        if self.cfg.distil != "auto":
+            return self.cfg.distil == "on"
+        return DISTIL_AUTO
 
     def budget(self, share: float | None) -> float | None:
         """Minutes for a stage: `share` of the budget, or (None) what is left of it."""
@@ -148,6 +162,8 @@ class Recipe:
             what = "the pretrained start fine-tuned on the labels"
         elif stages == 3:
             what = "the small model on the labels and the kept readings"
+        elif changes.get("teacher"):
+            what = "the small model on the labels and the teacher's per-step readings of them"
         elif len(self.split.val) >= EARLY_STOP_MIN_VAL:  # only then can its early stop tell a level curve
             what = f"the small model on the labels, until its curve levels off ({changes['patience']} epochs)"
         else:
