@@ -61,6 +61,9 @@ COMMANDS = {
     "learning_curve.json": "python benchmarks/learning_curve.py --minutes {0[minutes]:g}",
     "learning_curve_student.json": "python benchmarks/learning_curve.py --sizes 50 100 250 --starts student "
                                    "--minutes {0[minutes]:g} --json benchmarks/results/learning_curve_student.json",
+    "learning_curve_distil.json": "python benchmarks/learning_curve.py --datasets DATASET --sizes SIZES --starts "
+                                  "distil labels, for captcha_v2 (100 250 all), henan_digits4 (250) and "
+                                  "generic_varlen (1000), the rows gathered in one file",
     "serve_load.json": "python benchmarks/serve_load.py --soak 300 --out benchmarks/results/serve_load.json",
     "student.json": "python benchmarks/student.py",
     "time_curve.json": "python benchmarks/time_curve.py",

@@ -129,7 +129,8 @@ class TrainConfig:
                       choices=("small", "big", "auto"))
     distil: str = opt("auto", "with no unlabelled images: the student learns from the labels and from the teacher's "
                       "per-step readings of the same augmented images, after the teacher (on), or from the labels "
-                      "alone, before the teacher (off); auto: off", choices=("on", "off", "auto"))
+                      "alone, before the teacher (off); auto: off (on the learning curve it gave no better output, "
+                      "and the taught student sees about half the images)", choices=("on", "off", "auto"))
     teacher: str | None = opt(None, "a model file whose per-step readings of each augmented training batch the "
                               "model also learns (training/distil.py); the recipe sets it for the student",
                               flag=False)

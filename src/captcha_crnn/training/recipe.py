@@ -37,7 +37,7 @@ STAGES = "stages.json"
 TEACHER_SHARE = 0.4  # of the time budget (benchmarks/learning_curve.py); the student takes what is left
 LABELS_ONLY_STUDENT_SHARE = 0.5  # the student's most, trained first, when there is nothing unlabelled
 PLATEAU_EPOCHS = 3  # the student's patience when it trains first: the time it saves goes to the teacher
-DISTIL_AUTO = False  # benchmarks/learning_curve.py --starts distil labels
+DISTIL_AUTO = False  # no better output anywhere on the learning curve (learning_curve_distil.json)
 LAST_MIN_SHARE = 0.3  # the last stage's budget when the stages before it overran theirs
 
 
