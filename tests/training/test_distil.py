@@ -122,3 +122,11 @@ def test_labels_only_recipe_distils_after_the_teacher(tmp_path: Path, capsys: py
     err = capsys.readouterr().err
     assert "stage 1/2 teacher: done in an earlier run" in err and "stage 2/2 student" in err
     assert set(r.recipe) >= {"student", "teacher", "output"} and "pseudo" not in r.recipe
+
+
+def test_distil_on_says_when_it_goes_unused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_clean_set(tmp_path / "d", 20, lengths=(3, 3))
+    cfg = TrainConfig(out=str(tmp_path / "o"), epochs=1, batch_size=16, label_sep="-", pretrained="off",
+                      progress=False, distil="on", checkpoint_minutes=0)
+    train(str(tmp_path / "d"), cfg)
+    assert "--distil on: not used (the start is the small model itself" in capsys.readouterr().err

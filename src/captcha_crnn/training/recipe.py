@@ -66,6 +66,8 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
     unlabelled_images(list(cfg.unlabelled), [])  # a missing folder is one line, even where it goes unused
     if cfg.unlabelled or label_folder_unlabelled(cfg.data):
         log(f"unlabelled images: not used ({why_single}; the teacher's readings need the pretrained start)")
+    if cfg.distil == "on":
+        log(f"--distil on: not used ({why_single}; there is no teacher to learn from)")
     return train_model(data, cfg, on_epoch)
 
 
@@ -127,6 +129,8 @@ class Recipe:
                                  LABELS_ONLY_STUDENT_SHARE)
             teacher = self.stage("teacher", 2, 2, files["train"], files, {"reader": "big"}, None)
             return self.choose(teacher, student)
+        if self.cfg.distil == "on":
+            log("--distil on: not used (with unlabelled images the student learns the teacher's kept readings)")
         teacher = self.stage("teacher", 1, 3, files["train"], files, {"reader": "big"}, TEACHER_SHARE)
         pseudo = self.read_unlabelled(teacher, images)
         student_data = files["train"]
