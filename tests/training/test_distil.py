@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import interrupt_at, make_clean_set
+from conftest import interrupt_at, make_clean_set, render_clean
 
 from captcha_crnn.data.alphabet import Alphabet
 from captcha_crnn.decode.ctc import greedy_decode
@@ -100,11 +100,21 @@ def test_a_run_with_a_teacher_learns_and_says_so(tmp_path: Path, capsys: pytest.
         train_model(str(tmp_path / "d"), TrainConfig(**{**cfg.__dict__, **missing}))
 
 
+def test_a_teacher_must_read_every_training_character(tmp_path: Path) -> None:
+    make_clean_set(tmp_path / "d", 20, lengths=(3, 3))
+    render_clean("1l2").save(tmp_path / "d" / "1l2-99.png")  # the shipped synthetic model has no "l"
+    cfg = TrainConfig(out=str(tmp_path / "o"), epochs=1, label_sep="-", pretrained="off", progress=False,
+                      teacher=str(zoo_path("synthetic")))
+    with pytest.raises(CaptchaError, match="lacks 'l'"):
+        train_model(str(tmp_path / "d"), cfg)
+
+
 @pytest.mark.slow
 @needs_ddddocr
 def test_labels_only_recipe_distils_after_the_teacher(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--distil on, nothing unlabelled: the teacher goes first, the student learns from it; a run killed in
-    the student stage resumes there, the teacher not trained again."""
+    the student stage resumes there in the order it began (whatever --distil says then), the teacher not
+    trained again."""
     make_clean_set(tmp_path / "d", 60, lengths=(3, 3))
     cfg = TrainConfig(out=str(tmp_path / "run"), epochs=2, batch_size=16, freeze_epochs=1, label_sep="-",
                       progress=False, checkpoint_minutes=0, distil="on")
@@ -118,9 +128,12 @@ def test_labels_only_recipe_distils_after_the_teacher(tmp_path: Path, capsys: py
     assert "distillation: " in err
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert "teacher" in stages and "student" not in stages
-    r = train(str(tmp_path / "d"), TrainConfig(**{**cfg.__dict__, "resume": True}))
+    assert stages["distil"] is True
+    r = train(str(tmp_path / "d"), TrainConfig(**{**cfg.__dict__, "resume": True, "distil": "off"}))
     err = capsys.readouterr().err
+    assert "--distil off: this run began with distillation and goes on as it began" in err
     assert "stage 1/2 teacher: done in an earlier run" in err and "stage 2/2 student" in err
+    assert "distillation: " in err  # the resumed student still learns from the teacher
     assert set(r.recipe) >= {"student", "teacher", "output"} and "pseudo" not in r.recipe
 
 

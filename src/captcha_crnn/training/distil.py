@@ -39,7 +39,7 @@ def class_map(teacher: Alphabet, student: Alphabet) -> torch.Tensor:
 def to_student_steps(q: torch.Tensor, n: int) -> torch.Tensor:
     """One image's teacher distributions (T_t, C) -> (n, C) on the student's n steps.
 
-    Fewer steps: each teacher step falls into one student step (floor(t * n / T_t), so the bins do not
+    Fewer steps: each teacher step falls into the student step under its centre (so the bins do not
     overlap and a blank between two spikes of a repeated character keeps a step of its own wherever
     the spikes are three or more teacher steps apart at a ratio up to 1.5); a student step takes per
     character the highest probability in its bin and blank the rest, renormalised where two characters
@@ -47,7 +47,7 @@ def to_student_steps(q: torch.Tensor, n: int) -> torch.Tensor:
     t = q.shape[0]
     if n >= t:
         return q[((torch.arange(n) + 0.5) * t / n).long()]
-    bins = (torch.arange(t) * n // t).to(q.device)  # (T_t,) student step of each teacher step
+    bins = ((2 * torch.arange(t) + 1) * n // (2 * t)).to(q.device)  # (T_t,) student step of each teacher step
     chars = torch.zeros(n, q.shape[1] - 1, device=q.device, dtype=q.dtype)
     chars = chars.scatter_reduce_(0, bins[:, None].expand(-1, chars.shape[1]), q[:, 1:], "amax",
                                   include_self=False)  # (n, C-1)
@@ -77,16 +77,16 @@ class Teacher:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.cols = class_map(b.alphabet, alphabet)
-        missing = [c for c, k in zip(alphabet.chars, self.cols[1:].tolist()) if k < 0]
-        if len(missing) == len(alphabet.chars):
-            raise CaptchaError(f"{path}: the teacher reads none of the training labels' characters")
+        missing = "".join(c for c, k in zip(alphabet.chars, self.cols[1:].tolist()) if k < 0)
+        if missing:  # its readings would teach the student never to write them
+            raise CaptchaError(f"{path}: the teacher's alphabet lacks {missing!r} of the training labels' characters")
         samples = [Sample(p, lab) for p, lab in zip(train.paths, train.labels)]
         self.images = load_set(samples, b.preprocess, cfg, "train (the teacher's input)")
         if len(self.images) != len(train):
             raise CaptchaError(f"{path}: the teacher could decode {len(self.images)} of the {len(train)} "
                                "training images")
         log(f"distillation: {path} reads every batch too (input height {b.preprocess.height}); KL at temperature "
-            f"{TEMPERATURE:g}, weight {WEIGHT:g}" + (f"; it lacks {''.join(missing)!r}" if missing else ""))
+            f"{TEMPERATURE:g}, weight {WEIGHT:g}")
 
     def batch(self, idx: list[int]) -> tuple[torch.Tensor, np.ndarray]:
         """The teacher's input for the training images idx: ink (B, C, H, W), widths (B,)."""
@@ -103,9 +103,7 @@ class Teacher:
         x = augment(x, strength, torch.Generator().set_state(aug_state)).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
             logp = self.model(x)  # (B, T_t, C_t)
-        known = self.cols >= 0
-        picked = logp.float()[..., self.cols.clamp_min(0)] / TEMPERATURE  # (B, T_t, C_s)
-        q = picked.masked_fill(~known.to(dev), float("-inf")).softmax(-1)
+        q = (logp.float()[..., self.cols] / TEMPERATURE).softmax(-1)  # (B, T_t, C_s): the student's classes
         t_lens = CRNN.output_lengths(widths).clamp_max(logp.shape[1]).tolist()
         out = torch.zeros(len(q), steps, q.shape[-1], device=dev)
         for i, (nt, ns) in enumerate(zip(t_lens, lengths.tolist())):

@@ -7,7 +7,7 @@ Without unlabelled images the student either learns from the labels and, through
 (training/distil.py), from the teacher's per-step readings of the same augmented images, after the
 teacher; or from the labels alone: then it trains first and stops once its validation curve has
 flattened for PLATEAU_EPOCHS epochs, and the teacher takes the rest of the budget (on generic_varlen
-the small model levels off near 40% while the teacher still rises). `distils` says which.
+the small model levels off near 40% while the teacher still rises). `--distil` says which.
 
 One time budget covers every stage; `stages.json` in the output folder records each finished stage,
 so `--resume` continues at the stage (and, through its checkpoint, the batch) where a run stopped.
@@ -92,10 +92,15 @@ class Recipe:
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / STAGES
-        first = "teacher" if unlabelled or self.distils() else "student"
+        self.done: dict[str, Any] = json.loads(path.read_text()) if cfg.resume and path.is_file() else {}
+        asked = cfg.distil == "on" or (cfg.distil == "auto" and DISTIL_AUTO)
+        self.distil = bool(self.done.get("distil", asked))  # a resumed run keeps the order it began in
+        if self.distil != asked and cfg.distil != "auto":
+            log(f"--distil {cfg.distil}: this run began {'with' if self.distil else 'without'} distillation "
+                "and goes on as it began")
+        first = "teacher" if unlabelled or self.distil else "student"
         if cfg.resume and not path.is_file() and not (self.out / first / CHECKPOINT).is_file():
             raise CaptchaError(f"{self.out / first / CHECKPOINT}: no checkpoint to resume from")
-        self.done: dict[str, Any] = json.loads(path.read_text()) if cfg.resume and path.is_file() else {}
         self.t0 = time.perf_counter() - self.done.get("seconds", 0.0)
         self.results: dict[str, TrainResult] = {}
 
@@ -118,7 +123,9 @@ class Recipe:
         n = len(sp.train) + len(sp.val) + len(sp.test)
         log(f"recipe: teacher -> student on {n} labelled images ({len(sp.train)} train, {len(sp.val)} held out for "
             f"validation and the threshold, {len(sp.test)} test) and {len(images)} unlabelled; {sp.how}")
-        if not images and self.distils():  # the student learns the teacher's readings of the labelled images
+        if not images:
+            self.record("distil", self.distil)  # before the first stage: --resume follows the same order
+        if not images and self.distil:  # the student learns the teacher's readings of the labelled images
             teacher = self.stage("teacher", 1, 2, files["train"], files, {"reader": "big"}, TEACHER_SHARE)
             student = self.stage("student", 2, 2, files["train"], files, {**STUDENT, "teacher": teacher["model"]},
                                  None)
@@ -138,12 +145,6 @@ class Recipe:
             student_data = write_csv(sp.train + [Sample(p, t) for p, t in pseudo.kept], folder / "student.csv")
         student = self.stage("student", 3, 3, student_data, files, STUDENT, None)
         return self.choose(teacher, student)
-
-    def distils(self) -> bool:
-        """Whether a student without unlabelled images learns the teacher's readings (--distil)."""
-        if self.cfg.distil != "auto":
-            return self.cfg.distil == "on"
-        return DISTIL_AUTO
 
     def budget(self, share: float | None) -> float | None:
         """Minutes for a stage: `share` of the budget, or (None) what is left of it."""
