@@ -125,16 +125,15 @@ class Recipe:
             f"validation and the threshold, {len(sp.test)} test) and {len(images)} unlabelled; {sp.how}")
         if not images:
             self.record("distil", self.distil)  # before the first stage: --resume follows the same order
-        if not images and self.distil:  # the student learns the teacher's readings of the labelled images
-            teacher = self.stage("teacher", 1, 2, files["train"], files, {"reader": "big"}, TEACHER_SHARE)
-            student = self.stage("student", 2, 2, files["train"], files, {**STUDENT, "teacher": teacher["model"]},
-                                 None)
-            return self.choose(teacher, student)
-        if not images:  # the student learns from the labels alone: it goes first, the teacher takes the rest
-            student = self.stage("student", 1, 2, files["train"], files,
-                                 {**STUDENT, "patience": min(self.cfg.patience, PLATEAU_EPOCHS)},
-                                 LABELS_ONLY_STUDENT_SHARE)
-            teacher = self.stage("teacher", 2, 2, files["train"], files, {"reader": "big"}, None)
+            if self.distil:  # the student learns the teacher's readings of the labelled images
+                teacher = self.stage("teacher", 1, 2, files["train"], files, {"reader": "big"}, TEACHER_SHARE)
+                student = self.stage("student", 2, 2, files["train"], files,
+                                     {**STUDENT, "teacher": teacher["model"]}, None)
+            else:  # the student learns from the labels alone: it goes first, the teacher takes the rest
+                student = self.stage("student", 1, 2, files["train"], files,
+                                     {**STUDENT, "patience": min(self.cfg.patience, PLATEAU_EPOCHS)},
+                                     LABELS_ONLY_STUDENT_SHARE)
+                teacher = self.stage("teacher", 2, 2, files["train"], files, {"reader": "big"}, None)
             return self.choose(teacher, student)
         if self.cfg.distil == "on":
             log("--distil on: not used (with unlabelled images the student learns the teacher's kept readings)")
@@ -175,8 +174,12 @@ class Recipe:
             what = "the small model on the labels"
         log(f"stage {number}/{stages} {name}: {what}" + (f", {minutes:.1f} min" if minutes else ""))
         test = str(files["test"]) if "test" in files else None
+        # one cache for every stage (keyed by the files and the preprocessing): the distilled student's teacher
+        # reads the training images at the teacher's input size, decoded once by the teacher's stage
+        cache = self.cfg.cache_dir or str(self.out / "cache")
         cfg = replace(self.cfg, out=str(out), max_minutes=minutes, val_data=str(files["val"]), test_data=test,
                       val=None, test=None if test else 0.0, label_regex=None, label_sep=None, unlabelled=(),
+                      cache_dir=cache,
                       resume=self.cfg.resume and (out / CHECKPOINT).is_file(), **changes)
         r = train_model(str(data), cfg, self.on_epoch)
         self.results[name] = r
