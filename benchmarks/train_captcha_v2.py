@@ -40,7 +40,7 @@ def run_seed(data: str, seed: int, overrides: dict, keep: str | None = None) -> 
         if "set" not in cache:
             cache["set"] = load_samples(test, bundle.preprocess, progress=False)
         device = str(next(bundle.model.parameters()).device)
-        _, rep, _ = evaluate_set(bundle.model, cache["set"], bundle.alphabet, device)
+        _, rep, _, _ = evaluate_set(bundle.model, cache["set"], bundle.alphabet, device)
         acc = rep.sequence_accuracy
         curve.append({"epoch": rec["epoch"], "time_s": rec["time_s"], "test_sequence_accuracy": acc,
                       "val_sequence_accuracy": rec["val_sequence_accuracy"]})

@@ -30,7 +30,8 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Loss (train, val) and validation accuracy per epoch, side by side."""
+    """Loss (train, val) and validation accuracy per epoch, side by side; with unlabelled images, the share
+    of them used and how often the same rule reads the held-out images right."""
     plt = _plt()
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -46,7 +47,15 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     b.set_ylabel("%")
     b.set_ylim(0, 101)
     b.set_title("validation accuracy")
-    b.legend(loc="lower right")
+    semi = [h for h in history if "unlabelled_used" in h]
+    if semi:  # semi-supervised runs: how much of the unlabelled pool taught, and how right that rule is
+        b.plot([h["epoch"] for h in semi], [100 * h["unlabelled_used"] for h in semi], "--",
+               label="unlabelled images used")
+        right = [h for h in semi if h.get("unlabelled_val_right") is not None]
+        b.plot([h["epoch"] for h in right], [100 * h["unlabelled_val_right"] for h in right], ":",
+               label="those readings right (held out)")
+        b.set_title("validation accuracy; unlabelled readings")
+    b.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 

@@ -45,3 +45,65 @@ def augment(x: torch.Tensor, strength: float = 1.0, generator: torch.Generator |
     noise = torch.randn(x.shape, generator=generator).to(dev)
     x = x + noise * sigma.view(b, 1, 1, 1)
     return x.clamp_(0, 1)
+
+
+def _warp(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Resample x (B, C, H, W) at the identity grid shifted by dx, dy (B, H, W) in normalised units."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device)
+    xs = torch.linspace(-1, 1, w, device=x.device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W)
+    grid = torch.stack([gx[None] + dx, gy[None] + dy], -1)  # (B, H, W, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def elastic(x: torch.Tensor, alpha: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A smooth random displacement: noise on a coarse 4 x (W/16) grid, upsampled; `alpha` is its largest
+    shift as a share of the image height."""
+    b, _, h, w = x.shape
+    coarse = (torch.rand(b, 2, 4, max(2, w // 16), generator=generator) * 2 - 1).to(x.device)
+    field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)  # (B, 2, H, W)
+    return _warp(x, field[:, 0] * alpha * h / w, field[:, 1] * alpha)
+
+
+def lens(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Barrel (k > 0) or pincushion (k < 0) distortion per image, k (B,): the centre scaled by 1 + k."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device)
+    xs = torch.linspace(-1, 1, w, device=x.device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W)
+    f = (1 + k.view(b, 1, 1) * (gx**2 + gy**2)[None] / 2) / (1 + k.view(b, 1, 1))  # (B, H, W)
+    return _warp(x, gx[None] * (f - 1), gy[None] * (f - 1))
+
+
+def erase(x: torch.Tensor, generator: torch.Generator | None = None, max_share: float = 0.12) -> torch.Tensor:
+    """Blank one random box per image (up to `max_share` of its width, a third to all of its height)."""
+    b, _, h, w = x.shape
+    r = torch.rand(b, 4, generator=generator)
+    bw = (r[:, 0] * max_share * w).long() + 1
+    bh = ((r[:, 1] * 2 + 1) / 3 * h).long()
+    x0 = (r[:, 2] * (w - bw)).long()
+    y0 = (r[:, 3] * (h - bh + 1)).long()
+    cols = torch.arange(w)[None, :]
+    rows = torch.arange(h)[None, :]
+    inside = ((cols >= x0[:, None]) & (cols < (x0 + bw)[:, None]))[:, None, :] & \
+        ((rows >= y0[:, None]) & (rows < (y0 + bh)[:, None]))[:, :, None]  # (B, H, W)
+    return x.masked_fill(inside[:, None].to(x.device), 0.0)
+
+
+STRONG = 2.0  # the strong view's affine, blur, noise and contrast strength (augment's scale)
+ELASTIC = 0.04  # its largest elastic shift, of the image height
+LENS = 0.3  # its largest lens strength either way
+
+
+def strong_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The strong view of semi-supervised training (training/semi.py): what `augment` does at STRONG, then
+    an elastic warp, a lens warp, per-channel colour jitter and one erased box, on ink (B, C, H, W) in [0, 1].
+    The text stays readable to a person: a reading of the weak view is a fair target for it."""
+    b, c = x.shape[:2]
+    x = augment(x, STRONG, generator)
+    x = elastic(x, ELASTIC, generator)
+    x = lens(x, (torch.rand(b, generator=generator) * 2 - 1).to(x.device) * LENS)
+    if c > 1:  # colour: each channel's ink scaled on its own
+        x = x * (1 + (torch.rand(b, c, 1, 1, generator=generator) - 0.5).to(x.device) * 0.4)
+    return erase(x, generator).clamp_(0, 1)

@@ -120,9 +120,13 @@ class TrainConfig:
                             "images", optional(fraction), parse=float)
     test: float | None = opt(None, "test fraction of the split; default 0.1, or none under 300 labelled images "
                              "(every label goes to training or validation)", optional(fraction), parse=float)
-    unlabelled: tuple[str, ...] = opt((), "images without labels (folders, files, globs; repeatable): the "
-                                      "pretrained teacher's confident readings of them teach the small model",
-                                      flag=False)
+    unlabelled: tuple[str, ...] = opt((), "images without labels (folders, files, globs; repeatable): every "
+                                      "training step also learns from them, each image's confident reading "
+                                      "teaching a strongly augmented copy of it (training/semi.py)", flag=False)
+    first_reader: str | None = opt("auto", "who reads the unlabelled images before the run's own weight average "
+                                   "reads the held-out labels better: a model file, ddddocr, or none; auto: ddddocr's "
+                                   "zero-shot model where it reads half the held-out labels (the recipe sets the "
+                                   "teacher for the student)", flag=False)
     reader: str = opt("auto", "the model `train` outputs: small (the fast from-scratch student, taught by the "
                       "pretrained teacher), big (the pretrained model itself), auto: the student when it reads the "
                       "held-out labels as well as the teacher (within one image or 0.5 points)",

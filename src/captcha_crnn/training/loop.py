@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..data.alphabet import Alphabet
 from ..data.augment import augment
 from ..data.dataset import Prefetcher, bucketed_order
-from ..data.images import Preprocess, to_ink
+from ..data.images import Preprocess, time_steps, to_ink
 from ..data.labels import Sample
 from ..evaluate import Report
 from ..model.crnn import CRNN
@@ -31,12 +31,15 @@ from .distributed import Dist
 from .ema import EMA
 from .log import log
 from .schedule import lr_at
+from .semi import Semi, ramp
+from .semi import build as build_semi
 from .setup import build_model, make_optimizer, pick_device, pick_precision
 from .state import Clock, RunState, rank_state, restore, shared_checkpoint, snapshot
 from .validate import evaluate_set
 
 EpochHook = Callable[[dict[str, Any], ModelBundle], None]
-Batch = tuple[list[int], torch.Tensor, np.ndarray, "tuple[torch.Tensor, np.ndarray] | None"]
+View = tuple[torch.Tensor, np.ndarray]  # ink (B, C, H, W) and widths (B,)
+Batch = tuple[list[int], torch.Tensor, np.ndarray, "View | None", "tuple[list[int], View] | None"]
 DEFAULT_EPOCHS = 60  # without a time budget
 BUDGET_EPOCHS = 100_000  # with one, and no --epochs: the budget decides
 
@@ -70,8 +73,9 @@ class Run:
     """
 
     def __init__(self, cfg: TrainConfig, data: Data, model: CRNN, device: str, out: Path,
-                 on_epoch: EpochHook | None = None, d: Dist | None = None):
+                 on_epoch: EpochHook | None = None, d: Dist | None = None, semi: Semi | None = None):
         self.cfg, self.data, self.model, self.device, self.out = cfg, data, model, device, out
+        self.semi = semi  # the unlabelled pool and its readers (training/semi.py)
         self.d = d = d or Dist()
         self.on_epoch = on_epoch if d.main else None
         self.memory_format = torch.channels_last  # convolutions train faster so (train_throughput.py: contiguous)
@@ -85,7 +89,10 @@ class Run:
             torch.manual_seed(cfg.seed * 65_537 + 1 + d.rank)  # dropout masks differ between ranks
         self.batch_size = -(-cfg.batch_size // d.world)  # per rank
         self.train_widths = data.train.widths().tolist()  # epoch orders group similar widths
-        shard_len = -(-len(data.train) // d.world)
+        # with unlabelled images an epoch is a pass over them (at one per labelled image a step): the labelled
+        # set is cycled within it, so validation and checkpoints come at a pace set by the larger set
+        self.passes = max(1, -(-len(semi.pool) // len(data.train))) if semi else 1
+        shard_len = -(-len(data.train) * self.passes // d.world)
         self.steps_per_epoch = -(-shard_len // self.batch_size)
         self.epochs = max_epochs(cfg)
         self.total_steps = self.epochs * self.steps_per_epoch
@@ -152,13 +159,24 @@ class Run:
             return f"time budget of {cfg.max_minutes} min spent"
         return ""
 
-    def fetch(self, idx: list[int]) -> Batch:
+    def fetch(self, job: tuple[list[int], list[int] | None]) -> Batch:
         """A batch as the model takes it (runs in the loader thread): indices, float ink (B, C, H, W), widths,
-        and with a teacher its own input of the same images."""
+        with a teacher its own input of the same images, and with unlabelled images a batch of them."""
+        idx, uidx = job
         u8, widths = self.data.train.batch(idx)  # (B, C, H, W) uint8 from the cache, (B,)
         x = torch.from_numpy(to_ink(u8))  # (B, C, H, W) float ink
         view = self.teacher.batch(idx) if self.teacher else None
-        return idx, x.pin_memory() if self.device.startswith("cuda") else x, widths, view
+        unl = (uidx, self.semi.fetch(uidx)) if self.semi and uidx is not None else None
+        return idx, x.pin_memory() if self.device.startswith("cuda") else x, widths, view, unl
+
+    def jobs(self, mine: list[int]) -> Any:
+        """The rest of this epoch's batches: training indices, and unlabelled ones drawn per (seed, epoch, batch)
+        so a resumed run draws the same."""
+        bs, st = self.batch_size, self.st
+        seed = (self.cfg.seed * 1_000_003 + st.epoch) * 64 + self.d.rank
+        for b in range(st.batch, self.steps_per_epoch):
+            uidx = self.semi.draw(seed, b, bs) if self.semi else None
+            yield mine[b * bs : (b + 1) * bs], uidx
 
     def train_epoch(self) -> None:
         """Train on epoch `st.epoch` from batch `st.batch`; checkpoint every cfg.checkpoint_minutes.
@@ -169,22 +187,24 @@ class Run:
         self.model.train()
         self.freeze_backbone(self.frozen())
         if st.order is None:
-            order = torch.randperm(len(self.data.train), generator=self.order_gen).tolist()
+            order = [i for _ in range(self.passes)
+                     for i in torch.randperm(len(self.data.train), generator=self.order_gen).tolist()]
             seed = int(torch.randint(2**31 - 1, (1,), generator=self.order_gen))
             st.order = bucketed_order(order, self.train_widths, self.batch_size * self.d.world, seed)
         mine = distributed.shard(st.order, self.d.rank, self.d.world)
-        bs, every = self.batch_size, self.cfg.checkpoint_minutes * 60 if self.cfg.checkpoint_minutes else None
-        loader = Prefetcher(self.fetch, (mine[b * bs : (b + 1) * bs] for b in range(st.batch, self.steps_per_epoch)))
+        every = self.cfg.checkpoint_minutes * 60 if self.cfg.checkpoint_minutes else None
+        loader = Prefetcher(self.fetch, self.jobs(mine))
         t0, images = time.perf_counter(), 0
         try:
-            for b, (idx, x, widths, view) in enumerate(loader, start=st.batch):
+            for b, (idx, x, widths, view, unl) in enumerate(loader, start=st.batch):
                 elapsed = self.now()
                 if self.budget and elapsed > self.budget:
                     break
                 if every and elapsed - self.last_save >= every:
                     self.save()  # mid-epoch: the permutation and batch index come along
-                loss = self.train_step(idx, x, widths, lr_at(self.progress(elapsed), self.cfg.lr, self.cfg.warmup),
-                                       view)
+                progress = self.progress(elapsed)
+                loss = self.train_step(idx, x, widths, lr_at(progress, self.cfg.lr, self.cfg.warmup), view,
+                                       unl, ramp(progress))
                 st.batch, st.step, images = b + 1, st.step + 1, images + len(idx)
                 st.losses.append(loss)
                 self.bar.update(1)
@@ -207,9 +227,11 @@ class Run:
                 p.requires_grad_(not frozen)
 
     def train_step(self, idx: list[int], x: torch.Tensor, widths: np.ndarray, lr: float,
-                   view: tuple[torch.Tensor, np.ndarray] | None = None) -> float:
+                   view: View | None = None, unl: tuple[list[int], View] | None = None,
+                   unl_weight: float = 0.0) -> float:
         """One optimizer step on the training images `idx` (ink x (B, C, H, W)); returns the mean loss: CTC,
-        plus with a teacher the distillation term on its input `view` of the same images."""
+        plus with a teacher the distillation term on its input `view` of the same images, plus with unlabelled
+        images `unl` their loss (training/semi.py) at `unl_weight`."""
         ds, alphabet = self.data.train, self.data.alphabet
         x = x.to(self.device, non_blocking=True)
         aug_state = self.aug_gen.get_state()  # the teacher's copy is augmented with the same draws
@@ -228,6 +250,11 @@ class Run:
             soft = self.teacher.targets(view[0].to(self.device), view[1], aug_state, float(self.cfg.augment),
                                         in_lens, logp.shape[1], bf16)  # (B, T, classes)
             loss = loss + WEIGHT * kd_loss(logp.float(), soft, in_lens)
+        if self.semi and unl is not None and unl_weight > 0:
+            uidx, (xu, uw) = unl
+            xu = xu.to(self.device, non_blocking=True)
+            loss = loss + unl_weight * self.semi.loss(self.net, self.kept(), xu, uw, uidx, self.aug_gen, bf16,
+                                                      self.memory_format)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # DDP: gradients averaged over the ranks here
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
@@ -240,7 +267,7 @@ class Run:
         """Validate, record, keep the best model, call the hook, checkpoint at the epoch boundary."""
         st, data = self.st, self.data
         distributed.average_buffers(self.kept(), self.d)
-        val_loss, rep, preds = evaluate_set(self.kept(), data.val, data.alphabet, self.device, self.d)
+        val_loss, rep, preds, confs = evaluate_set(self.kept(), data.val, data.alphabet, self.device, self.d)
         elapsed = self.now()
         sp = self.speed
         loss_sum, n, images = distributed.all_sum([float(np.sum(st.losses)), float(len(st.losses)), sp["images"]],
@@ -254,6 +281,9 @@ class Run:
                "train_images": int(images), "train_s": round(sp["train_s"], 3),
                "images_per_s": round(images / sp["train_s"], 1) if sp["train_s"] else 0.0,
                "loader_busy_s": round(sp["loader_busy_s"], 3), "loader_wait_s": round(sp["loader_wait_s"], 3)}
+        if self.semi:
+            rec.update(self.semi.end_epoch(data.val.labels, preds, confs, rep.sequence_accuracy,
+                                           time_steps(data.val.widths()).tolist()))
         st.history.append(rec)
         improved = (rep.sequence_accuracy, -val_loss) > (st.best["val_sequence_accuracy"], -st.best["val_loss"])
         if improved:
@@ -265,13 +295,22 @@ class Run:
         of = self.epochs if self.epochs < BUDGET_EPOCHS else "-"
         log(f"epoch {st.epoch + 1:3d}/{of}  train loss {rec['train_loss']:.4f}  "
             f"val loss {val_loss:.4f}  val acc {rep.sequence_accuracy:6.2%}  CER {rep.cer:.4f}  "
-            f"{elapsed:5.0f}s{' *' if improved else '  '}  {shown}")
+            f"{elapsed:5.0f}s{' *' if improved else '  '}  {shown}" + semi_note(rec))
         if self.on_epoch:
             h0 = time.perf_counter()
             self.on_epoch(rec, self.bundle())
             self.clock.pause(time.perf_counter() - h0)
         st.epoch, st.batch, st.order, st.losses = st.epoch + 1, 0, None, []
         self.save()
+
+
+def semi_note(rec: dict[str, Any]) -> str:
+    """The epoch line's unlabelled part: share used, by whom, and how right the rule is on the held-out labels."""
+    if "unlabelled_used" not in rec:
+        return ""
+    right = rec["unlabelled_val_right"]
+    return (f"  unlabelled {rec['unlabelled_used']:.0%} used ({rec['unlabelled_reader']}; held out "
+            f"{rec['unlabelled_val_clear']:.0%} clear, {'-' if right is None else f'{right:.0%}'} right)")
 
 
 def train_model(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None = None) -> TrainResult:
@@ -308,10 +347,16 @@ def _train(cfg: TrainConfig, device: str, d: Dist, on_epoch: EpochHook | None) -
     log(f"model: {cfg.preset} {cfg.backbone}+{cfg.rnn}, {n_params / 1e6:.2f}M parameters, device {device}"
         + (f", {d.world} processes (global batch {cfg.batch_size})" if d.enabled else ""))
     log(f"init: {init}")
-    run = Run(cfg, data_, model.to(device), device, out, on_epoch, d)
+    semi = build_semi(cfg, data_, device)
+    if semi:
+        log(semi.describe())
+    run = Run(cfg, data_, model.to(device), device, out, on_epoch, d, semi)
     log(f"precision: {run.precision} ({run.precision_why})")
     if ckpt:
         restore(run, ckpt)
+        if semi and semi.readings and any(h["val_sequence_accuracy"] > semi.readings.val_accuracy
+                                          for h in run.st.history):
+            semi.own_leads = True  # as it was when the checkpoint was written
     reason = run.loop()
     st = run.st
     log(f"{reason}; best val sequence accuracy {st.best['val_sequence_accuracy']:.2%} at epoch {st.best['epoch']}")
@@ -334,7 +379,7 @@ def finish(out: Path, cfg: TrainConfig, te: list[Sample], pre: Preprocess, alpha
     if te:
         test_set = load_set(te, pre, cfg, "test")
         if len(test_set):
-            _, test_rep, _ = evaluate_set(b.model, test_set, alphabet, device)
+            _, test_rep, _, _ = evaluate_set(b.model, test_set, alphabet, device)
             log("test: " + f"n={test_rep.n}  sequence accuracy {test_rep.sequence_accuracy:.2%}  "
                 f"CER {test_rep.cer:.4f}")
     metrics = {"val": best}

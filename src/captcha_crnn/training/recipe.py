@@ -1,7 +1,9 @@
-"""The default recipe, teacher -> student: the pretrained model fine-tuned on the labels (the teacher)
-reads the unlabelled images; its readings that clear a confidence threshold chosen on the held-out
-labels become labels for the small from-scratch model (the student), which reads about ten times
-faster. The output is the student when it reads the held-out labels as well as the teacher.
+"""The default recipe, teacher -> student: the pretrained model fine-tuned on the labels (the teacher),
+then the small from-scratch model (the student), which reads about ten times faster. With unlabelled
+images both learn from them throughout training (training/semi.py): the teacher from its own weight
+average's confident readings (first from ddddocr's zero-shot readings where those read the held-out
+labels well), the student from the teacher's readings until its own weight average reads the held-out
+labels better. The output is the student when it reads the held-out labels as well as the teacher.
 
 Without unlabelled images the student either learns from the labels and, through distillation
 (training/distil.py), from the teacher's per-step readings of the same augmented images, after the
@@ -30,8 +32,8 @@ from .config import TrainConfig
 from .data import EARLY_STOP_MIN_VAL, load_data
 from .log import log
 from .loop import EpochHook, TrainResult, train_model
-from .pseudo import PseudoLabels, label_folder_unlabelled, pseudo_label, unlabelled_images
 from .start import resolve_start
+from .unlabelled import label_folder_unlabelled, unlabelled_images
 
 STAGES = "stages.json"
 TEACHER_SHARE = 0.4  # of the time budget (benchmarks/learning_curve.py); the student takes what is left
@@ -45,30 +47,34 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
     """Train a reader on a folder or CSV of labelled images; writes model.safetensors and more to cfg.out.
 
     With the pretrained start at hand (the default from 50 labelled images), trains the pretrained
-    teacher, lets it label cfg.unlabelled (and, for a `captcha-crnn label` folder's labels.csv, the
-    folder's unanswered images), trains the small student on both, and keeps the student when it reads
-    the held-out labels as well (cfg.reader: auto), or as asked (small, big). Otherwise, and under
-    torchrun, one model is trained (training/loop.py: train_model).
+    teacher, then the small student, both learning from cfg.unlabelled (and, for a `captcha-crnn label`
+    folder's labels.csv, the folder's unanswered images) as they train, and keeps the student when it
+    reads the held-out labels as well (cfg.reader: auto), or as asked (small, big). Otherwise, and under
+    torchrun, one model is trained (training/loop.py: train_model), learning from the unlabelled images too.
     """
     cfg = replace(cfg or TrainConfig(), data=str(data))
     if cfg.reader == "big" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         why_single = "--reader big" if cfg.reader == "big" else "a distributed run trains one model"
+        images = all_unlabelled(cfg, [])  # train_model leaves out the labelled ones
     else:
         tr, va, te, how = load_data(cfg)
         changes, _ = resolve_start(cfg, len(tr) + len(va) + len(te))
+        images = all_unlabelled(cfg, tr + va + te)
         if changes["pretrained"] == "on":
-            images = unlabelled_images(list(cfg.unlabelled), exclude=tr + va + te)
-            extra = label_folder_unlabelled(cfg.data)
-            if extra:
-                log(f"label folder: {len(extra)} images without an answer are used as unlabelled")
-            return Recipe(cfg, Split(tr, va, te, how), sorted(set(images) | set(extra)), on_epoch).run()
+            return Recipe(cfg, Split(tr, va, te, how), images, on_epoch).run()
         why_single = "the start is the small model itself"
-    unlabelled_images(list(cfg.unlabelled), [])  # a missing folder is one line, even where it goes unused
-    if cfg.unlabelled or label_folder_unlabelled(cfg.data):
-        log(f"unlabelled images: not used ({why_single}; the teacher's readings need the pretrained start)")
     if cfg.distil == "on":
         log(f"--distil on: not used ({why_single}; there is no teacher to learn from)")
-    return train_model(data, cfg, on_epoch)
+    return train_model(data, replace(cfg, unlabelled=tuple(images)), on_epoch)
+
+
+def all_unlabelled(cfg: TrainConfig, labelled: list[Sample]) -> list[str]:
+    """cfg.unlabelled's images and, for a `captcha-crnn label` folder, its images without an answer."""
+    images = unlabelled_images(list(cfg.unlabelled), exclude=labelled)
+    extra = label_folder_unlabelled(cfg.data)
+    if extra:
+        log(f"label folder: {len(extra)} images without an answer are used as unlabelled")
+    return sorted(set(images) | set(extra))
 
 
 @dataclass
@@ -136,13 +142,11 @@ class Recipe:
                 teacher = self.stage("teacher", 2, 2, files["train"], files, {"reader": "big"}, None)
             return self.choose(teacher, student)
         if self.cfg.distil == "on":
-            log("--distil on: not used (with unlabelled images the student learns the teacher's kept readings)")
-        teacher = self.stage("teacher", 1, 3, files["train"], files, {"reader": "big"}, TEACHER_SHARE)
-        pseudo = self.read_unlabelled(teacher, images)
-        student_data = files["train"]
-        if pseudo.kept:
-            student_data = write_csv(sp.train + [Sample(p, t) for p, t in pseudo.kept], folder / "student.csv")
-        student = self.stage("student", 3, 3, student_data, files, STUDENT, None)
+            log("--distil on: not used (with unlabelled images the student learns the teacher's readings of them)")
+        pool = {"unlabelled": tuple(images)}
+        teacher = self.stage("teacher", 1, 2, files["train"], files, {"reader": "big", **pool}, TEACHER_SHARE)
+        student = self.stage("student", 2, 2, files["train"], files,
+                             {**STUDENT, **pool, "first_reader": teacher["model"]}, None)
         return self.choose(teacher, student)
 
     def budget(self, share: float | None) -> float | None:
@@ -162,10 +166,11 @@ class Recipe:
             return self.done[name]
         minutes = self.budget(share)
         out = self.out / name
+        pool = changes.get("unlabelled", ())
         if name == "teacher":
-            what = "the pretrained start fine-tuned on the labels"
-        elif stages == 3:
-            what = "the small model on the labels and the kept readings"
+            what = "the pretrained start fine-tuned on the labels" + (" and the unlabelled images" if pool else "")
+        elif pool:
+            what = "the small model on the labels and the unlabelled images, read first by the teacher"
         elif changes.get("teacher"):
             what = "the small model on the labels and the teacher's per-step readings of them"
         elif len(self.split.val) >= EARLY_STOP_MIN_VAL:  # only then can its early stop tell a level curve
@@ -178,9 +183,9 @@ class Recipe:
         # reads the training images at the teacher's input size, decoded once by the teacher's stage
         cache = self.cfg.cache_dir or str(self.out / "cache")
         cfg = replace(self.cfg, out=str(out), max_minutes=minutes, val_data=str(files["val"]), test_data=test,
-                      val=None, test=None if test else 0.0, label_regex=None, label_sep=None, unlabelled=(),
-                      cache_dir=cache,
-                      resume=self.cfg.resume and (out / CHECKPOINT).is_file(), **changes)
+                      val=None, test=None if test else 0.0, label_regex=None, label_sep=None,
+                      cache_dir=cache, **{"unlabelled": (), "first_reader": "auto", **changes},
+                      resume=self.cfg.resume and (out / CHECKPOINT).is_file())
         r = train_model(str(data), cfg, self.on_epoch)
         self.results[name] = r
         summary = {"model": str(r.model_path), "val": r.best["val_sequence_accuracy"],
@@ -188,18 +193,6 @@ class Recipe:
                    "test": r.test.sequence_accuracy if r.test else None}
         self.record(name, summary)
         return summary
-
-    def read_unlabelled(self, teacher: dict[str, Any], images: list[str]) -> PseudoLabels:
-        """Stage 2: the teacher's readings of the unlabelled images, kept above the held-out threshold."""
-        if "pseudo" in self.done:
-            p = PseudoLabels.from_dict(self.done["pseudo"])
-            log(f"stage 2/3 readings: done in an earlier run ({len(p.kept)} kept)")
-            return p
-        log(f"stage 2/3 readings: the teacher reads {len(images)} unlabelled images")
-        p = pseudo_label(teacher["model"], self.split.train, self.split.val, images, self.cfg)
-        log(p.describe())
-        self.record("pseudo", p.to_dict())
-        return p
 
     def choose(self, teacher: dict[str, Any], student: dict[str, Any]) -> TrainResult:
         """The student when it reads the held-out labels as well as the teacher (within one image or 0.5

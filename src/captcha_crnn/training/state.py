@@ -115,12 +115,9 @@ def restore(run: Any, ckpt: dict[str, Any]) -> None:
         for k, b in run.kept().named_buffers():
             if k in mine:
                 b.copy_(mine[k])
-    elif "rng" not in ckpt:  # older checkpoints: one generator for order and augmentation, at epoch ends
-        run.aug_gen.set_state(ckpt["generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
     batch = int(ckpt.get("batch", 0))
     order = ckpt["order"].tolist() if "order" in ckpt and ckpt["order"].numel() else None
-    if order is not None and len(order) != len(run.data.train):
+    if order is not None and len(order) != len(run.data.train) * run.passes:
         log("warning: the training set changed since the checkpoint; restarting its epoch")
         batch, order = 0, None
     if batch and not same_layout:

@@ -51,8 +51,8 @@ def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
 
 
 def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
-                 d: Dist | None = None) -> tuple[float, Report, list[str]]:
-    """(mean CTC loss, report, predictions) of the model on a loaded set.
+                 d: Dist | None = None) -> tuple[float, Report, list[str], list[float]]:
+    """(mean CTC loss, report, predictions, their confidences) of the model on a loaded set.
 
     In a distributed run each rank reads every world-th image and all ranks get the same figures.
     """
@@ -68,6 +68,6 @@ def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
     scored = [v for v in losses if not np.isnan(v)]
     rep = score_both(ds.labels, preds, alphabet.chars)
     rep.selective = selective(ds.labels, preds, confs)
-    return float(np.mean(scored)) if scored else float("nan"), rep, preds
+    return float(np.mean(scored)) if scored else float("nan"), rep, preds, confs
 
 

@@ -1,0 +1,233 @@
+"""Semi-supervised training inside the loop: FixMatch for CTC (Sohn et al. 2020; GeeSolver, 3E-Solver).
+
+Every step also draws a batch of unlabelled images. The reader that leads on the held-out labels reads
+each one's weak view (the image as it is): the run's own weight average (EMA), or fixed readings made
+once before the run by a stronger reader (ddddocr's zero-shot model where it reads the held-out labels
+well; the pretrained teacher for the small student). A reading whose confidence clears THRESHOLD, with a
+length the labels have and room for it in the image, becomes the CTC target of the image's strong view
+(data/augment.py: strong_augment); the rest add nothing. The unlabelled loss, averaged over the whole
+unlabelled batch (so it grows with the share of readings used), ramps in over the first RAMP of the
+schedule. The EMA takes over from fixed readings once it reads more held-out images right.
+
+Per epoch the history records the share of unlabelled images drawn whose readings were used, which
+reader gave them, and how right the same rule is on the held-out labels read as if unlabelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.alphabet import Alphabet
+from ..data.augment import strong_augment
+from ..data.dataset import ImageSet
+from ..data.images import time_steps, to_ink
+from ..decode.ctc import greedy_decode_batch
+from ..errors import CaptchaError
+from .log import log
+
+THRESHOLD = 0.95  # a reading's confidence (product of its characters') that makes it a target (GeeSolver: 0.95)
+RAMP = 0.2  # share of the schedule over which the unlabelled loss weight rises from 0 to WEIGHT
+WEIGHT = 1.0  # of the unlabelled loss beside the labelled one at full ramp (FixMatch's lambda_u)
+ZERO_SHOT_MIN = 0.5  # ddddocr's zero-shot readings seed the pool where it reads this share of the held-out labels
+OWN = "own EMA"  # the name of the run's own reader in logs and history
+
+
+@dataclass
+class Readings:
+    """A fixed reader's readings of the unlabelled images (aligned with the pool) and of the held-out ones."""
+
+    source: str  # "ddddocr" or the teacher's model file
+    texts: list[str]
+    confs: list[float]
+    val_texts: list[str]
+    val_confs: list[float]
+    val_accuracy: float  # share of the held-out labels it reads right
+
+
+def read_with(reader: Any, source: str, pool: Sequence[str], val: Sequence[str], val_labels: Sequence[str],
+              fold: Callable[[str], str]) -> Readings:
+    """Read the pool and the held-out images with any Reader (a Recognizer, the ddddocr reader); an image it
+    cannot read gets an empty reading (never a target)."""
+
+    def read(paths: Sequence[str]) -> tuple[list[str], list[float]]:
+        texts, confs = [], []
+        for p in reader.predict(list(paths), errors="return"):
+            ok = not isinstance(p, CaptchaError)
+            texts.append(fold(p.text) if ok else "")
+            confs.append(float(p.confidence) if ok else 0.0)
+        return texts, confs
+
+    vt, vc = read(val)
+    acc = sum(t == y for t, y in zip(vt, val_labels)) / max(1, len(val_labels))
+    texts, confs = read(pool) if pool else ([], [])
+    return Readings(source, texts, confs, vt, vc, acc)
+
+
+def rule_check(texts: Sequence[str], confs: Sequence[float], steps: Sequence[int], lengths: tuple[int, int],
+               threshold: float = THRESHOLD) -> list[bool]:
+    """Which readings become targets: confident, of a length the labels have, and with the CTC steps
+    their image gives (one per character and a blank between repeats)."""
+    lo, hi = lengths
+    ok = []
+    for t, c, n in zip(texts, confs, steps):
+        need = len(t) + sum(a == b for a, b in zip(t, t[1:]))
+        ok.append(c >= threshold and lo <= len(t) <= hi and need <= n)
+    return ok
+
+
+def ramp(progress: float) -> float:
+    """The unlabelled loss weight at `progress` (0..1) through the schedule."""
+    return WEIGHT * min(1.0, progress / RAMP) if RAMP > 0 else WEIGHT
+
+
+class Semi:
+    """The unlabelled pool of one run, who reads it, and what was used this epoch."""
+
+    def __init__(self, pool: ImageSet, alphabet: Alphabet, lengths: tuple[int, int],
+                 readings: Readings | None = None):
+        self.pool, self.alphabet, self.lengths, self.readings = pool, alphabet, lengths, readings
+        self.steps = time_steps(pool.widths()).tolist()
+        self.own_leads = readings is None
+        self.drawn = self.used = 0  # this epoch's unlabelled images drawn and used as targets
+
+    @property
+    def reader(self) -> str:
+        return OWN if self.own_leads or self.readings is None else self.readings.source
+
+    def draw(self, seed: int, batch: int, size: int) -> list[int]:
+        """Batch `batch` of the epoch's pool order (a permutation seeded by `seed`, cycled)."""
+        n = len(self.pool)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        return order[(torch.arange(size) + batch * size) % n].tolist()
+
+    def fetch(self, idx: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+        """Ink (B, C, H, W) and widths of pool images idx (the loader thread calls this)."""
+        u8, widths = self.pool.batch(idx)
+        return torch.from_numpy(to_ink(u8)), widths
+
+    @torch.no_grad()
+    def targets(self, reader: torch.nn.Module, x: torch.Tensor, widths: np.ndarray, idx: list[int],
+                bf16: bool) -> tuple[list[int], list[str]]:
+        """(positions in the batch, readings) of the images whose weak-view reading clears the rule."""
+        steps = [self.steps[i] for i in idx]
+        if self.own_leads or self.readings is None:
+            was = reader.training
+            reader.eval()
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                logp = reader(x)  # (B, T, classes)
+            reader.train(was)
+            dec = greedy_decode_batch(logp.float().cpu().numpy(), steps)
+            texts = [self.alphabet.decode(d.indices) for d in dec]
+            confs = [d.confidence for d in dec]
+        else:
+            texts = [self.readings.texts[i] for i in idx]
+            confs = [self.readings.confs[i] for i in idx]
+        keep = rule_check(texts, confs, steps, self.lengths)
+        keep = [k and not self.alphabet.unknown(t) for k, t in zip(keep, texts)]
+        pos = [k for k, ok in enumerate(keep) if ok]
+        return pos, [texts[k] for k in pos]
+
+    def loss(self, net: torch.nn.Module, reader: torch.nn.Module, x: torch.Tensor, widths: np.ndarray,
+             idx: list[int], gen: torch.Generator, bf16: bool, memory_format: torch.memory_format) -> torch.Tensor:
+        """The unlabelled CTC loss of one batch: the strong views of the images whose readings clear the rule
+        against those readings, summed per image (per character) and divided by the whole batch."""
+        from .data import ctc_targets
+
+        pos, texts = self.targets(reader, x, widths, idx, bf16)
+        self.drawn += len(idx)
+        self.used += len(pos)
+        if not pos:
+            return torch.zeros((), device=x.device)
+        xs = strong_augment(x[pos], gen).contiguous(memory_format=memory_format)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logp = net(xs)  # (B', T, classes)
+        targets, target_lens = ctc_targets(texts, self.alphabet)
+        in_lens = torch.tensor([min(self.steps[idx[k]], logp.shape[1]) for k in pos], dtype=torch.long)
+        nll = F.ctc_loss(logp.float().transpose(0, 1), targets, in_lens, target_lens, blank=0,
+                         reduction="none", zero_infinity=True)  # (B',)
+        return (nll / target_lens.to(nll.device)).sum() / len(idx)
+
+    def end_epoch(self, val_labels: Sequence[str], own_preds: Sequence[str], own_confs: Sequence[float],
+                  own_accuracy: float, val_steps: Sequence[int]) -> dict[str, Any]:
+        """The epoch's figures for the history, and who reads next epoch: the EMA once it reads more held-out
+        labels right than the fixed readings do."""
+        if self.readings is not None and not self.own_leads and own_accuracy > self.readings.val_accuracy:
+            self.own_leads = True
+            log(f"unlabelled: the {OWN} reads {own_accuracy:.1%} of the held-out labels, "
+                f"{self.readings.source} {self.readings.val_accuracy:.1%}: it reads the pool from now on")
+        if self.own_leads or self.readings is None:
+            texts, confs = list(own_preds), list(own_confs)
+        else:
+            texts, confs = self.readings.val_texts, self.readings.val_confs
+        clear = rule_check(texts, confs, val_steps, self.lengths)
+        right = [ok and t == y for ok, t, y in zip(clear, texts, val_labels)]
+        n_clear = sum(clear)
+        rec = {"unlabelled_reader": self.reader, "unlabelled_used": self.used / self.drawn if self.drawn else 0.0,
+               "unlabelled_val_clear": n_clear / max(1, len(val_labels)),
+               "unlabelled_val_right": sum(right) / n_clear if n_clear else None}
+        self.drawn = self.used = 0
+        return rec
+
+    def describe(self) -> str:
+        seeded = ""
+        if self.readings is not None:
+            seeded = (f"; first read by {self.readings.source} ({self.readings.val_accuracy:.1%} of the held-out "
+                      f"labels), then by the {OWN} once it reads more")
+        return (f"unlabelled: {len(self.pool)} images; each step's readings with confidence >= {THRESHOLD:g} "
+                f"teach their strong view, weight ramping to {WEIGHT:g} over {RAMP:.0%} of the run{seeded}")
+
+
+def build(cfg: Any, data: Any, device: str) -> Semi | None:
+    """The run's unlabelled pool (cfg.unlabelled, less the labelled images) decoded at the run's input, and
+    the fixed readings that teach first (cfg.first_reader); None where there are no unlabelled images."""
+    from ..data.labels import Sample
+    from .data import load_set
+    from .unlabelled import unlabelled_images
+
+    labelled = [Sample(p, y) for part in (data.train, data.val) for p, y in zip(part.paths, part.labels)]
+    paths = unlabelled_images(list(cfg.unlabelled), labelled + list(data.test))
+    if not paths:
+        return None
+    pool = load_set([Sample(p, "") for p in paths], data.pre, cfg, "unlabelled")
+    if len(pool) < len(paths):
+        log(f"warning: {len(paths) - len(pool)} unlabelled images could not be read and were skipped")
+    if not len(pool):
+        return None
+    labels = list(data.train.labels) + list(data.val.labels)
+    lengths = (min(map(len, labels)), max(map(len, labels)))
+    readings = first_readings(cfg, data, pool.paths)
+    return Semi(pool, data.alphabet, lengths, readings)
+
+
+def first_readings(cfg: Any, data: Any, pool: list[str]) -> Readings | None:
+    """The fixed readings that teach before the run's own EMA leads: cfg.first_reader's (a model file), or for
+    "auto" ddddocr's zero-shot model limited to the labels' characters where it is installed and reads at
+    least ZERO_SHOT_MIN of the held-out labels; None for "none"."""
+    choice = cfg.first_reader
+    if choice in (None, "none"):
+        return None
+    fold = (lambda t: t.lower()) if cfg.case == "insensitive" else (lambda t: t)
+    val, val_labels = list(data.val.paths), list(data.val.labels)
+    if choice in ("auto", "ddddocr"):
+        from ..infer import ddddocr_reader
+
+        if not ddddocr_reader.available():
+            if choice == "ddddocr":
+                raise CaptchaError("first reader ddddocr: not installed (pip install \"captcha-crnn[pretrained]\")")
+            return None
+        reader = ddddocr_reader.DdddocrReader(data.alphabet.chars, threads=cfg.threads)
+        probe = read_with(reader, "ddddocr", [], val, val_labels, fold)
+        if probe.val_accuracy < ZERO_SHOT_MIN:
+            log(f"unlabelled: ddddocr zero-shot reads {probe.val_accuracy:.1%} of the held-out labels (under "
+                f"{ZERO_SHOT_MIN:.0%}): the {OWN} reads the pool from the start")
+            return None
+        return read_with(reader, "ddddocr", pool, val, val_labels, fold)
+    from ..infer.recognizer import Recognizer
+
+    return read_with(Recognizer.load(choice, threads=cfg.threads), choice, pool, val, val_labels, fold)

@@ -1,0 +1,135 @@
+"""Semi-supervised training (training/semi.py): the rule that makes a reading a target, the ramp, the strong
+view, the pool's draws, the reader that leads, and runs that learn from unlabelled images end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_clean_set
+
+from captcha_crnn.data.alphabet import Alphabet
+from captcha_crnn.data.augment import augment, strong_augment
+from captcha_crnn.data.dataset import ImageSet
+from captcha_crnn.training import TrainConfig, train
+from captcha_crnn.training import semi as semi_mod
+from captcha_crnn.training.semi import OWN, THRESHOLD, Readings, Semi, ramp, rule_check
+
+
+def test_rule_keeps_confident_readings_of_a_plausible_length_with_room() -> None:
+    texts = ["123", "123", "12", "1234", "112", "112"]
+    confs = [0.99, 0.5, 0.99, 0.99, 0.99, 0.99]
+    steps = [10, 10, 10, 10, 10, 3]  # "112" needs 4 steps (a blank between the repeated 1s)
+    assert rule_check(texts, confs, steps, (3, 3)) == [True, False, False, False, True, False]
+    assert rule_check(["12"], [THRESHOLD], [10], (2, 3)) == [True]  # the threshold itself clears
+
+
+def test_unlabelled_weight_ramps_in() -> None:
+    assert ramp(0.0) == 0.0
+    assert 0 < ramp(semi_mod.RAMP / 2) < ramp(semi_mod.RAMP) == semi_mod.WEIGHT == ramp(1.0)
+
+
+def test_strong_view_is_seeded_in_range_and_stronger_than_the_weak() -> None:
+    x = torch.zeros(4, 3, 32, 96)
+    x[:, :, 8:24, 10:86] = 1.0  # a block of ink
+    a = strong_augment(x, torch.Generator().manual_seed(0))
+    b = strong_augment(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert a.min() >= 0 and a.max() <= 1
+    weak = augment(x, 1.0, torch.Generator().manual_seed(0))
+    assert (a - x).abs().mean() > (weak - x).abs().mean()
+
+
+def pool(n: int, widths: list[int] | None = None) -> ImageSet:
+    images = [np.full((1, 32, w), 255, np.uint8) for w in (widths or [96] * n)]
+    return ImageSet(images, [""] * n, [f"u{i}.png" for i in range(n)])
+
+
+def test_draws_are_seeded_and_cover_the_pool() -> None:
+    s = Semi(pool(10), Alphabet("0123456789"), (3, 4))
+    assert s.draw(1, 0, 4) == s.draw(1, 0, 4) != s.draw(2, 0, 4)
+    drawn = s.draw(1, 0, 5) + s.draw(1, 1, 5)
+    assert sorted(drawn) == list(range(10))  # one pass of batches draws every image once
+    assert s.draw(1, 2, 5) == s.draw(1, 0, 5)  # then it cycles
+
+
+def test_fixed_readings_teach_until_the_own_ema_reads_more() -> None:
+    alphabet = Alphabet("0123456789")
+    r = Readings("teacher.safetensors", ["123", "45", "999"], [0.99, 0.99, 0.2], ["111", "222"], [0.99, 0.99], 0.5)
+    s = Semi(pool(3), alphabet, (3, 3), r)
+    x = torch.zeros(3, 1, 32, 96)
+    pos, texts = s.targets(torch.nn.Identity(), x, np.array([96] * 3), [0, 1, 2], False)
+    assert (pos, texts) == ([0], ["123"])  # "45": no label has 2 characters; "999": unsure
+    rec = s.end_epoch(["111", "223"], ["111", "223"], [0.99, 0.99], 0.5, [24, 24])
+    assert rec["unlabelled_reader"] == "teacher.safetensors" and rec["unlabelled_val_right"] == 0.5
+    rec = s.end_epoch(["111", "223"], ["111", "223"], [0.99, 0.99], 1.0, [24, 24])
+    assert rec["unlabelled_reader"] == OWN and rec["unlabelled_val_right"] == 1.0 and s.own_leads
+
+
+def unlabelled_run(tmp_path: Path, **kw) -> TrainConfig:
+    make_clean_set(tmp_path / "d", 40, lengths=(3, 3))
+    make_clean_set(tmp_path / "u", 60, seed=5, lengths=(3, 3))
+    return TrainConfig(**{"out": str(tmp_path / "run"), "batch_size": 8, "preset": "tiny", "label_sep": "-",
+                          "progress": False, "unlabelled": (str(tmp_path / "u"),), "checkpoint_minutes": 0,
+                          "pretrained": "off", "first_reader": "none", "augment": 0.3, **kw})
+
+
+def test_a_run_learns_from_unlabelled_images_and_records_it(tmp_path: Path) -> None:
+    r = train(str(tmp_path / "d"), unlabelled_run(tmp_path, epochs=3))
+    h = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
+    assert len(h) == 3 and all(0 <= e["unlabelled_used"] <= 1 and e["unlabelled_reader"] == OWN for e in h)
+    assert h[0]["step"] == 2 * 32 // 8  # an epoch is a pass over the pool: 60 images, the 32 labelled twice
+    assert r.model_path.is_file() and (tmp_path / "run" / "curves.png").is_file()
+
+
+def test_read_with_folds_and_scores_any_reader() -> None:
+    from captcha_crnn.errors import CaptchaError
+    from captcha_crnn.infer import Prediction
+
+    class Reader:
+        def predict(self, paths, errors="raise"):
+            return [CaptchaError("bad") if p == "bad.png" else Prediction(p.split(".")[0].upper(), 0.9) for p in paths]
+
+    r = semi_mod.read_with(Reader(), "r", ["ab.png", "bad.png"], ["ab.png", "cd.png"], ["ab", "xx"], str.lower)
+    assert r.texts == ["ab", ""] and r.confs == [0.9, 0.0] and r.val_accuracy == 0.5
+
+
+def test_first_readings_teach_and_resume_continues(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fixed readings (here the true labels, as a strong reader would give) teach from the first step; a run
+    killed after its second epoch resumes from its checkpoint."""
+    cfg = unlabelled_run(tmp_path, epochs=4, first_reader="reader.safetensors")
+
+    def truth(cfg, data, paths):
+        texts = [Path(p).name.split("-")[0] for p in paths]
+        return Readings(cfg.first_reader, texts, [0.99] * len(texts), list(data.val.labels),
+                        [0.99] * len(data.val), 1.0)
+
+    monkeypatch.setattr(semi_mod, "first_readings", truth)
+    seen: list[str] = []
+
+    def hook(rec: dict, bundle: object) -> None:
+        seen.append(rec["unlabelled_reader"])
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(str(tmp_path / "d"), cfg, on_epoch=hook)
+    assert "first read by reader.safetensors" in capsys.readouterr().err
+    cfg.resume = True
+    r = train(str(tmp_path / "d"), cfg)
+    assert len(r.history) == 4 and "resumed from" in capsys.readouterr().err
+    assert seen == ["reader.safetensors"] * 2
+    assert all(e["unlabelled_reader"] == "reader.safetensors" for e in r.history)  # nothing reads more than 100%
+    assert r.history[-1]["unlabelled_used"] > 0.9 and r.history[-1]["unlabelled_val_right"] == 1.0
+
+
+def test_a_folder_of_nothing_but_labelled_images_adds_no_pool(tmp_path: Path) -> None:
+    make_clean_set(tmp_path / "d", 40, lengths=(3, 3))
+    cfg = TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=8, preset="tiny", label_sep="-",
+                      progress=False, pretrained="off", unlabelled=(str(tmp_path / "d"),), checkpoint_minutes=0)
+    r = train(str(tmp_path / "d"), cfg)
+    assert "unlabelled_used" not in r.history[0]
