@@ -1,6 +1,7 @@
 """How many labelled captchas a style needs: held-out accuracy against training-set size, from
-scratch, from the pretrained ddddocr backbone, and the default teacher -> student recipe with the rest
-of the pool as unlabelled images, under the same time budget; with each output model's reading speed.
+scratch, from the pretrained ddddocr backbone, and the default recipe with the rest of the pool as
+unlabelled images (semi-supervised, training/semi.py), under the same time budget; with each output
+model's reading speed.
 
     python benchmarks/learning_curve.py [--datasets captcha_v2 henan_digits4 generic_varlen]
         [--sizes 50 100 250 500 1000 all] [--starts scratch pretrained student own] [--seed 0]
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from datasets import DATASETS, Dataset, machine, parse_value  # noqa: E402
 
 # each start as TrainConfig fields: from scratch, the ddddocr backbone, the project's own (`pretrain`)
-# "student": the default recipe, the pretrained teacher's readings of the rest of the pool teaching the small model
+# "student": the default recipe with the rest of the pool unlabelled, learnt from throughout training (semi-supervised)
 # with nothing unlabelled, the recipe's two ways (--distil): "distil", the teacher first and the student learning
 # its per-step readings of the labelled images; "labels", the student on the labels alone first, then the teacher
 STARTS: dict[str, dict[str, Any]] = {"scratch": {"pretrained": "off"},
@@ -65,8 +66,8 @@ def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: f
     assert r.test is not None
     recipe = r.recipe or {}
     output = (recipe.get("output") or {}).get("reader", "single model")
-    pseudo = recipe.get("pseudo")  # the teacher's readings: how many were kept, at what threshold
-    kept = {"kept": len(pseudo["kept"]), "read": pseudo["read"], "threshold": pseudo["threshold"]} if pseudo else {}
+    used = [e["unlabelled_used"] for e in r.history if "unlabelled_used" in e]  # the output's own run
+    kept = {"unlabelled_used_last": used[-1]} if used else {}
     return {"start": start, "sequence_accuracy": r.test.sequence_accuracy, "cer": r.test.cer, "test_n": r.test.n,
             "epochs": len(r.history), "train_minutes": r.history[-1]["time_s"] / 60, "output": output,
             "wall_minutes": (time.perf_counter() - t0) / 60, "val_sequence_accuracy": r.best["val_sequence_accuracy"],

@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "captcha_crnn"
 # Bottom up; a module may import from its own layer's package and from any layer below (as in
 # docs/architecture.md). "__init__" is the package's public face, cli/demo the entry points.
 LAYERS = [
-    {"errors", "files", "version"},
+    {"errors", "files", "progress", "version"},
     {"data"},
     {"decode", "model"},
     {"infer"},

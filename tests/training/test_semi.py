@@ -133,3 +133,18 @@ def test_a_folder_of_nothing_but_labelled_images_adds_no_pool(tmp_path: Path) ->
                       progress=False, pretrained="off", unlabelled=(str(tmp_path / "d"),), checkpoint_minutes=0)
     r = train(str(tmp_path / "d"), cfg)
     assert "unlabelled_used" not in r.history[0]
+
+
+def test_flex_thresholds_are_lower_for_classes_learnt_slowly() -> None:
+    from captcha_crnn.training.semi import FlexThresholds
+
+    f = FlexThresholds(n_images=4, n_classes=4, mean_length=1)
+    assert f.thresholds().max() == 0  # nothing read yet: every class starts low (FlexMatch's warm-up)
+    for i in range(3):
+        f.update(i, [1], [0.99])  # class 1: read confidently three times
+    f.update(3, [2], [0.99])  # class 2: once
+    t = f.thresholds()
+    assert t[1] == pytest.approx(THRESHOLD) and 0 < t[2] < t[1] and t[3] == 0
+    f.update(0, [2], [0.99])  # an image's newer reading replaces its older one
+    assert f.sigma[1] == 2 and f.sigma[2] == 2
+    assert f.clear([3], [0.1]) and not f.clear([1, 3], [0.5, 0.99])  # every character must clear its own

@@ -96,6 +96,13 @@ ELASTIC = 0.04  # its largest elastic shift, of the image height
 LENS = 0.3  # its largest lens strength either way
 
 
+def policy(x: torch.Tensor, strength: float | str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A training batch's augmentation: `augment` at a strength, or "strong" (strong_augment)."""
+    if strength == "strong":
+        return strong_augment(x, generator)
+    return augment(x, float(strength), generator)
+
+
 def strong_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """The strong view of semi-supervised training (training/semi.py): what `augment` does at STRONG, then
     an elastic warp, a lens warp, per-channel colour jitter and one erased box, on ink (B, C, H, W) in [0, 1].

@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from ..errors import CaptchaError
+from ..progress import bar_disable
 from .images import Preprocess, load_image, stack_padded
 from .labels import Sample
 
@@ -164,7 +165,7 @@ def load_samples(
     from tqdm import tqdm
 
     images, labels, paths, skipped = [], [], [], []
-    bar = tqdm(decoded(samples, pre, threads), total=len(samples), desc=desc, unit="img", disable=not progress,
+    bar = tqdm(decoded(samples, pre, threads), total=len(samples), desc=desc, unit="img", disable=bar_disable(progress),
                leave=False, file=sys.stderr)
     for s, r in zip(samples, bar):
         if isinstance(r, str):
@@ -214,7 +215,7 @@ def build_cache(samples: Sequence[Sample], pre: Preprocess, folder: str | Path, 
     try:
         with open(tmp / "pixels.u8", "wb") as f:
             bar = tqdm(decoded(samples, pre, threads), total=len(samples), desc=desc, unit="img",
-                       disable=not progress, leave=False, file=sys.stderr)
+                       disable=bar_disable(progress), leave=False, file=sys.stderr)
             for row, r in enumerate(bar):
                 if isinstance(r, str):
                     skipped.append(r)

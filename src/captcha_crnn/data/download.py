@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import CaptchaError
+from ..progress import bar_disable
 
 PART = ".part"
 COMPLETE = ".complete"
@@ -132,7 +133,7 @@ def fetch(url: str, dest: str | Path, progress: bool = True, timeout: float = 30
         total = have + int(length) if length and length.isdigit() else None
         got = have
         bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                   desc=desc, disable=not progress, dynamic_ncols=True)
+                   desc=desc, disable=bar_disable(progress), dynamic_ncols=True)
         try:
             with open(dest, "ab" if resumed else "wb") as f:
                 while True:

@@ -7,6 +7,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from ..progress import bar_disable
+
 # the font helpers live in fonts.py (shared with mixed.py); still importable from here
 from .fonts import FONT_SUFFIXES, captcha_image, font_files, user_fonts  # noqa: F401
 
@@ -64,6 +66,6 @@ def synthesize(
             for i, lab in enumerate(labels)]
     with ProcessPoolExecutor(max(1, workers)) as pool:
         for _ in tqdm(pool.map(_render, jobs, chunksize=32), total=n, desc="synth", unit="img",
-                      disable=not progress, file=sys.stderr):
+                      disable=bar_disable(progress), file=sys.stderr):
             pass
     return [(j[0], j[1]) for j in jobs]

@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from ..data.label_store import Answers, LabelStore
 from ..errors import CaptchaError
 from ..model.ddddocr_package import INSTALL_HINT
+from ..progress import bar_disable
 from .config import api_key_setting
 from .factory import build_app
 from .requests import _fail, _json_object, _read_body
@@ -42,7 +43,7 @@ def _read_all(reader: Reader, paths: list[Path], progress: bool, chunk: int = 25
     from tqdm import tqdm
 
     out: list[Any] = []
-    with tqdm(total=len(paths), desc="pre-fill", unit="img", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(paths), desc="pre-fill", unit="img", disable=bar_disable(progress), file=sys.stderr) as bar:
         for i in range(0, len(paths), chunk):
             out += reader.predict(paths[i : i + chunk], errors="return")
             bar.update(min(chunk, len(paths) - i))

@@ -70,7 +70,7 @@ def crop_problem(v: Any) -> str | None:
 
 
 def augment_problem(v: Any) -> str | None:
-    return None if v == "auto" or (_number(v) and v >= 0) else "a number of at least 0 or auto"
+    return None if v in ("auto", "strong") or (_number(v) and v >= 0) else "a number of at least 0, strong or auto"
 
 
 # Parsers from command-line text (ValueError for text that is not of the kind).
@@ -79,7 +79,7 @@ def number_or_word(text: str) -> int | str:
 
 
 def float_or_auto(text: str) -> float | str:
-    return text if text == "auto" else float(text)
+    return text if text in ("auto", "strong") else float(text)
 
 
 def on_off_auto(text: str) -> bool | str:
@@ -127,6 +127,8 @@ class TrainConfig:
                                    "reads the held-out labels better: a model file, ddddocr, or none; auto: ddddocr's "
                                    "zero-shot model where it reads half the held-out labels (the recipe sets the "
                                    "teacher for the student)", flag=False)
+    semi_rule: str = opt("fixed", "which unlabelled readings teach: fixed (confidence >= 0.95) or flex (FlexMatch's "
+                         "per-character-class thresholds, lower for classes learnt slowly)", choices=("fixed", "flex"))
     reader: str = opt("auto", "the model `train` outputs: small (the fast from-scratch student, taught by the "
                       "pretrained teacher), big (the pretrained model itself), auto: the student when it reads the "
                       "held-out labels as well as the teacher (within one image or 0.5 points)",
@@ -179,7 +181,9 @@ class TrainConfig:
     backbone_lr: float = opt(0.1, "pretrained start: the backbone's learning rate as a fraction of --lr",
                              above(0, 10), metavar="F")
     rnn: str = opt("gru", "recurrent layer", choices=("gru", "lstm"))
-    augment: float | str = opt("auto", "augmentation strength (0 = off); auto: 1.0 under 5000 images, else 0.5",
+    augment: float | str = opt("auto", "augmentation strength (0 = off), or strong: the strong view's policy "
+                               "(elastic and lens warps, colour, erasing; data/augment.py); auto: 1.0 under 5000 "
+                               "images, else 0.5",
                                augment_problem, parse=float_or_auto)
     dropout: float = opt(0.1, "dropout before the classifier and between RNN layers", fraction)
     ema: float = opt(0.99, "validate and keep a moving average of the weights with this decay (0: off)",

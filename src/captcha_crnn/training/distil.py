@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..data.alphabet import Alphabet
-from ..data.augment import augment
+from ..data.augment import policy
 from ..data.dataset import ImageSet
 from ..data.images import to_ink
 from ..data.labels import Sample
@@ -94,13 +94,13 @@ class Teacher:
         return torch.from_numpy(to_ink(u8)), widths
 
     @torch.no_grad()
-    def targets(self, x: torch.Tensor, widths: np.ndarray, aug_state: torch.Tensor, strength: float,
+    def targets(self, x: torch.Tensor, widths: np.ndarray, aug_state: torch.Tensor, strength: float | str,
                 lengths: torch.Tensor, steps: int, bf16: bool) -> torch.Tensor:
         """(B, steps, C_s) the teacher's distributions at TEMPERATURE on the student's steps.
 
         x: the teacher's input, augmented here with the generator state the student's copy used."""
         dev = x.device
-        x = augment(x, strength, torch.Generator().set_state(aug_state)).contiguous(memory_format=torch.channels_last)
+        x = policy(x, strength, torch.Generator().set_state(aug_state)).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
             logp = self.model(x)  # (B, T_t, C_t)
         q = (logp.float()[..., self.cols] / TEMPERATURE).softmax(-1)  # (B, T_t, C_s): the student's classes

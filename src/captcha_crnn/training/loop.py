@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from ..data.alphabet import Alphabet
-from ..data.augment import augment
+from ..data.augment import policy
 from ..data.dataset import Prefetcher, bucketed_order
 from ..data.images import Preprocess, time_steps, to_ink
 from ..data.labels import Sample
 from ..evaluate import Report
 from ..model.crnn import CRNN
 from ..model.modelfile import ModelBundle, save_bundle
+from ..progress import bar_disable
 from . import distributed
 from .checkpoint import CHECKPOINT, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig
@@ -134,7 +135,7 @@ class Run:
         self.last_save = self.st.elapsed
         total = self.total_steps if self.epochs < BUDGET_EPOCHS else None  # a budget run: rate, no ETA
         self.bar = tqdm(total=total, initial=self.st.step, desc="training", unit="step",
-                        disable=not (self.cfg.progress and self.d.main), file=sys.stderr, dynamic_ncols=True)
+                        disable=bar_disable(self.cfg.progress and self.d.main), file=sys.stderr, dynamic_ncols=True)
         try:
             while not (reason := self.stop_reason()):
                 self.train_epoch()
@@ -156,7 +157,7 @@ class Run:
         if stops and st.batch == 0 and st.epoch - st.best["epoch"] >= cfg.patience:
             return f"early stop: no val improvement for {cfg.patience} epochs"
         if self.budget and self.now() > self.budget:
-            return f"time budget of {cfg.max_minutes} min spent"
+            return f"time budget of {cfg.max_minutes:.2f} min spent"
         return ""
 
     def fetch(self, job: tuple[list[int], list[int] | None]) -> Batch:
@@ -235,7 +236,7 @@ class Run:
         ds, alphabet = self.data.train, self.data.alphabet
         x = x.to(self.device, non_blocking=True)
         aug_state = self.aug_gen.get_state()  # the teacher's copy is augmented with the same draws
-        x = augment(x, float(self.cfg.augment), self.aug_gen).contiguous(memory_format=self.memory_format)
+        x = policy(x, self.cfg.augment, self.aug_gen).contiguous(memory_format=self.memory_format)
         targets, target_lens = ctc_targets([ds.labels[j] for j in idx], alphabet)
         frozen = self.frozen()
         for g in self.opt.param_groups:
@@ -247,7 +248,7 @@ class Run:
         loss = F.ctc_loss(logp.float().transpose(0, 1), targets, in_lens, target_lens,
                           blank=0, reduction="mean", zero_infinity=True)
         if self.teacher and view is not None:
-            soft = self.teacher.targets(view[0].to(self.device), view[1], aug_state, float(self.cfg.augment),
+            soft = self.teacher.targets(view[0].to(self.device), view[1], aug_state, self.cfg.augment,
                                         in_lens, logp.shape[1], bf16)  # (B, T, classes)
             loss = loss + WEIGHT * kd_loss(logp.float(), soft, in_lens)
         if self.semi and unl is not None and unl_weight > 0:

@@ -36,6 +36,36 @@ RAMP = 0.2  # share of the schedule over which the unlabelled loss weight rises 
 WEIGHT = 1.0  # of the unlabelled loss beside the labelled one at full ramp (FixMatch's lambda_u)
 ZERO_SHOT_MIN = 0.5  # ddddocr's zero-shot readings seed the pool where it reads this share of the held-out labels
 OWN = "own EMA"  # the name of the run's own reader in logs and history
+RULES = ("fixed", "flex")  # the confidence rules measured (docs/experiments.md); "fixed" is the default
+
+
+class FlexThresholds:
+    """FlexMatch's per-class thresholds (Zhang et al. 2021) for CTC readings: a character class that few of the
+    pool's latest readings hold with confidence above THRESHOLD is learning slowly, and its threshold is
+    lowered: T(c) = THRESHOLD * b(c) / (2 - b(c)), b(c) = sigma(c) / max(max sigma, characters not yet read
+    confidently), sigma(c) = confident characters c among the latest reading of each pool image. A reading
+    is a target when each of its characters clears its class's threshold."""
+
+    def __init__(self, n_images: int, n_classes: int, mean_length: float):
+        self.latest: list[list[int]] = [[] for _ in range(n_images)]
+        self.sigma = np.zeros(n_classes)
+        self.total = n_images * mean_length  # characters in the pool, about
+
+    def update(self, i: int, chars: list[int], confs: list[float]) -> None:
+        for c in self.latest[i]:
+            self.sigma[c] -= 1
+        self.latest[i] = [c for c, p in zip(chars, confs) if p > THRESHOLD]
+        for c in self.latest[i]:
+            self.sigma[c] += 1
+
+    def thresholds(self) -> np.ndarray:
+        unread = max(0.0, self.total - self.sigma.sum())
+        b = self.sigma / max(self.sigma.max(), unread, 1.0)
+        return THRESHOLD * b / (2 - b)
+
+    def clear(self, chars: list[int], confs: list[float]) -> bool:
+        t = self.thresholds()
+        return all(p >= t[c] for c, p in zip(chars, confs))
 
 
 @dataclass
@@ -90,8 +120,9 @@ class Semi:
     """The unlabelled pool of one run, who reads it, and what was used this epoch."""
 
     def __init__(self, pool: ImageSet, alphabet: Alphabet, lengths: tuple[int, int],
-                 readings: Readings | None = None):
+                 readings: Readings | None = None, rule: str = "fixed"):
         self.pool, self.alphabet, self.lengths, self.readings = pool, alphabet, lengths, readings
+        self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule == "flex" else None
         self.steps = time_steps(pool.widths()).tolist()
         self.own_leads = readings is None
         self.drawn = self.used = 0  # this epoch's unlabelled images drawn and used as targets
@@ -125,6 +156,10 @@ class Semi:
             dec = greedy_decode_batch(logp.float().cpu().numpy(), steps)
             texts = [self.alphabet.decode(d.indices) for d in dec]
             confs = [d.confidence for d in dec]
+            if self.flex:  # each character against its class's threshold instead of the product against THRESHOLD
+                for i, d in zip(idx, dec):
+                    self.flex.update(i, d.indices, d.char_confidences)
+                confs = [1.0 if self.flex.clear(d.indices, d.char_confidences) else 0.0 for d in dec]
         else:
             texts = [self.readings.texts[i] for i in idx]
             confs = [self.readings.confs[i] for i in idx]
@@ -202,7 +237,7 @@ def build(cfg: Any, data: Any, device: str) -> Semi | None:
     labels = list(data.train.labels) + list(data.val.labels)
     lengths = (min(map(len, labels)), max(map(len, labels)))
     readings = first_readings(cfg, data, pool.paths)
-    return Semi(pool, data.alphabet, lengths, readings)
+    return Semi(pool, data.alphabet, lengths, readings, cfg.semi_rule)
 
 
 def first_readings(cfg: Any, data: Any, pool: list[str]) -> Readings | None:
