@@ -16,7 +16,8 @@ from captcha_crnn.data.augment import augment, strong_augment
 from captcha_crnn.data.dataset import ImageSet
 from captcha_crnn.training import TrainConfig, train
 from captcha_crnn.training import semi as semi_mod
-from captcha_crnn.training.semi import OWN, THRESHOLD, Readings, Semi, ramp, rule_check
+from captcha_crnn.training.policy import RAMP, THRESHOLD, WEIGHT
+from captcha_crnn.training.semi import OWN, Readings, Semi, ramp, rule_check
 
 
 def test_rule_keeps_confident_readings_of_a_plausible_length_with_room() -> None:
@@ -29,7 +30,7 @@ def test_rule_keeps_confident_readings_of_a_plausible_length_with_room() -> None
 
 def test_unlabelled_weight_ramps_in() -> None:
     assert ramp(0.0) == 0.0
-    assert 0 < ramp(semi_mod.RAMP / 2) < ramp(semi_mod.RAMP) == semi_mod.WEIGHT == ramp(1.0)
+    assert 0 < ramp(RAMP / 2) < ramp(RAMP) == WEIGHT == ramp(1.0)
 
 
 def test_strong_view_is_seeded_in_range_and_stronger_than_the_weak() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from ..data.images import GREY_MODES
 from ..errors import CaptchaError
 from ..model.archs import BACKBONES, PRESETS
+from . import policy
 
 MIN_WIDTH = 16  # narrowest fixed input width (4 CTC frames)
 Rule = Callable[[Any], "str | None"]  # None for a valid value, else what it must be
@@ -125,10 +126,11 @@ class TrainConfig:
                                       "teaching a strongly augmented copy of it (training/semi.py)", flag=False)
     first_reader: str | None = opt("auto", "who reads the unlabelled images before the run's own weight average "
                                    "reads the held-out labels better: a model file, ddddocr, or none; auto: ddddocr's "
-                                   "zero-shot model where it reads half the held-out labels (the recipe sets the "
-                                   "teacher for the student)", flag=False)
-    semi_rule: str = opt("fixed", "which unlabelled readings teach: fixed (confidence >= 0.95) or flex (FlexMatch's "
-                         "per-character-class thresholds, lower for classes learnt slowly)", choices=("fixed", "flex"))
+                                   f"zero-shot model where it reads {policy.ZERO_SHOT_MIN:.0%} of the held-out labels "
+                                   "(the recipe sets the teacher for the student)", flag=False)
+    semi_rule: str = opt("fixed", f"which unlabelled readings teach: fixed (confidence >= {policy.THRESHOLD:g}) or "
+                         "flex (FlexMatch's per-character-class thresholds, lower for classes learnt slowly)",
+                         choices=("fixed", "flex"))
     reader: str = opt("auto", "the model `train` outputs: small (the fast from-scratch student, taught by the "
                       "pretrained teacher), big (the pretrained model itself), auto: the student when it reads the "
                       "held-out labels as well as the teacher (within one image or 0.5 points)",

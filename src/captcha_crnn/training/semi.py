@@ -30,11 +30,8 @@ from ..data.images import time_steps, to_ink
 from ..decode.ctc import greedy_decode_batch
 from ..errors import CaptchaError
 from .log import log
+from .policy import RAMP, THRESHOLD, WEIGHT, ZERO_SHOT_MIN
 
-THRESHOLD = 0.95  # a reading's confidence (product of its characters') that makes it a target (GeeSolver: 0.95)
-RAMP = 0.2  # share of the schedule over which the unlabelled loss weight rises from 0 to WEIGHT
-WEIGHT = 1.0  # of the unlabelled loss beside the labelled one at full ramp (FixMatch's lambda_u)
-ZERO_SHOT_MIN = 0.5  # ddddocr's zero-shot readings seed the pool where it reads this share of the held-out labels
 OWN = "own EMA"  # the name of the run's own reader in logs and history
 RULES = ("fixed", "flex")  # the confidence rules measured (docs/experiments.md); "fixed" is the default
 

@@ -1,0 +1,14 @@
+"""Tuned rules of training, each with its reason and the measurement it rests on (docs/experiments.md).
+
+Light on purpose (no torch): the command-line help is formatted from these numbers.
+"""
+
+from __future__ import annotations
+
+# Semi-supervised training (training/semi.py)
+THRESHOLD = 0.95  # a reading's confidence that makes it a target: GeeSolver's; on captcha_v2 from 25 labels the
+# readings at or above it were 100% right on the held-out labels (benchmarks/results/student.json)
+RAMP = 0.2  # share of the schedule over which the unlabelled loss weight rises to WEIGHT: early EMA readings are noise
+WEIGHT = 1.0  # the unlabelled loss beside the labelled one at full ramp (FixMatch's lambda_u)
+ZERO_SHOT_MIN = 0.5  # ddddocr's zero-shot readings seed the pool where it reads this share of the held-out labels:
+# it reads captcha_v2 94% and henan_digits4 98% untrained, the unseen styles 0-2% (../shared/NOTES.md)
