@@ -46,7 +46,7 @@ from captcha_crnn.evaluate import fold
 from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets import machine  # noqa: E402
+from datasets import machine, parse_value  # noqa: E402
 
 
 def reading_speed(model: str | Path, images: list[bytes], repeats: int = 3) -> float:
@@ -73,6 +73,9 @@ def accuracy(model: str | Path, held: list[Sample], case: str) -> tuple[float, l
     return (len(held) - len(misses)) / len(held), misses
 
 
+OVERRIDES: dict[str, Any] = {}  # TrainConfig fields for every run (--set; trials, not the table's defaults)
+
+
 def run(name: str, labelled: list[Sample], unlabelled: list[Sample], held: list[Sample], minutes: float,
         seed: int, tmp: Path, case: str = "sensitive") -> dict[str, Any]:
     """Train the default recipe, score the output on `held`, time it and the shipped model."""
@@ -84,7 +87,7 @@ def run(name: str, labelled: list[Sample], unlabelled: list[Sample], held: list[
         if not link.exists():
             link.symlink_to(Path(s.path).resolve())
     cfg = TrainConfig(out=str(tmp / f"{name}-{seed}"), max_minutes=minutes, seed=seed, case=case,
-                      unlabelled=(str(unl),) if unlabelled else (), progress=False)
+                      unlabelled=(str(unl),) if unlabelled else (), progress=False, **OVERRIDES)
     t0 = time.perf_counter()
     r = train(str(data), cfg)
     wall = time.perf_counter() - t0
@@ -99,7 +102,7 @@ def run(name: str, labelled: list[Sample], unlabelled: list[Sample], held: list[
            "reader": recipe.get("output", {}).get("reader", "single model"),
            "why": recipe.get("output", {}).get("why"),
            "images_per_s": round(out_speed, 1), "shipped_captcha_v2_images_per_s": round(peer_speed, 1),
-           "speed_ratio": round(out_speed / peer_speed, 3)}
+           "speed_ratio": round(out_speed / peer_speed, 3), "overrides": dict(OVERRIDES)}
     used = [e["unlabelled_used"] for e in r.history if "unlabelled_used" in e]
     if used:  # the output's last epoch: the share of unlabelled images whose readings taught, and who read them
         row.update(unlabelled_used_last=used[-1], unlabelled_reader_last=r.history[-1]["unlabelled_reader"])
@@ -194,7 +197,10 @@ def main() -> int:
     ap.add_argument("--root", default="../shared/datasets")
     ap.add_argument("--json", default="benchmarks/results/student.json")
     ap.add_argument("--table", default=None, metavar="JSON", help="only print the table of an earlier run")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="TrainConfig overrides for every run, e.g. augment=strong (trials; the table uses defaults)")
     a = ap.parse_args()
+    OVERRIDES.update({k: parse_value(v) for k, v in (item.split("=", 1) for item in a.set)})
     if a.table:
         print(table(json.loads(Path(a.table).read_text())["results"]))
         return 0

@@ -4,6 +4,7 @@ reads, in least-confident-first order, and bad requests get a 4xx with a message
 from __future__ import annotations
 
 import csv
+import json
 import threading
 from pathlib import Path
 
@@ -212,11 +213,11 @@ def test_browser_labels_a_folder(trained, tmp_path: Path, monkeypatch: pytest.Mo
 def test_train_now_runs_in_the_background_and_swaps_the_model(tmp_path: Path) -> None:
     import time
 
-    folder, truth = unlabelled(tmp_path / "d", 40)
+    folder, truth = unlabelled(tmp_path / "d", 50)
     session = Session(LabelStore(folder))
     client = TestClient(create_label_app(session, train_args=("--epochs", "2", "--preset", "tiny")))
     assert client.post("/api/train").status_code == 409  # too few labels yet
-    for i, t in enumerate(truth):
+    for i, t in enumerate(truth[:40]):  # the other 10 stay unanswered: training learns from them unlabelled
         client.post("/api/answer", json={"name": f"img{i:03d}.png", "action": "label", "label": t})
     assert client.post("/api/train").json()["state"] == "running"
     t0 = time.monotonic()
@@ -230,6 +231,8 @@ def test_train_now_runs_in_the_background_and_swaps_the_model(tmp_path: Path) ->
     assert status["model_in_use"] == status["model"] and Path(status["model"]).is_file()
     assert session.readings and status["val_accuracy"] is not None  # the new model pre-fills
     assert status["reader"] == "single model"  # 40 labels: the small model trains alone
+    history = json.loads((Path(status["model"]).parent / "history.json").read_text())["history"]
+    assert all("unlabelled_used" in e for e in history)  # the unanswered images were its unlabelled pool
 
 
 def test_a_weaker_new_model_does_not_replace_the_pre_fill(trained, tmp_path: Path) -> None:
