@@ -49,6 +49,16 @@ def pool(n: int, widths: list[int] | None = None) -> ImageSet:
     return ImageSet(images, [""] * n, [f"u{i}.png" for i in range(n)])
 
 
+def test_list_files_expand_to_their_images(tmp_path: Path) -> None:
+    from captcha_crnn.training.unlabelled import unlabelled_images, write_list
+
+    make_clean_set(tmp_path / "u", 4)
+    images = sorted(str(p.resolve()) for p in (tmp_path / "u").iterdir())
+    listed = write_list(images[:3], tmp_path / "pool.txt")
+    assert unlabelled_images([listed], []) == images[:3]
+    assert unlabelled_images([listed, images[3]], []) == images
+
+
 def test_draws_are_seeded_and_cover_the_pool() -> None:
     s = Semi(pool(10), Alphabet("0123456789"), (3, 4))
     assert s.draw(1, 0, 4) == s.draw(1, 0, 4) != s.draw(2, 0, 4)
@@ -84,6 +94,11 @@ def test_a_run_learns_from_unlabelled_images_and_records_it(tmp_path: Path) -> N
     assert len(h) == 3 and all(0 <= e["unlabelled_used"] <= 1 and e["unlabelled_reader"] == OWN for e in h)
     assert h[0]["step"] == 2 * 32 // 8  # an epoch is a pass over the pool: 60 images, the 32 labelled twice
     assert r.model_path.is_file() and (tmp_path / "run" / "curves.png").is_file()
+    from captcha_crnn.model.format import read_metadata
+
+    config = read_metadata(r.model_path)["training"]["config"]
+    assert config["unlabelled"] == [str(tmp_path / "run" / "unlabelled.txt")]  # one list file, not 60 paths
+    assert len((tmp_path / "run" / "unlabelled.txt").read_text().splitlines()) == 60
 
 
 def test_read_with_folds_and_scores_any_reader() -> None:

@@ -67,12 +67,13 @@ def elastic(x: torch.Tensor, alpha: float, generator: torch.Generator | None = N
 
 
 def lens(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Barrel (k > 0) or pincushion (k < 0) distortion per image, k (B,): the centre scaled by 1 + k."""
+    """Barrel (k > 0) or pincushion (k < 0) distortion per image, k (B,): the centre scaled by 1 + k/2, the
+    middles of the edges left in place (so a barrel pushes nothing out of the frame but the corners)."""
     b, _, h, w = x.shape
     ys = torch.linspace(-1, 1, h, device=x.device)
     xs = torch.linspace(-1, 1, w, device=x.device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W)
-    f = (1 + k.view(b, 1, 1) * (gx**2 + gy**2)[None] / 2) / (1 + k.view(b, 1, 1))  # (B, H, W)
+    f = (1 + k.view(b, 1, 1) * (gx**2 + gy**2)[None] / 2) / (1 + k.view(b, 1, 1) / 2)  # (B, H, W)
     return _warp(x, gx[None] * (f - 1), gy[None] * (f - 1))
 
 

@@ -178,7 +178,8 @@ class TrainConfig:
     backbone_weights: str = opt("auto", "pretrained start: whose weights: ddddocr (the package's) or a file from "
                                 "`captcha-crnn pretrain`; auto: ddddocr where installed; naming one asks for the "
                                 "pretrained start", parse=str, metavar="SOURCE")
-    freeze_epochs: int = opt(2, "pretrained start: train only the RNN and head for the first N epochs", whole(0),
+    freeze_epochs: int = opt(2, "pretrained start: train only the RNN and head for the first N passes over the "
+                             "labelled images", whole(0),
                              metavar="N")
     backbone_lr: float = opt(0.1, "pretrained start: the backbone's learning rate as a fraction of --lr",
                              above(0, 10), metavar="F")

@@ -31,6 +31,7 @@ from .distil import WEIGHT, Teacher, kd_loss
 from .distributed import Dist
 from .ema import EMA
 from .log import log
+from .policy import POOL_EPOCH
 from .schedule import lr_at
 from .semi import Semi, ramp
 from .semi import build as build_semi
@@ -92,9 +93,13 @@ class Run:
         self.train_widths = data.train.widths().tolist()  # epoch orders group similar widths
         # with unlabelled images an epoch is a pass over them (at one per labelled image a step): the labelled
         # set is cycled within it, so validation and checkpoints come at a pace set by the larger set
-        self.passes = max(1, -(-len(semi.pool) // len(data.train))) if semi else 1
+        self.passes = max(1, -(-min(len(semi.pool), POOL_EPOCH) // len(data.train))) if semi else 1
+        if semi:
+            semi.always_forward = d.enabled
         shard_len = -(-len(data.train) * self.passes // d.world)
         self.steps_per_epoch = -(-shard_len // self.batch_size)
+        per_rank = -(-len(data.train) // d.world)
+        self.label_steps = -(-per_rank // self.batch_size)  # the steps of one pass over the labelled images
         self.epochs = max_epochs(cfg)
         self.total_steps = self.epochs * self.steps_per_epoch
         self.budget = cfg.max_minutes * 60 if cfg.max_minutes else None
@@ -217,8 +222,9 @@ class Run:
                       "loader_wait_s": loader.wait_s, "loader_busy_s": loader.busy_s}
 
     def frozen(self) -> bool:
-        """Whether the pretrained backbone stays fixed this epoch (the first cfg.freeze_epochs)."""
-        return self.cfg.pretrained == "on" and self.st.epoch < self.cfg.freeze_epochs
+        """Whether the pretrained backbone stays fixed now: for the first cfg.freeze_epochs passes over the
+        labelled images (an epoch with unlabelled images holds several)."""
+        return self.cfg.pretrained == "on" and self.st.step < self.cfg.freeze_epochs * self.label_steps
 
     def freeze_backbone(self, frozen: bool) -> None:
         """No gradients through a frozen backbone (its learning rate is 0 as well, which is what a
@@ -239,6 +245,7 @@ class Run:
         x = policy(x, self.cfg.augment, self.aug_gen).contiguous(memory_format=self.memory_format)
         targets, target_lens = ctc_targets([ds.labels[j] for j in idx], alphabet)
         frozen = self.frozen()
+        self.freeze_backbone(frozen)
         for g in self.opt.param_groups:
             g["lr"] = 0.0 if frozen and g.get("backbone") else lr * g.get("lr_scale", 1.0)
         bf16 = self.precision == "bf16"  # autocast: bf16 matrix products, fp32 weights and loss
@@ -348,7 +355,7 @@ def _train(cfg: TrainConfig, device: str, d: Dist, on_epoch: EpochHook | None) -
     log(f"model: {cfg.preset} {cfg.backbone}+{cfg.rnn}, {n_params / 1e6:.2f}M parameters, device {device}"
         + (f", {d.world} processes (global batch {cfg.batch_size})" if d.enabled else ""))
     log(f"init: {init}")
-    semi = build_semi(cfg, data_, device)
+    semi = build_semi(cfg, data_, d)
     if semi:
         log(semi.describe())
     run = Run(cfg, data_, model.to(device), device, out, on_epoch, d, semi)

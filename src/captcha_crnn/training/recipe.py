@@ -33,7 +33,7 @@ from .data import EARLY_STOP_MIN_VAL, load_data
 from .log import log
 from .loop import EpochHook, TrainResult, train_model
 from .start import resolve_start
-from .unlabelled import label_folder_unlabelled, unlabelled_images
+from .unlabelled import label_folder_unlabelled, unlabelled_images, write_list
 
 STAGES = "stages.json"
 TEACHER_SHARE = 0.4  # of the time budget (benchmarks/learning_curve.py); the student takes what is left
@@ -65,7 +65,8 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
         why_single = "the start is the small model itself"
     if cfg.distil == "on":
         log(f"--distil on: not used ({why_single}; there is no teacher to learn from)")
-    return train_model(data, replace(cfg, unlabelled=tuple(images)), on_epoch)
+    pool = (write_list(images, Path(cfg.out) / "unlabelled.txt"),) if images else ()
+    return train_model(data, replace(cfg, unlabelled=pool), on_epoch)
 
 
 def all_unlabelled(cfg: TrainConfig, labelled: list[Sample]) -> list[str]:
@@ -143,7 +144,7 @@ class Recipe:
             return self.choose(teacher, student)
         if self.cfg.distil == "on":
             log("--distil on: not used (with unlabelled images the student learns the teacher's readings of them)")
-        pool = {"unlabelled": tuple(images)}
+        pool = {"unlabelled": (write_list(images, folder / "unlabelled.txt"),)}
         teacher = self.stage("teacher", 1, 2, files["train"], files, {"reader": "big", **pool}, TEACHER_SHARE)
         student = self.stage("student", 2, 2, files["train"], files,
                              {**STUDENT, **pool, "first_reader": teacher["model"]}, None)
@@ -184,7 +185,7 @@ class Recipe:
         cache = self.cfg.cache_dir or str(self.out / "cache")
         cfg = replace(self.cfg, out=str(out), max_minutes=minutes, val_data=str(files["val"]), test_data=test,
                       val=None, test=None if test else 0.0, label_regex=None, label_sep=None,
-                      cache_dir=cache, **{"unlabelled": (), "first_reader": "auto", **changes},
+                      cache_dir=cache, **{"unlabelled": (), "first_reader": self.cfg.first_reader, **changes},
                       resume=self.cfg.resume and (out / CHECKPOINT).is_file())
         r = train_model(str(data), cfg, self.on_epoch)
         self.results[name] = r

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..data.alphabet import Alphabet
 from ..data.augment import strong_augment
-from ..data.dataset import ImageSet
+from ..data.dataset import ImageSet, bucketed_order
 from ..data.images import time_steps, to_ink
 from ..decode.ctc import greedy_decode_batch
 from ..errors import CaptchaError
@@ -123,16 +123,22 @@ class Semi:
         self.steps = time_steps(pool.widths()).tolist()
         self.own_leads = readings is None
         self.drawn = self.used = 0  # this epoch's unlabelled images drawn and used as targets
+        self.always_forward = False  # distributed: every rank runs the strong forward, so DDP's collectives pair up
+        self.widths = pool.widths().tolist()
+        self._order: tuple[int, list[int]] = (-1, [])
 
     @property
     def reader(self) -> str:
         return OWN if self.own_leads or self.readings is None else self.readings.source
 
     def draw(self, seed: int, batch: int, size: int) -> list[int]:
-        """Batch `batch` of the epoch's pool order (a permutation seeded by `seed`, cycled)."""
-        n = len(self.pool)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        return order[(torch.arange(size) + batch * size) % n].tolist()
+        """Batch `batch` of the epoch's pool order (a permutation seeded by `seed`, batches of similar widths
+        as for the labelled images, cycled)."""
+        if self._order[0] != seed:
+            perm = torch.randperm(len(self.pool), generator=torch.Generator().manual_seed(seed)).tolist()
+            self._order = (seed, bucketed_order(perm, self.widths, size, seed))
+        order = self._order[1]
+        return [order[(k + batch * size) % len(order)] for k in range(size)]
 
     def fetch(self, idx: list[int]) -> tuple[torch.Tensor, np.ndarray]:
         """Ink (B, C, H, W) and widths of pool images idx (the loader thread calls this)."""
@@ -175,7 +181,10 @@ class Semi:
         self.drawn += len(idx)
         self.used += len(pos)
         if not pos:
-            return torch.zeros((), device=x.device)
+            if not self.always_forward:
+                return torch.zeros((), device=x.device)
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                return net(x[:1].contiguous(memory_format=memory_format)).float().sum() * 0.0
         xs = strong_augment(x[pos], gen).contiguous(memory_format=memory_format)
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
             logp = net(xs)  # (B', T, classes)
@@ -215,7 +224,7 @@ class Semi:
                 f"teach their strong view, weight ramping to {WEIGHT:g} over {RAMP:.0%} of the run{seeded}")
 
 
-def build(cfg: Any, data: Any, device: str) -> Semi | None:
+def build(cfg: Any, data: Any, d: Any = None) -> Semi | None:
     """The run's unlabelled pool (cfg.unlabelled, less the labelled images) decoded at the run's input, and
     the fixed readings that teach first (cfg.first_reader); None where there are no unlabelled images."""
     from ..data.labels import Sample
@@ -226,7 +235,7 @@ def build(cfg: Any, data: Any, device: str) -> Semi | None:
     paths = unlabelled_images(list(cfg.unlabelled), labelled + list(data.test))
     if not paths:
         return None
-    pool = load_set([Sample(p, "") for p in paths], data.pre, cfg, "unlabelled")
+    pool = load_set([Sample(p, "") for p in paths], data.pre, cfg, "unlabelled", d)  # one decoder per machine
     if len(pool) < len(paths):
         log(f"warning: {len(paths) - len(pool)} unlabelled images could not be read and were skipped")
     if not len(pool):

@@ -102,7 +102,7 @@ def snapshot(run: Any, ranks: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 def restore(run: Any, ckpt: dict[str, Any]) -> None:
-    """Put the run (loop.Run) where a checkpoint written by snapshot left it (or an epoch-only older one)."""
+    """Put the run (loop.Run) where a checkpoint written by snapshot left it."""
     run.model.load_state_dict(ckpt["model"])
     run.opt.load_state_dict(ckpt["optimizer"])
     if run.ema:
