@@ -137,8 +137,9 @@ def few_labels(budgets: list[float], out: Path) -> None:
         for minutes in budgets:
             rows.append(run(f"hard_200_{minutes:g}min", lab, unl, held, minutes, 0, Path(tmp)))
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"machine": machine(), "load_average": os.getloadavg(), "results": rows},
-                                      indent=1))
+            out.write_text(json.dumps({"machine": machine(), "load_average": os.getloadavg(),
+                                       "minutes_list": " ".join(f"{r['budget_minutes']:g}" for r in rows),
+                                       "results": rows}, indent=1))
     print("| budget | labelled | unlabelled | held-out accuracy | output | unlabelled used (last epoch) |\n"
           "|---|---|---|---|---|---|")
     for r in rows:

@@ -66,6 +66,12 @@ COMMANDS = {
                                   "generic_varlen (1000), the rows gathered in one file",
     "serve_load.json": "python benchmarks/serve_load.py --soak 300 --out benchmarks/results/serve_load.json",
     "student.json": "python benchmarks/student.py",
+    "student_trial_strong_augment.json": "python benchmarks/student.py --scenarios hard_200 --set augment=strong "
+                                         "--json benchmarks/results/student_trial_strong_augment.json",
+    "student_trial_flex.json": "python benchmarks/student.py --scenarios hard_200 --set semi_rule=flex "
+                               "--json benchmarks/results/student_trial_flex.json",
+    "unseen_style_few_labels.json": "python benchmarks/unseen_style.py --few-labels --minutes "
+                                    "{0[minutes_list]} --json benchmarks/results/unseen_style_few_labels.json",
     "time_curve.json": "python benchmarks/time_curve.py",
     "train_captcha_v2.json": "python benchmarks/train_captcha_v2.py --set max_minutes={0[overrides][max_minutes]} "
                              "--json benchmarks/results/train_captcha_v2.json",
@@ -174,6 +180,12 @@ def student(d: dict) -> str:
     return bench("student").table(median_per(d["results"], "scenario", "accuracy"))
 
 
+def unseen_style(student_runs: dict, longer: dict) -> str:
+    """The unseen style from 200 labels: student.py's 10-minute hard_200 and unseen_style.py's longer budgets."""
+    rows = [r for r in student_runs["results"] if r["scenario"] == "hard_200"] + longer["results"]
+    return bench("student").table(rows)
+
+
 def curve(d: dict) -> str:
     """Labelled images across, datasets down; each cell every start's accuracy (and images/s)."""
     rows = d["results"]
@@ -259,6 +271,7 @@ TOPICS = {
                                 "(`scripts/train_models.py`)"),
     "student": Topic(("student.json",), student),
     "learning_curve_student": Topic(("learning_curve_student.json",), curve),
+    "unseen_style": Topic(("student.json", "unseen_style_few_labels.json"), unseen_style),
     "inference": Topic(("inference_pretrained.json", "inference_scratch.json"), inference,
                        "`python benchmarks/inference.py --model MODEL --repeats {0[repeats]}` ({links})"),
     "labelling": Topic(("labelling_captcha_v2_ddddocr_prefill.json", "labelling.json",

@@ -31,7 +31,7 @@ def test_readme_and_benchmarks_doc_are_current(tables, capsys) -> None:
 def test_readme_is_short() -> None:
     """One short table per topic; the detail lives in docs/benchmarks.md."""
     lines = README.read_text(encoding="utf-8").splitlines()
-    assert len(lines) < 250, len(lines)
+    assert len(lines) <= 280, len(lines)
 
 
 LEVEL = {"clients": 1, "requests_per_s": 290.0, "p50_ms": 3.4, "p99_ms": 5.3, "max_ms": 9.5, "errors": 0}

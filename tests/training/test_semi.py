@@ -164,3 +164,21 @@ def test_flex_thresholds_are_lower_for_classes_learnt_slowly() -> None:
     f.update(0, [2], [0.99])  # an image's newer reading replaces its older one
     assert f.sigma[1] == 2 and f.sigma[2] == 2
     assert f.clear([3], [0.1]) and not f.clear([1, 3], [0.5, 0.99])  # every character must clear its own
+
+
+def test_a_non_finite_step_is_skipped_not_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """A batch whose loss turns NaN leaves the weights as they were (a warning says so), so the run goes on."""
+    from captcha_crnn.training import loop
+
+    calls = {"n": 0}
+    real = loop.policy
+
+    def poisoned(x, strength, gen):
+        calls["n"] += 1
+        return real(x, strength, gen) * (float("nan") if calls["n"] == 1 else 1.0)
+
+    monkeypatch.setattr(loop, "policy", poisoned)
+    r = train(str(tmp_path / "d"), unlabelled_run(tmp_path, epochs=1, unlabelled=()))
+    assert "1 training step(s) skipped" in capsys.readouterr().err
+    assert np.isfinite(r.history[0]["train_loss"]) and np.isfinite(r.history[0]["val_loss"])

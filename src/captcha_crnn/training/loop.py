@@ -106,6 +106,7 @@ class Run:
         self.precision, self.precision_why = pick_precision(cfg.precision, device)
         self.teacher = Teacher(cfg.teacher, data.train, data.alphabet, cfg, device) if cfg.teacher else None
         self.st = RunState()
+        self.skipped = 0  # steps skipped for a non-finite loss or gradient
         self.info = {"training": {"data": cfg.data, "split": data.how, "seed": cfg.seed,
                                   "train_images": len(data.train), "val_images": len(data.val),
                                   "precision": self.precision,
@@ -212,7 +213,8 @@ class Run:
                 loss = self.train_step(idx, x, widths, lr_at(progress, self.cfg.lr, self.cfg.warmup), view,
                                        unl, ramp(progress))
                 st.batch, st.step, images = b + 1, st.step + 1, images + len(idx)
-                st.losses.append(loss)
+                if np.isfinite(loss):
+                    st.losses.append(loss)
                 self.bar.update(1)
                 self.bar.set_postfix(epoch=st.epoch + 1, loss=f"{loss:.3f}",
                                      lr=f"{self.opt.param_groups[0]['lr']:.1e}")
@@ -249,6 +251,7 @@ class Run:
         for g in self.opt.param_groups:
             g["lr"] = 0.0 if frozen and g.get("backbone") else lr * g.get("lr_scale", 1.0)
         bf16 = self.precision == "bf16"  # autocast: bf16 matrix products, fp32 weights and loss
+        buffers = [b.clone() for b in self.model.buffers()]  # BatchNorm statistics, put back if this step is skipped
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             logp = self.net(x)  # (B, T, classes)
         in_lens = CRNN.output_lengths(widths)
@@ -265,7 +268,14 @@ class Run:
                                                       self.memory_format)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # DDP: gradients averaged over the ranks here
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        if not torch.isfinite(norm):  # one bad batch must not turn every weight into NaN: skip its step
+            for b, old in zip(self.model.buffers(), buffers):
+                b.copy_(old)
+            self.skipped += 1
+            if self.skipped in (1, 10, 100):
+                log(f"warning: {self.skipped} training step(s) skipped so far: non-finite loss or gradient")
+            return float("nan")
         self.opt.step()
         if self.ema:
             self.ema.update(self.model, self.st.step)
