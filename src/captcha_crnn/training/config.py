@@ -128,9 +128,9 @@ class TrainConfig:
                                    "reads the held-out labels better: a model file, ddddocr, or none; auto: ddddocr's "
                                    f"zero-shot model where it reads {policy.ZERO_SHOT_MIN:.0%} of the held-out labels "
                                    "(the recipe sets the teacher for the student)", flag=False)
-    semi_rule: str = opt("fixed", f"which unlabelled readings teach: fixed (confidence >= {policy.THRESHOLD:g}) or "
-                         "flex (FlexMatch's per-character-class thresholds, lower for classes learnt slowly)",
-                         choices=("fixed", "flex"))
+    semi_rule: str = opt("flex", "which unlabelled readings teach: flex (FlexMatch's per-character-class "
+                         f"thresholds up to {policy.THRESHOLD:g}, lower for classes learnt slowly) or fixed (a "
+                         f"reading's confidence >= {policy.THRESHOLD:g})", choices=("flex", "fixed"))
     reader: str = opt("auto", "the model `train` outputs: small (the fast from-scratch student, taught by the "
                       "pretrained teacher), big (the pretrained model itself), auto: the student when it reads the "
                       "held-out labels as well as the teacher (within one image or 0.5 points)",

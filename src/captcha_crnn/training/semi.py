@@ -33,7 +33,6 @@ from .log import log
 from .policy import RAMP, THRESHOLD, WEIGHT, ZERO_SHOT_MIN
 
 OWN = "own EMA"  # the name of the run's own reader in logs and history
-RULES = ("fixed", "flex")  # the confidence rules measured (docs/experiments.md); "fixed" is the default
 
 
 class FlexThresholds:
@@ -75,6 +74,7 @@ class Readings:
     val_texts: list[str]
     val_confs: list[float]
     val_accuracy: float  # share of the held-out labels it reads right
+    char_confs: list[list[float]] | None = None  # per character of each pool reading (the flex rule's input)
 
 
 def read_with(reader: Any, source: str, pool: Sequence[str], val: Sequence[str], val_labels: Sequence[str],
@@ -82,18 +82,19 @@ def read_with(reader: Any, source: str, pool: Sequence[str], val: Sequence[str],
     """Read the pool and the held-out images with any Reader (a Recognizer, the ddddocr reader); an image it
     cannot read gets an empty reading (never a target)."""
 
-    def read(paths: Sequence[str]) -> tuple[list[str], list[float]]:
-        texts, confs = [], []
+    def read(paths: Sequence[str]) -> tuple[list[str], list[float], list[list[float]]]:
+        texts, confs, chars = [], [], []
         for p in reader.predict(list(paths), errors="return"):
             ok = not isinstance(p, CaptchaError)
             texts.append(fold(p.text) if ok else "")
             confs.append(float(p.confidence) if ok else 0.0)
-        return texts, confs
+            chars.append([float(c) for c in p.char_confidences] if ok else [])
+        return texts, confs, chars
 
-    vt, vc = read(val)
+    vt, vc, _ = read(val)
     acc = sum(t == y for t, y in zip(vt, val_labels)) / max(1, len(val_labels))
-    texts, confs = read(pool) if pool else ([], [])
-    return Readings(source, texts, confs, vt, vc, acc)
+    texts, confs, chars = read(pool) if pool else ([], [], [])
+    return Readings(source, texts, confs, vt, vc, acc, chars)
 
 
 def rule_check(texts: Sequence[str], confs: Sequence[float], steps: Sequence[int], lengths: tuple[int, int],
@@ -117,7 +118,7 @@ class Semi:
     """The unlabelled pool of one run, who reads it, and what was used this epoch."""
 
     def __init__(self, pool: ImageSet, alphabet: Alphabet, lengths: tuple[int, int],
-                 readings: Readings | None = None, rule: str = "fixed"):
+                 readings: Readings | None = None, rule: str = "flex"):
         self.pool, self.alphabet, self.lengths, self.readings = pool, alphabet, lengths, readings
         self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule == "flex" else None
         self.steps = time_steps(pool.widths()).tolist()
@@ -159,13 +160,17 @@ class Semi:
             dec = greedy_decode_batch(logp.float().cpu().numpy(), steps)
             texts = [self.alphabet.decode(d.indices) for d in dec]
             confs = [d.confidence for d in dec]
-            if self.flex:  # each character against its class's threshold instead of the product against THRESHOLD
-                for i, d in zip(idx, dec):
-                    self.flex.update(i, d.indices, d.char_confidences)
-                confs = [1.0 if self.flex.clear(d.indices, d.char_confidences) else 0.0 for d in dec]
+            chars = [(d.indices, d.char_confidences) for d in dec]
         else:
             texts = [self.readings.texts[i] for i in idx]
             confs = [self.readings.confs[i] for i in idx]
+            per_char = self.readings.char_confs  # None in readings made without them: the product per character
+            chars = [([] if self.alphabet.unknown(t) else self.alphabet.encode(t),
+                      per_char[i] if per_char else [c] * len(t)) for t, c, i in zip(texts, confs, idx)]
+        if self.flex:  # each character against its class's threshold instead of the product against THRESHOLD
+            for i, (c, cc) in zip(idx, chars):
+                self.flex.update(i, c, cc)
+            confs = [1.0 if self.flex.clear(c, cc) else 0.0 for c, cc in chars]
         keep = rule_check(texts, confs, steps, self.lengths)
         keep = [k and not self.alphabet.unknown(t) for k, t in zip(keep, texts)]
         pos = [k for k, ok in enumerate(keep) if ok]
@@ -206,6 +211,9 @@ class Semi:
             texts, confs = list(own_preds), list(own_confs)
         else:
             texts, confs = self.readings.val_texts, self.readings.val_confs
+        if self.flex:  # each character taken at the reading's geometric-mean confidence (per-character ones unkept)
+            confs = [1.0 if t and not self.alphabet.unknown(t) and self.flex.clear(
+                self.alphabet.encode(t), [c ** (1 / len(t))] * len(t)) else 0.0 for t, c in zip(texts, confs)]
         clear = rule_check(texts, confs, val_steps, self.lengths)
         right = [ok and t == y for ok, t, y in zip(clear, texts, val_labels)]
         n_clear = sum(clear)
