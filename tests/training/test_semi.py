@@ -70,7 +70,7 @@ def test_draws_are_seeded_and_cover_the_pool() -> None:
 def test_fixed_readings_teach_until_the_own_ema_reads_more() -> None:
     alphabet = Alphabet("0123456789")
     r = Readings("teacher.safetensors", ["123", "45", "999"], [0.99, 0.99, 0.2], ["111", "222"], [0.99, 0.99], 0.5)
-    s = Semi(pool(3), alphabet, (3, 3), r)
+    s = Semi(pool(3), alphabet, (3, 3), r, rule="fixed")
     x = torch.zeros(3, 1, 32, 96)
     pos, texts = s.targets(torch.nn.Identity(), x, np.array([96] * 3), [0, 1, 2], False)
     assert (pos, texts) == ([0], ["123"])  # "45": no label has 2 characters; "999": unsure
@@ -78,6 +78,16 @@ def test_fixed_readings_teach_until_the_own_ema_reads_more() -> None:
     assert rec["unlabelled_reader"] == "teacher.safetensors" and rec["unlabelled_val_right"] == 0.5
     rec = s.end_epoch(["111", "223"], ["111", "223"], [0.99, 0.99], 1.0, [24, 24])
     assert rec["unlabelled_reader"] == OWN and rec["unlabelled_val_right"] == 1.0 and s.own_leads
+
+
+def test_flex_rule_lets_slowly_learnt_classes_through_early() -> None:
+    """Under flex, nothing read confidently yet: every class's threshold is low, so the teacher's unsure
+    readings teach too (FlexMatch's warm-up); the length rule still applies."""
+    r = Readings("teacher", ["123", "45", "999"], [0.99, 0.99, 0.2], [], [], 0.5,
+                 [[0.99, 0.99, 0.99], [0.99, 0.99], [0.6, 0.6, 0.6]])
+    s = Semi(pool(3), Alphabet("0123456789"), (3, 3), r, rule="flex")
+    pos, texts = s.targets(torch.nn.Identity(), torch.zeros(3, 1, 32, 96), np.array([96] * 3), [0, 1, 2], False)
+    assert (pos, texts) == ([0, 2], ["123", "999"])
 
 
 def unlabelled_run(tmp_path: Path, **kw) -> TrainConfig:

@@ -3,8 +3,10 @@
 Every step also draws a batch of unlabelled images. The reader that leads on the held-out labels reads
 each one's weak view (the image as it is): the run's own weight average (EMA), or fixed readings made
 once before the run by a stronger reader (ddddocr's zero-shot model where it reads the held-out labels
-well; the pretrained teacher for the small student). A reading whose confidence clears THRESHOLD, with a
-length the labels have and room for it in the image, becomes the CTC target of the image's strong view
+well; the pretrained teacher for the small student). A reading that clears the rule (FlexThresholds, the
+default: each character against its class's threshold; or "fixed": the reading's confidence against
+THRESHOLD), with a length the labels have and room for it in the image, becomes the CTC target of the
+image's strong view
 (data/augment.py: strong_augment); the rest add nothing. The unlabelled loss, averaged over the whole
 unlabelled batch (so it grows with the share of readings used), ramps in over the first RAMP of the
 schedule. The EMA takes over from fixed readings once it reads more held-out images right.
@@ -228,7 +230,9 @@ class Semi:
         if self.readings is not None:
             seeded = (f"; first read by {self.readings.source} ({self.readings.val_accuracy:.1%} of the held-out "
                       f"labels), then by the {OWN} once it reads more")
-        return (f"unlabelled: {len(self.pool)} images; each step's readings with confidence >= {THRESHOLD:g} "
+        rule = (f"characters clearing their class's threshold (up to {THRESHOLD:g})" if self.flex
+                else f"confidence >= {THRESHOLD:g}")
+        return (f"unlabelled: {len(self.pool)} images; each step's readings with {rule} "
                 f"teach their strong view, weight ramping to {WEIGHT:g} over {RAMP:.0%} of the run{seeded}")
 
 
