@@ -33,7 +33,7 @@ from .ema import EMA
 from .log import log
 from .policy import POOL_EPOCH
 from .schedule import lr_at
-from .semi import Semi, ramp
+from .semi import Semi, epoch_note, ramp
 from .semi import build as build_semi
 from .setup import build_model, make_optimizer, pick_device, pick_precision
 from .state import Clock, RunState, rank_state, restore, shared_checkpoint, snapshot
@@ -63,7 +63,6 @@ class TrainResult:
     config: dict[str, Any] = field(default_factory=dict)
     rank: int = 0  # in a distributed run, the process's rank (only rank 0 evaluates the test split)
     recipe: dict[str, Any] | None = None  # teacher -> student: each stage's figures and the output's choice
-
 
 
 class Run:
@@ -177,8 +176,7 @@ class Run:
         return idx, x.pin_memory() if self.device.startswith("cuda") else x, widths, view, unl
 
     def jobs(self, mine: list[int]) -> Any:
-        """The rest of this epoch's batches: training indices, and unlabelled ones drawn per (seed, epoch, batch)
-        so a resumed run draws the same."""
+        """This epoch's batches left: training indices, and unlabelled ones seeded by seed, epoch and batch."""
         bs, st = self.batch_size, self.st
         seed = (self.cfg.seed * 1_000_003 + st.epoch) * 64 + self.d.rank
         for b in range(st.batch, self.steps_per_epoch):
@@ -313,22 +311,13 @@ class Run:
         of = self.epochs if self.epochs < BUDGET_EPOCHS else "-"
         log(f"epoch {st.epoch + 1:3d}/{of}  train loss {rec['train_loss']:.4f}  "
             f"val loss {val_loss:.4f}  val acc {rep.sequence_accuracy:6.2%}  CER {rep.cer:.4f}  "
-            f"{elapsed:5.0f}s{' *' if improved else '  '}  {shown}" + semi_note(rec))
+            f"{elapsed:5.0f}s{' *' if improved else '  '}  {shown}" + epoch_note(rec))
         if self.on_epoch:
             h0 = time.perf_counter()
             self.on_epoch(rec, self.bundle())
             self.clock.pause(time.perf_counter() - h0)
         st.epoch, st.batch, st.order, st.losses = st.epoch + 1, 0, None, []
         self.save()
-
-
-def semi_note(rec: dict[str, Any]) -> str:
-    """The epoch line's unlabelled part: share used, by whom, and how right the rule is on the held-out labels."""
-    if "unlabelled_used" not in rec:
-        return ""
-    right = rec["unlabelled_val_right"]
-    return (f"  unlabelled {rec['unlabelled_used']:.0%} used ({rec['unlabelled_reader']}; held out "
-            f"{rec['unlabelled_val_clear']:.0%} clear, {'-' if right is None else f'{right:.0%}'} right)")
 
 
 def train_model(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None = None) -> TrainResult:

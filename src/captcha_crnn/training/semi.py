@@ -37,6 +37,15 @@ from .policy import RAMP, THRESHOLD, WEIGHT, ZERO_SHOT_MIN
 OWN = "own EMA"  # the name of the run's own reader in logs and history
 
 
+def epoch_note(rec: dict[str, Any]) -> str:
+    """The epoch line's unlabelled part: share used, by whom, and how right the rule is on the held-out labels."""
+    if "unlabelled_used" not in rec:
+        return ""
+    right = rec["unlabelled_val_right"]
+    return (f"  unlabelled {rec['unlabelled_used']:.0%} used ({rec['unlabelled_reader']}; held out "
+            f"{rec['unlabelled_val_clear']:.0%} clear, {'-' if right is None else f'{right:.0%}'} right)")
+
+
 class FlexThresholds:
     """FlexMatch's per-class thresholds (Zhang et al. 2021) for CTC readings: a character class that few of the
     pool's latest readings hold with confidence above THRESHOLD is learning slowly, and its threshold is
