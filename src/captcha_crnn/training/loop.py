@@ -361,9 +361,8 @@ def _train(cfg: TrainConfig, device: str, d: Dist, on_epoch: EpochHook | None) -
     log(f"precision: {run.precision} ({run.precision_why})")
     if ckpt:
         restore(run, ckpt)
-        if semi and semi.readings and any(h["val_sequence_accuracy"] > semi.readings.val_accuracy
-                                          for h in run.st.history):
-            semi.own_leads = True  # as it was when the checkpoint was written
+        if semi:
+            semi.resume([h["val_sequence_accuracy"] for h in run.st.history])
     reason = run.loop()
     st = run.st
     log(f"{reason}; best val sequence accuracy {st.best['val_sequence_accuracy']:.2%} at epoch {st.best['epoch']}")

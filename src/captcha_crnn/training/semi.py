@@ -210,11 +210,20 @@ class Semi:
                          reduction="none", zero_infinity=True)  # (B',)
         return (nll / target_lens.to(nll.device)).sum() / len(idx)
 
+    def takes_over(self, own_accuracy: float) -> bool:
+        """Whether the run's own EMA, reading `own_accuracy` of the held-out labels, now leads the fixed readings."""
+        return self.readings is not None and not self.own_leads and own_accuracy > self.readings.val_accuracy
+
+    def resume(self, val_accuracies: Sequence[float]) -> None:
+        """Who reads after a resume: the EMA if any earlier epoch made it take over."""
+        self.own_leads = self.own_leads or any(self.takes_over(a) for a in val_accuracies)
+
     def end_epoch(self, val_labels: Sequence[str], own_preds: Sequence[str], own_confs: Sequence[float],
                   own_accuracy: float, val_steps: Sequence[int]) -> dict[str, Any]:
         """The epoch's figures for the history, and who reads next epoch: the EMA once it reads more held-out
         labels right than the fixed readings do."""
-        if self.readings is not None and not self.own_leads and own_accuracy > self.readings.val_accuracy:
+        if self.takes_over(own_accuracy):
+            assert self.readings is not None
             self.own_leads = True
             log(f"unlabelled: the {OWN} reads {own_accuracy:.1%} of the held-out labels, "
                 f"{self.readings.source} {self.readings.val_accuracy:.1%}: it reads the pool from now on")
