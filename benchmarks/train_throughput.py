@@ -32,9 +32,10 @@ import torch
 
 from captcha_crnn.data.dataset import bucketed_order
 from captcha_crnn.training import TrainConfig, train
+from captcha_crnn.training.build import build_model
 from captcha_crnn.training.data import prepare_data
 from captcha_crnn.training.loop import Run
-from captcha_crnn.training.setup import build_model
+from captcha_crnn.training.plan import Plan
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import DATASETS, common_args, save_runs, saved_runs  # noqa: E402
@@ -66,7 +67,8 @@ def prepared(dataset: str, variant: str, root: Path, cache: Path) -> Run:
     flags = {k: v for k, v in VARIANTS[variant].items() if k not in ("reader", *SPEED_ONLY)}
     cfg = TrainConfig(data=str(root / DATASETS[dataset].path), out=tempfile.mkdtemp(), seed=0, progress=False,
                       case=DATASETS[dataset].case, cache_dir=str(cache), **flags).validate()
-    cfg, data = prepare_data(cfg, None)
+    cfg = Plan.resolve(cfg.data, cfg, single=True).stages[0].settings
+    data = prepare_data(cfg, None)
     model, _ = build_model(cfg, data, warm=True)
     run = Run(cfg, data, model, "cpu", Path(cfg.out))
     if VARIANTS[variant].get("compile"):

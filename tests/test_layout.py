@@ -136,7 +136,9 @@ AMBIGUOUS = {"ddddocr"}  # also the package's name, a weights source's and the z
 NOT_ARCHITECTURES = {
     ("training/config.py", "small"): "--reader small: the student, a choice of reader and not a preset",
     ("training/recipe.py", "small"): "the --reader small value",
-    ("training/pretrained.py", "pretrained"): "cache_dir's folder name for the converted ddddocr weights",
+    ("training/plan.py", "small"): "the --reader small value",
+    ("training/start.py", "small"): "the --reader small value",
+    ("training/pretrained_weights.py", "pretrained"): "cache_dir's folder name for the converted ddddocr weights",
 }
 
 
@@ -208,3 +210,76 @@ def test_architectures_live_in_their_cards() -> None:
     stale = [f"{f} {what!r}" for f, what in NOT_ARCHITECTURES if (f, what) not in found]
     assert not bad, "architectures named outside model/archs.py (read them from its cards):\n" + "\n".join(bad)
     assert not stale, "NOT_ARCHITECTURES entries that match nothing any more:\n" + "\n".join(stale)
+
+
+PLAN_MODULE = "training/plan.py"  # the one place a run's settings are derived from what the user asked
+
+
+def _call_name(node: ast.Call) -> str:
+    return node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+
+
+def _trees() -> list[tuple[str, ast.Module]]:
+    return [(p.relative_to(SRC).as_posix(), ast.parse(p.read_text(encoding="utf-8")))
+            for p in sorted(SRC.rglob("*.py"))]
+
+
+def test_train_config_is_settled_only_by_the_plan() -> None:
+    """TrainConfig is what the user asked: outside training/plan.py no module that handles one (training/, or any
+    importing TrainConfig) calls `replace(<a config>, ...)` or assigns to a config's field."""
+    config_name = re.compile(r"cfg|config|settings|asked|base|student|teacher")
+    bad = []
+    for rel, tree in _trees():
+        handles = rel.startswith("training/") or "TrainConfig" in ast.unparse(tree)
+        if rel == PLAN_MODULE or not handles:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _call_name(node) == "replace" and node.args:
+                if config_name.search(ast.unparse(node.args[0])):
+                    bad.append(f"{rel}:{node.lineno} {ast.unparse(node)[:80]}")
+            for t in _targets(node) if isinstance(node, (ast.Assign, ast.AnnAssign)) else []:
+                if isinstance(t, ast.Attribute) and config_name.fullmatch(ast.unparse(t.value).split(".")[-1]):
+                    bad.append(f"{rel}:{node.lineno} {ast.unparse(t)} = ...")
+    assert not bad, "a TrainConfig rewritten outside training/plan.py:\n" + "\n".join(bad)
+
+
+def test_the_start_is_resolved_in_one_place() -> None:
+    calls = [f"{rel}:{n.lineno}" for rel, tree in _trees() for n in ast.walk(tree)
+             if isinstance(n, ast.Call) and _call_name(n) == "resolve_start"]
+    assert len(calls) == 1 and calls[0].startswith(PLAN_MODULE + ":"), calls
+
+
+def _policy_numbers() -> dict[str, set[str]]:
+    """Each tuned constant of training/policy.py -> the ways a help text could spell it. Numbers under 10
+    are left out: they name channels, counts and off-switches ("1 grey, 3 colour", "0 = off") too often."""
+    from captcha_crnn.training import policy
+
+    out: dict[str, set[str]] = {}
+    for name, value in vars(policy).items():
+        for v in value if isinstance(value, tuple) else (value,):
+            if not name.isupper() or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if isinstance(v, int) and v >= 10:
+                out.setdefault(name, set()).update({str(v), f"{v:,}", f"{v:,}".replace(",", " ")})
+            elif isinstance(v, float) and 0 < v < 1:
+                out.setdefault(name, set()).update({f"{v:g}", f"{v:.0%}", f"{v * 100:g} points"})
+    return out
+
+
+def test_help_texts_format_tuned_numbers_from_the_policy() -> None:
+    """A help text of a train option names a tuned number through training/policy.py (an f-string field), never
+    as a literal that would go stale when the constant moves."""
+    tree = ast.parse((SRC / "training" / "config.py").read_text(encoding="utf-8"))
+    numbers = _policy_numbers()
+    bad = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and _call_name(node) == "opt" and len(node.args) > 1):
+            continue
+        help_node = node.args[1]
+        parts = help_node.values if isinstance(help_node, ast.JoinedStr) else [help_node]
+        literal = " ".join(p.value for p in parts if isinstance(p, ast.Constant) and isinstance(p.value, str))
+        for name, forms in numbers.items():
+            for form in forms:
+                if re.search(rf"(?<![\w.]){re.escape(form)}(?![\d])", literal):
+                    bad.append(f"config.py:{node.lineno}: {form!r} is policy.{name}")
+    assert not bad, "tuned numbers written into help texts:\n" + "\n".join(sorted(set(bad)))

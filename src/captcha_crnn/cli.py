@@ -41,9 +41,20 @@ def count(lo: int = 1, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def add_config_flags(p: argparse.ArgumentParser, config: type) -> None:
+# The train options `train --help` shows; `train --help-all` shows the rest (each works either way).
+TRAIN_MAIN = ("--out", "--max-minutes", "--unlabelled", "--val-data", "--test-data", "--seed", "--resume",
+              "--reader", "--case", "--label-regex", "--label-sep", "--json", "--quiet")
+
+
+def shown(name: str, help_text: str, full: bool) -> str:
+    """The help of a train option: its text where `train --help` shows it (or full), else hidden."""
+    return help_text if full or name in TRAIN_MAIN else argparse.SUPPRESS
+
+
+def add_config_flags(p: argparse.ArgumentParser, config: type, full: bool = True) -> None:
     """One flag per field of a config dataclass (train/config.py: opt): help, parser and rule from
-    the field's metadata, so a bad value is argparse's usage error naming the flag."""
+    the field's metadata, so a bad value is argparse's usage error naming the flag; unless `full`, only
+    the TRAIN_MAIN ones show in --help."""
     from dataclasses import MISSING, fields
 
     for f in fields(config):
@@ -52,10 +63,10 @@ def add_config_flags(p: argparse.ArgumentParser, config: type) -> None:
             continue
         name = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        shown = {True: "on", False: "off"}.get(default, default) if f.name == "crop" else default
-        help_text = m["help"] + (f" (default {shown})" if shown not in (None, "") else "")
+        value = {True: "on", False: "off"}.get(default, default) if f.name == "crop" else default
+        help_text = shown(name, m["help"] + (f" (default {value})" if value not in (None, "") else ""), full)
         if isinstance(default, bool) and m["parse"] is None:
-            p.add_argument(name, action="store_true", help=m["help"])
+            p.add_argument(name, action="store_true", help=shown(name, m["help"], full))
             continue
         parse = m["parse"] or type(default)
         p.add_argument(name, type=_checked(parse, m["rule"]), default=default, choices=m["choices"],
@@ -103,22 +114,38 @@ def _add_labels(p: argparse.ArgumentParser) -> None:
                    help="take the label up to this separator, e.g. '-' for 'abcd-0.png'")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (also used to generate the CLI reference, docs/cli.md)."""
+def build_parser(full: bool = True) -> argparse.ArgumentParser:
+    """The argument parser (also used to generate the CLI reference, docs/cli.md); unless `full`, `train --help`
+    shows only the options most runs need (TRAIN_MAIN)."""
     p = argparse.ArgumentParser(prog="captcha-crnn", description="Train CRNN captcha readers and read captchas.")
     p.add_argument("--version", action="version", version=f"captcha-crnn {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_reading, _add_data, _add_serve, _add_label):
+    _add_train(sub, full)
+    for add in (_add_reading, _add_data, _add_serve, _add_label):
         add(sub)
     return p
 
 
-def _add_train(sub: Any) -> None:
+class HelpAll(argparse.Action):
+    """`train --help-all`: the train help with every option."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        sub = next(a for a in build_parser(full=True)._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices["train"].print_help()
+        parser.exit()
+
+
+def _add_train(sub: Any, full: bool = True) -> None:
     from .training.config import TrainConfig
 
-    t = sub.add_parser("train", help="train a model on a folder or CSV of labelled images")
+    t = sub.add_parser("train", help="train a model on a folder or CSV of labelled images",
+                       epilog=None if full else "more options: captcha-crnn train --help-all")
     t.add_argument("data", help="folder of images (label = file stem) or a CSV with filename,label")
-    add_config_flags(t, TrainConfig)
+    t.add_argument("--help-all", action=HelpAll, help="show every option, then exit")
+    add_config_flags(t, TrainConfig, full)
     t.add_argument("--unlabelled", action="append", default=[], metavar="PATH",
                    help=TrainConfig.__dataclass_fields__["unlabelled"].metadata["help"])
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -262,7 +289,7 @@ def _add_serve(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a command; user errors become one line on stderr and exit status 2."""
-    parser = build_parser()
+    parser = build_parser(full=False)
     a = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = a.func
     try:

@@ -13,9 +13,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
     fields = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields and k != "data"})
-    cfg.progress = not a.quiet
-    cfg.unlabelled = tuple(a.unlabelled)
+    asked = {k: v for k, v in vars(a).items() if k in fields and k not in ("data", "unlabelled")}
+    cfg = TrainConfig(**asked, progress=not a.quiet, unlabelled=tuple(a.unlabelled))
     r = train(a.data, cfg.validate())
     if a.json and r.rank == 0:  # under torchrun, one summary
         print(json.dumps({"model": str(r.model_path), "best": r.best,
@@ -24,7 +23,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
-    from .training.pretrain import PretrainConfig, pretrain
+    from .training.synthetic_pretrain import PretrainConfig, pretrain
 
     pretrain(PretrainConfig(out=a.out, count=a.count, max_minutes=a.max_minutes, epochs=a.epochs, height=a.height,
                             seed=a.seed, workers=a.workers, threads=a.threads, resume=a.resume,

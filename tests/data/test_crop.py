@@ -11,8 +11,9 @@ from PIL import Image, ImageDraw, ImageFont
 from captcha_crnn.data.images import Preprocess, crop_to_ink, ink_box, load_image
 from captcha_crnn.data.labels import Sample
 from captcha_crnn.training import TrainConfig
-from captcha_crnn.training.autoconfig import resolve, sample_images, text_share
+from captcha_crnn.training.autoconfig import sample_images, text_share
 from captcha_crnn.training.data import choose_preprocess
+from captcha_crnn.training.plan import settle
 
 
 def margins_image(text_box: tuple[int, int, int, int] = (150, 40, 250, 60), size: tuple[int, int] = (400, 100),
@@ -68,6 +69,11 @@ def _samples(tmp_path: Path, margins: bool) -> list[Sample]:
             margins_image(size=(200, 50), text_box=(5, 5, 195, 45)).save(p)
         out.append(Sample(str(p), f"ab{i}"))
     return out
+
+
+def resolve(cfg: TrainConfig, samples: list) -> tuple[TrainConfig, list[str]]:
+    notes: list[str] = []
+    return settle(cfg, samples, notes), notes
 
 
 def test_autoconfig_crops_only_when_text_is_small(tmp_path: Path) -> None:

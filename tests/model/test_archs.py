@@ -14,7 +14,7 @@ from captcha_crnn.model.backbones import build_backbone
 from captcha_crnn.model.crnn import CRNN, preset
 from captcha_crnn.model.format import INPUT_NORMS, CRNNConfig, parse_metadata, read_metadata
 from captcha_crnn.model.zoo import zoo_names, zoo_path
-from captcha_crnn.training import pretrained
+from captcha_crnn.training import pretrained_weights
 from captcha_crnn.training.config import TrainConfig
 
 # what the constants spread over the code said before the cards (model files and flags depend on them)
@@ -35,7 +35,7 @@ def test_names_sizes_and_inputs_are_unchanged() -> None:
     assert CRNNConfig() == CRNNConfig(num_classes=37, in_channels=1, height=32, backbone="plain", input_norm="ink",
                                       widths=(32, 64, 96, 128), depth=1, rnn="gru", hidden=128, proj=True,
                                       rnn_layers=2, dropout=0.1)
-    assert archs.DDDDOCR.height == 64 == pretrained.native_height("ddddocr")
+    assert archs.DDDDOCR.height == 64 == pretrained_weights.native_height("ddddocr")
     assert (archs.SCRATCH.name, archs.BIG.name, archs.PRETRAINED.name) == ("small", "base", "pretrained")
     assert (archs.PRETRAINED.backbone, archs.PRETRAINED.channels, archs.PRETRAINED.height) == ("ddddocr", 1, None)
 
@@ -43,7 +43,8 @@ def test_names_sizes_and_inputs_are_unchanged() -> None:
 def test_cli_choices_come_from_the_cards() -> None:
     choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(TrainConfig) if "choices" in f.metadata}
     assert choices["backbone"] == (*OLD_BACKBONES, "auto")
-    assert choices["preset"] == (*OLD_PRESETS, "auto")
+    # "pretrained" is the teacher's architecture, settled by the plan: not a size a user picks
+    assert choices["preset"] == (*(p for p in OLD_PRESETS if p != "pretrained"), "auto")
 
 
 @pytest.mark.parametrize("name", list(ARCHS))
@@ -78,4 +79,4 @@ def test_shipped_models_have_the_small_cards_sizes() -> None:
         arch = parse_metadata(read_metadata(path), str(path)).arch
         assert preset_of(arch.to_dict()) == archs.SCRATCH.name and arch.input_norm == archs.DEFAULT.input_norm
     assert archs.SCRATCH.weights in zoo_names()
-    assert archs.PRETRAINED.weights in pretrained.SOURCES
+    assert archs.PRETRAINED.weights in pretrained_weights.SOURCES

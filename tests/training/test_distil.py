@@ -15,12 +15,14 @@ from captcha_crnn.decode.ctc import greedy_decode
 from captcha_crnn.errors import CaptchaError
 from captcha_crnn.model.crnn import CRNN
 from captcha_crnn.model.zoo import zoo_path
-from captcha_crnn.training import TrainConfig, pretrained, train
+from captcha_crnn.training import TrainConfig, pretrained_weights, train
 from captcha_crnn.training.data import prepare_data
 from captcha_crnn.training.distil import Teacher, class_map, kd_loss, to_student_steps
-from captcha_crnn.training.loop import train_model
+from captcha_crnn.training.plan import Plan
+from captcha_crnn.training.stage import train_model
 
-needs_ddddocr = pytest.mark.skipif(not pretrained.available(), reason="the pretrained extra (ddddocr) is not installed")
+needs_ddddocr = pytest.mark.skipif(not pretrained_weights.available(),
+                                   reason="the pretrained extra (ddddocr) is not installed")
 
 
 def peaky(spikes: dict[int, int], steps: int, classes: int) -> torch.Tensor:
@@ -69,8 +71,10 @@ def test_class_map_follows_the_characters() -> None:
 
 def test_teacher_reads_the_view_the_student_is_augmented_to(tmp_path: Path) -> None:
     make_clean_set(tmp_path / "d", 24, lengths=(3, 3))
-    cfg, data = prepare_data(TrainConfig(data=str(tmp_path / "d"), out=str(tmp_path / "o"), label_sep="-",
-                                         pretrained="off", progress=False, cache_dir="memory"), None)
+    asked = TrainConfig(data=str(tmp_path / "d"), out=str(tmp_path / "o"), label_sep="-", pretrained="off",
+                        progress=False, cache_dir="memory")
+    cfg = Plan.resolve(asked.data, asked, single=True).stages[0].settings
+    data = prepare_data(cfg, None)
     t = Teacher(str(zoo_path("synthetic")), data.train, data.alphabet, cfg, "cpu")
     idx = list(range(8))
     x, widths = t.batch(idx)
@@ -128,10 +132,11 @@ def test_labels_only_recipe_distils_after_the_teacher(tmp_path: Path, capsys: py
     assert "distillation: " in err
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert "teacher" in stages and "student" not in stages
-    assert stages["distil"] is True
+    assert [s["name"] for s in json.loads((tmp_path / "run" / "plan.json").read_text())["stages"]] == [
+        "teacher", "student"]
     r = train(str(tmp_path / "d"), TrainConfig(**{**cfg.__dict__, "resume": True, "distil": "off"}))
     err = capsys.readouterr().err
-    assert "--distil off: this run began with distillation and goes on as it began" in err
+    assert "--distil off: this run began with on and goes on as it began" in err
     assert "stage 1/2 teacher: done in an earlier run" in err and "stage 2/2 student" in err
     assert "distillation: " in err  # the resumed student still learns from the teacher
     assert set(r.recipe) >= {"student", "teacher", "output"} and "pseudo" not in r.recipe
@@ -139,7 +144,7 @@ def test_labels_only_recipe_distils_after_the_teacher(tmp_path: Path, capsys: py
 
 def test_distil_on_says_when_it_goes_unused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     make_clean_set(tmp_path / "d", 20, lengths=(3, 3))
-    cfg = TrainConfig(out=str(tmp_path / "o"), epochs=1, batch_size=16, label_sep="-", pretrained="off",
-                      progress=False, distil="on", checkpoint_minutes=0)
+    cfg = TrainConfig(out=str(tmp_path / "o"), epochs=1, batch_size=16, label_sep="-",
+                      progress=False, distil="on", checkpoint_minutes=0)  # 20 labels: the small model alone
     train(str(tmp_path / "d"), cfg)
     assert "--distil on: not used (the start is the small model itself" in capsys.readouterr().err

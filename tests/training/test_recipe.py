@@ -13,12 +13,13 @@ from captcha_crnn.cli import main
 from captcha_crnn.data.label_store import LabelStore
 from captcha_crnn.data.labels import LabelRule, read_samples
 from captcha_crnn.errors import CaptchaError
-from captcha_crnn.training import TrainConfig, pretrained, train
+from captcha_crnn.training import TrainConfig, pretrained_weights, train
 from captcha_crnn.training.data import split_fractions
 from captcha_crnn.training.start import resolve_start
 from captcha_crnn.training.unlabelled import label_folder_unlabelled, unlabelled_images
 
-needs_ddddocr = pytest.mark.skipif(not pretrained.available(), reason="the pretrained extra (ddddocr) is not installed")
+needs_ddddocr = pytest.mark.skipif(not pretrained_weights.available(),
+                                   reason="the pretrained extra (ddddocr) is not installed")
 
 
 def test_few_labels_split_keeps_every_label_for_training_or_validation() -> None:

@@ -107,8 +107,8 @@ def test_a_run_learns_from_unlabelled_images_and_records_it(tmp_path: Path) -> N
     from captcha_crnn.model.format import read_metadata
 
     config = read_metadata(r.model_path)["training"]["config"]
-    assert config["unlabelled"] == [str(tmp_path / "run" / "unlabelled.txt")]  # one list file, not 60 paths
-    assert len((tmp_path / "run" / "unlabelled.txt").read_text().splitlines()) == 60
+    assert config["unlabelled"] == [str(tmp_path / "run" / "split" / "unlabelled.txt")]  # one list, not 60 paths
+    assert len((tmp_path / "run" / "split" / "unlabelled.txt").read_text().splitlines()) == 60
 
 
 def test_read_with_folds_and_scores_any_reader() -> None:

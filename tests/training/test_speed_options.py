@@ -87,7 +87,10 @@ def test_a_contrast_model_reads_with_contrast(tmp_path: Path) -> None:
 
 def test_auto_grey_is_contrast_only_for_coloured_captchas(tmp_path: Path) -> None:
     from captcha_crnn.data.labels import Sample
-    from captcha_crnn.training.autoconfig import resolve
+    from captcha_crnn.training.plan import settle
+
+    def resolve(cfg: TrainConfig, s: list[Sample]) -> tuple[TrainConfig]:
+        return (settle(cfg, s, []),)
 
     def samples(colour: tuple[int, int, int], name: str) -> list[Sample]:
         (tmp_path / name).mkdir()

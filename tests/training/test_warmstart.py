@@ -15,7 +15,7 @@ from captcha_crnn.errors import CaptchaError
 from captcha_crnn.evaluate import has_both_cases, score_both
 from captcha_crnn.model.crnn import CRNN
 from captcha_crnn.model.modelfile import load_bundle
-from captcha_crnn.training.setup import init_weights
+from captcha_crnn.training.build import init_weights
 from captcha_crnn.training.warmstart import warm_start
 
 

@@ -1,7 +1,7 @@
 """Architecture cards (as docTR's `default_cfgs`): every named architecture in one table, ARCHS, and the
 lookups several places make on it. The format checks (format.py), the network (crnn.py, backbones.py),
 the CLI choices of --backbone and --preset (training/config.py) and the start logic (training/start.py,
-setup.py, pretrained.py, pretrain.py, autoconfig.py) read them here; no other module names a backbone
+build.py, pretrained_weights.py, synthetic_pretrain.py, autoconfig.py) read them here; no other module names a backbone
 or a preset or holds one of their sizes or inputs (tests/test_layout.py checks). No torch.
 
 Two kinds of card share the table:
@@ -33,8 +33,8 @@ class Arch:
     tuned_height: int | None = None  # fewer rows that fine-tuning on a few hundred labels moves it to
     channels: int | None = None  # input channels it needs; None: from the data (grey or colour)
     input_norm: str = "ink"  # what it is fed (format.INPUT_NORMS)
-    weights: str | None = None  # where trained weights come from: "ddddocr" (the package, training/pretrained.py),
-    # a shipped model (model/zoo.py), None (random)
+    weights: str | None = None  # where trained weights come from: "ddddocr" (the package,
+    # training/pretrained_weights.py), a shipped model (model/zoo.py), None (random)
 
     def sizes(self) -> dict[str, Any]:
         """The fields of CRNNConfig a preset sets."""
@@ -51,7 +51,8 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     # 64 rows (infer/ddddocr_reader.py)
     Arch("ddddocr", "ddddocr", "DdddocrBackbone", hidden=192, proj=False, height=64, channels=1,
          input_norm="centered", weights="ddddocr"),
-    # its layout with batch norm, trained from random weights by `captcha-crnn pretrain` (training/pretrain.py)
+    # its layout with batch norm, trained from random weights by `captcha-crnn pretrain`
+    # (training/synthetic_pretrain.py)
     Arch("ddddocr-bn", "ddddocr-bn", "ddddocr_bn", hidden=192, proj=False, channels=1, input_norm="centered"),
     # presets
     Arch("tiny", "plain", widths=(16, 32, 48, 64), hidden=64),

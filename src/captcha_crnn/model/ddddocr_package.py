@@ -1,7 +1,7 @@
 """Where the optional `ddddocr` package keeps its captcha models (found without importing it).
 
 The package (``pip install "captcha-crnn[pretrained]"``, MIT licence) ships ONNX captcha readers:
-``common.onnx``, whose convolutions are the pretrained backbone (training/pretrained.py), and
+``common.onnx``, whose convolutions are the pretrained backbone (training/pretrained_weights.py), and
 ``common_old.onnx``, the model its ``DdddOcr()`` reads with by default (infer/ddddocr_reader.py).
 """
 

@@ -14,8 +14,12 @@ def __getattr__(name: str) -> Any:  # the loop imports torch; the config does no
         from .recipe import train
 
         return train
-    if name in ("train_model", "TrainResult"):
-        from . import loop
+    if name == "train_model":
+        from .stage import train_model
 
-        return getattr(loop, name)
+        return train_model
+    if name == "TrainResult":
+        from .loop import TrainResult
+
+        return TrainResult
     raise AttributeError(name)

@@ -1,13 +1,13 @@
 """Automatic configuration from the training data: colour, cropping, model size and augmentation strength.
 
-Every choice is printed before training and stored in the model file (the resolved TrainConfig);
+training/plan.py applies every choice, prints it before training and stores it in the model file;
 a flag given on the command line overrides it. The input size and the CTC time resolution are
 chosen in data.choose_preprocess from the image sizes and the longest label.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -17,12 +17,7 @@ from ..data.labels import Sample
 from ..errors import CaptchaError
 from ..model.archs import BIG, SCRATCH
 from .config import TrainConfig
-from .start import resolve_start
-
-COLOUR_PIXELS = 0.02  # share of strongly coloured pixels above which colour is kept
-BIG_DATA = 50_000  # images from which the larger model pays for itself
-SMALL_DATA = 5_000  # images below which augmentation runs at full strength
-CROP_BELOW = 0.3  # crop images to their text when the text box (with margin) covers under this share of them
+from .policy import AUGMENT_BIG, AUGMENT_SMALL, BIG_DATA, COLOUR_PIXELS, CROP_BELOW, SMALL_DATA
 
 
 def sample_images(samples: list[Sample], k: int = 48) -> list[Image.Image]:
@@ -55,11 +50,11 @@ def text_share(images: list[Image.Image]) -> tuple[float, int]:
     return (float(np.mean(shares)) if shares else 1.0), len({im.size for im in images})
 
 
-def resolve(cfg: TrainConfig, samples: list[Sample], n_labelled: int | None = None) -> tuple[TrainConfig, list[str]]:
-    """Replace every "auto" field of cfg by a choice made from the training samples (and the number of
-    labelled images the user gave, which decides the start); say why."""
-    changes, notes = resolve_start(cfg, len(samples) if n_labelled is None else n_labelled)
-    cfg = replace(cfg, **changes)
+def choose(cfg: TrainConfig, samples: list[Sample]) -> tuple[dict[str, Any], list[str]]:
+    """A choice, made from the training samples, for each data-dependent "auto" field of cfg (colour, grey, crop,
+    model size, augmentation), and why (training/plan.py applies them)."""
+    changes: dict[str, Any] = {}
+    notes: list[str] = []
     images = sample_images(samples) if "auto" in (cfg.channels, cfg.crop, cfg.grey) else []  # opened once for all
     share = colour_share(images) if "auto" in (cfg.channels, cfg.grey) else 0.0
     if cfg.channels == "auto":
@@ -78,6 +73,6 @@ def resolve(cfg: TrainConfig, samples: list[Sample], n_labelled: int | None = No
         changes["preset"] = BIG.name if len(samples) >= BIG_DATA else SCRATCH.name
         notes.append(f"model {changes['preset']} ({len(samples)} training images)")
     if cfg.augment == "auto":
-        changes["augment"] = 1.0 if len(samples) < SMALL_DATA else 0.5
+        changes["augment"] = AUGMENT_SMALL if len(samples) < SMALL_DATA else AUGMENT_BIG
         notes.append(f"augmentation {changes['augment']}")
-    return replace(cfg, **changes), notes
+    return changes, notes

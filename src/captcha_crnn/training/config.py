@@ -10,7 +10,7 @@ from typing import Any
 
 from ..data.images import GREY_MODES
 from ..errors import CaptchaError
-from ..model.archs import BACKBONES, PRESETS
+from ..model.archs import BACKBONES, BIG, PRESETS, PRETRAINED, SCRATCH
 from . import policy
 
 MIN_WIDTH = 16  # narrowest fixed input width (4 CTC frames)
@@ -102,14 +102,17 @@ class TrainConfig:
 
     data: str = opt("", "folder or CSV of labelled images", flag=False)
     out: str = opt("runs/model", "output folder")
-    epochs: int | None = opt(None, "maximum epochs; default 60, or as many as --max-minutes allows",
+    epochs: int | None = opt(None, f"maximum epochs; default {policy.DEFAULT_EPOCHS}, or as many as --max-minutes "
+                             "allows",
                              optional(whole(1)), parse=int)
     batch_size: int = opt(32, "images per step", whole(1))
     lr: float = opt(3e-3, "peak learning rate", above(0))
     weight_decay: float = opt(1e-2, "AdamW weight decay (matrices and kernels only)", at_least(0))
     warmup: float = opt(0.15, "fraction of the run spent warming up the learning rate", fraction)
     clip: float = opt(5.0, "gradient norm clipping", above(0))
-    max_minutes: float | None = opt(None, "time budget; the schedule fits into it", optional(above(0)), parse=float)
+    max_minutes: float | None = opt(None, "time budget, spent to its end: the schedule fits into it, and early "
+                                    "stopping only hands a stage's time to the next (a run ends early where it reads "
+                                    "every held-out image right)", optional(above(0)), parse=float)
     patience: int = opt(10, "early stop after N epochs without a validation gain", whole(1), metavar="N")
     seed: int = opt(0, "seed for the split, init and augmentation")
     device: str = opt("auto", "auto: cuda when available", choices=("auto", "cpu", "cuda"))
@@ -117,10 +120,12 @@ class TrainConfig:
                          "fp32 either way); auto: bf16 where the device computes it natively (CUDA, or a CPU "
                          "with avx512_bf16 or amx_bf16)", choices=("auto", "bf16", "fp32"))
     # data
-    val: float | None = opt(None, "validation fraction of the split; default 0.1, or 0.2 under 300 labelled "
-                            "images", optional(fraction), parse=float)
-    test: float | None = opt(None, "test fraction of the split; default 0.1, or none under 300 labelled images "
-                             "(every label goes to training or validation)", optional(fraction), parse=float)
+    val: float | None = opt(None, f"validation fraction of the split; default {policy.VAL_SHARE:g}, or "
+                            f"{policy.FEW_VAL_SHARE:g} under {policy.FEW_LABELS} labelled images", optional(fraction),
+                            parse=float)
+    test: float | None = opt(None, f"test fraction of the split; default {policy.TEST_SHARE:g}, or none under "
+                             f"{policy.FEW_LABELS} labelled images (every label goes to training or validation)",
+                             optional(fraction), parse=float)
     unlabelled: tuple[str, ...] = opt((), "images without labels (folders, files, globs; repeatable): every "
                                       "training step also learns from them, each image's confident reading "
                                       "teaching a strongly augmented copy of it (training/semi.py)", flag=False)
@@ -133,12 +138,12 @@ class TrainConfig:
                          f"reading's confidence >= {policy.THRESHOLD:g})", choices=("flex", "fixed"))
     reader: str = opt("auto", "the model `train` outputs: small (the fast from-scratch student, taught by the "
                       "pretrained teacher), big (the pretrained model itself), auto: the student when it reads the "
-                      "held-out labels as well as the teacher (within one image or 0.5 points)",
+                      f"held-out labels as well as the teacher (within one image or {policy.OUTPUT_MARGIN:.1%}%)",
                       choices=("small", "big", "auto"))
-    distil: str = opt("auto", "with no unlabelled images: the student learns from the labels and from the teacher's "
+    distil: str = opt("off", "with no unlabelled images: the student learns from the labels and from the teacher's "
                       "per-step readings of the same augmented images, after the teacher (on), or from the labels "
-                      "alone, before the teacher (off); auto: off (on the learning curve it gave no better output, "
-                      "and the taught student sees about half the images)", choices=("on", "off", "auto"))
+                      "alone, before the teacher (off: on the learning curve distillation gave no better output, "
+                      "and the taught student sees about half the images)", choices=("on", "off"))
     teacher: str | None = opt(None, "a model file whose per-step readings of each augmented training batch the "
                               "model also learns (training/distil.py); the recipe sets it for the student",
                               flag=False)
@@ -149,9 +154,11 @@ class TrainConfig:
     case: str = opt("sensitive", "insensitive: fold labels to lower case and compare case-blind",
                     choices=("sensitive", "insensitive"))
     # preprocessing ("auto" = from the data)
-    height: int | str = opt("auto", "input height, a multiple of 16, or auto: 32, or 48/64 when characters would "
-                            "be under 24 pixels wide at 32 (the ddddocr backbone: 48 from 250 labelled images, below "
-                            "that its native 64; a backbone file from pretrain: its own)",
+    height: int | str = opt("auto", "input height, a multiple of 16, or auto: the smallest of "
+                            f"{'/'.join(map(str, policy.HEIGHTS))} at which each character is {policy.CHAR_PIXELS} "
+                            "pixels wide (the ddddocr backbone: its tuned height from "
+                            f"{policy.TUNED_HEIGHT_FROM_LABELS} labelled images, below that its native one; a backbone "
+                            "file from pretrain: its own)",
                             height_problem,
                             parse=number_or_word)
     width: int | str | None = opt("auto", "input width: a number, 'variable' (keep aspect, pad) or 'auto' "
@@ -163,17 +170,19 @@ class TrainConfig:
                     "read), luma (plain grey), auto: contrast when the images carry colour",
                     choices=("auto", *GREY_MODES))
     crop: bool | str = opt("auto", "cut each image to the box around its text before resizing; auto: when the "
-                           "text covers under 30%% of images of varying sizes", crop_problem,
+                           f"text covers under {policy.CROP_BELOW:.0%}% of images of varying sizes", crop_problem,
                            parse=on_off_auto, metavar="{on,off,auto}")
     # model
-    preset: str = opt("auto", "model size of a from-scratch model; auto: small, base from 50 000 images",
-                      choices=(*PRESETS, "auto"))
+    preset: str = opt("auto", "model size of a from-scratch model (with the pretrained start: the student's); auto: "
+                      f"{SCRATCH.name}, {BIG.name} from {policy.BIG_DATA:,} images",
+                      one_of(*PRESETS, "auto"),  # "pretrained": the teacher's, settled by the plan, not a flag
+                      choices=(*(p for p in PRESETS if p != PRETRAINED.name), "auto"))
     backbone: str = opt("auto", "convolutional part; auto: ddddocr for the pretrained start, else plain; "
                         "ddddocr-bn: its layout with batch norm, for training it from random weights (pretrain)",
                         choices=(*BACKBONES, "auto"))
     pretrained: str = opt("auto", "start from a captcha-pretrained backbone (ddddocr's: pip install "
                           "\"captcha-crnn[pretrained]\"; see --backbone-weights); auto: when one is at hand, the "
-                          "architecture is auto and there are 50 labelled images or more",
+                          f"architecture is auto and there are {policy.PRETRAINED_MIN_LABELS} labelled images or more",
                           choices=("on", "off", "auto"))
     backbone_weights: str = opt("auto", "pretrained start: whose weights: ddddocr (the package's) or a file from "
                                 "`captcha-crnn pretrain`; auto: ddddocr where installed; naming one asks for the "
@@ -185,8 +194,9 @@ class TrainConfig:
                              above(0, 10), metavar="F")
     rnn: str = opt("gru", "recurrent layer", choices=("gru", "lstm"))
     augment: float | str = opt("auto", "augmentation strength (0 = off), or strong: the strong view's policy "
-                               "(elastic and lens warps, colour, erasing; data/augment.py); auto: 1.0 under 5000 "
-                               "images, else 0.5",
+                               "(elastic and lens warps, colour, erasing; data/augment.py); auto: "
+                               f"{policy.AUGMENT_SMALL:g} under {policy.SMALL_DATA} images, else "
+                               f"{policy.AUGMENT_BIG:g}",
                                augment_problem, parse=float_or_auto)
     dropout: float = opt(0.1, "dropout before the classifier and between RNN layers", fraction)
     ema: float = opt(0.99, "validate and keep a moving average of the weights with this decay (0: off)",

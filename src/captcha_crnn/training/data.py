@@ -17,13 +17,10 @@ from ..data.labels import LabelRule, Sample, read_samples
 from ..data.split import split_items
 from ..errors import CaptchaError
 from . import distributed
-from .autoconfig import resolve
 from .config import TrainConfig
 from .distributed import Dist
 from .log import log
-
-CHAR_PIXELS = 24  # input width per character the auto height aims for (6 CTC frames)
-HEIGHTS = (32, 48, 64)  # the auto height's choices, smallest first
+from .policy import CHAR_PIXELS, FEW_LABELS, FEW_VAL_SHARE, HEIGHTS, TEST_SHARE, VAL_SHARE
 
 
 def choose_height(cfg: TrainConfig, sizes: set[tuple[int, int]], max_len: int) -> int:
@@ -103,8 +100,6 @@ def usable(ds: ImageSet, alphabet: Alphabet, name: str) -> ImageSet:
     return out
 
 
-FEW_LABELS = 300  # under this many labelled images: no test split, a larger validation split
-EARLY_STOP_MIN_VAL = 100  # validation images from which an early stop tells progress from noise
 
 
 def split_fractions(cfg: TrainConfig, n_labelled: int) -> tuple[float, float]:
@@ -112,8 +107,8 @@ def split_fractions(cfg: TrainConfig, n_labelled: int) -> tuple[float, float]:
     --test-data gives the set), else 0.1 and 0.1, or under FEW_LABELS labelled images 0.2 and 0: every
     label trains or calibrates, and the validation set stays big enough to choose a threshold on."""
     few = n_labelled < FEW_LABELS
-    val = 0.0 if cfg.val_data else cfg.val if cfg.val is not None else 0.2 if few else 0.1
-    test = 0.0 if cfg.test_data else cfg.test if cfg.test is not None else 0.0 if few else 0.1
+    val = 0.0 if cfg.val_data else cfg.val if cfg.val is not None else FEW_VAL_SHARE if few else VAL_SHARE
+    test = 0.0 if cfg.test_data else cfg.test if cfg.test is not None else 0.0 if few else TEST_SHARE
     return val, test
 
 
@@ -167,14 +162,12 @@ def load_set(samples: list[Sample], pre: Preprocess, cfg: TrainConfig, name: str
     return ds
 
 
-def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, d: Dist | None = None) -> tuple[TrainConfig, Data]:
-    """Split, resolve the auto settings, decode the train and val images; a checkpoint fixes the encoding."""
+def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, d: Dist | None = None) -> Data:
+    """A stage's data, its settings settled by training/plan.py: split, input size, the train and val images
+    decoded; a checkpoint fixes the encoding."""
     tr, va, te, how = load_data(cfg)
-    cfg, notes = resolve(cfg, tr, n_labelled=len(tr) + len(va) + len(te))
-    if notes:
-        log("auto config: " + "; ".join(notes))
     pre = Preprocess.from_dict(ckpt["preprocess"]) if ckpt else choose_preprocess(cfg, tr)
-    log(f"data: {cfg.data}: {len(tr)} train, {len(va)} val, {len(te)} test images; {how}")
+    log(f"data: {cfg.data}: {len(tr)} train, {len(va)} val, {len(te)} test images")
     log(f"input: height {pre.height}, width {pre.width or 'aspect-preserving, padded'}, "
         f"{'grey' if pre.channels == 1 else 'colour'}")
     train_set = load_set(tr, pre, cfg, "train", d)
@@ -185,7 +178,7 @@ def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, d: Dist | None =
         raise CaptchaError(f"{cfg.data}: no usable training images")
     val_set = usable(val_set, alphabet, "val")
     log(f"alphabet ({len(alphabet)}): {alphabet.chars}")
-    return cfg, Data(train_set, val_set, te, pre, alphabet, how)
+    return Data(train_set, val_set, te, pre, alphabet, how)
 
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,35 +13,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.alphabet import Alphabet
 from ..data.augment import policy
 from ..data.dataset import Prefetcher, bucketed_order
-from ..data.images import Preprocess, time_steps, to_ink
-from ..data.labels import Sample
+from ..data.images import time_steps, to_ink
 from ..evaluate import Report
 from ..model.crnn import CRNN
 from ..model.modelfile import ModelBundle, save_bundle
 from ..progress import bar_disable
 from . import distributed
-from .checkpoint import CHECKPOINT, remove_stale_temporaries, save_checkpoint
+from .build import make_optimizer, pick_precision
+from .checkpoint import CHECKPOINT, Clock, RunState, rank_state, save_checkpoint, snapshot
 from .config import TrainConfig
-from .data import EARLY_STOP_MIN_VAL, Data, ctc_targets, load_set, prepare_data
+from .data import Data, ctc_targets
 from .distil import WEIGHT, Teacher, kd_loss
 from .distributed import Dist
 from .ema import EMA
 from .log import log
-from .policy import POOL_EPOCH
+from .policy import DEFAULT_EPOCHS, EARLY_STOP_MIN_VAL, POOL_EPOCH
 from .schedule import lr_at
 from .semi import Semi, epoch_note, ramp
-from .semi import build as build_semi
-from .setup import build_model, make_optimizer, pick_device, pick_precision
-from .state import Clock, RunState, rank_state, restore, shared_checkpoint, snapshot
 from .validate import evaluate_set
 
 EpochHook = Callable[[dict[str, Any], ModelBundle], None]
 View = tuple[torch.Tensor, np.ndarray]  # ink (B, C, H, W) and widths (B,)
 Batch = tuple[list[int], torch.Tensor, np.ndarray, "View | None", "tuple[list[int], View] | None"]
-DEFAULT_EPOCHS = 60  # without a time budget
 BUDGET_EPOCHS = 100_000  # with one, and no --epochs: the budget decides
 
 
@@ -74,7 +68,8 @@ class Run:
     """
 
     def __init__(self, cfg: TrainConfig, data: Data, model: CRNN, device: str, out: Path,
-                 on_epoch: EpochHook | None = None, d: Dist | None = None, semi: Semi | None = None):
+                 on_epoch: EpochHook | None = None, d: Dist | None = None, semi: Semi | None = None,
+                 hands_on: bool = False, setup_s: float = 0.0):
         self.cfg, self.data, self.model, self.device, self.out = cfg, data, model, device, out
         self.semi = semi  # the unlabelled pool and its readers (training/semi.py)
         self.d = d = d or Dist()
@@ -101,7 +96,10 @@ class Run:
         self.label_steps = -(-per_rank // self.batch_size)  # the steps of one pass over the labelled images
         self.epochs = max_epochs(cfg)
         self.total_steps = self.epochs * self.steps_per_epoch
-        self.budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+        # the budget covers the stage's setup (decoding, first readings) too; early stopping ends a stage with a
+        # budget only where it hands the time on to a later stage, or reads every held-out image right
+        self.budget = max(1.0, cfg.max_minutes * 60 - setup_s) if cfg.max_minutes else None
+        self.hands_on = hands_on
         self.precision, self.precision_why = pick_precision(cfg.precision, device)
         self.teacher = Teacher(cfg.teacher, data.train, data.alphabet, cfg, device) if cfg.teacher else None
         self.st = RunState()
@@ -159,7 +157,8 @@ class Run:
         if st.epoch >= self.epochs:
             return "epochs done"
         stops = len(self.data.val) >= EARLY_STOP_MIN_VAL  # a smaller set cannot tell progress from noise
-        if stops and st.batch == 0 and st.epoch - st.best["epoch"] >= cfg.patience:
+        may = self.hands_on or not self.budget or st.best["val_sequence_accuracy"] >= 1.0
+        if stops and may and st.batch == 0 and st.epoch - st.best["epoch"] >= cfg.patience:
             return f"early stop: no val improvement for {cfg.patience} epochs"
         if self.budget and self.now() > self.budget:
             return f"time budget of {cfg.max_minutes:.2f} min spent"
@@ -318,82 +317,3 @@ class Run:
             self.clock.pause(time.perf_counter() - h0)
         st.epoch, st.batch, st.order, st.losses = st.epoch + 1, 0, None, []
         self.save()
-
-
-def train_model(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None = None) -> TrainResult:
-    """Train one CRNN on a folder or CSV of labelled images; writes model.safetensors and more to cfg.out.
-
-    With cfg.resume, continues from cfg.out/checkpoint.pt, mid-epoch if that is where it was written,
-    with the same split, weights, optimizer, schedule position, time spent and random states.
-    Launched by torchrun (RANK, WORLD_SIZE, ... in the environment), trains data-parallel across the
-    processes; only rank 0 logs, writes files and calls `on_epoch`.
-    """
-    cfg = cfg or TrainConfig()
-    cfg.data = str(data)
-    d, device = distributed.setup(pick_device(cfg.device))
-    try:
-        return _train(cfg, device, d, on_epoch)
-    finally:
-        distributed.shutdown(d)
-
-
-def _train(cfg: TrainConfig, device: str, d: Dist, on_epoch: EpochHook | None) -> TrainResult:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads or distributed.threads_per_process(d))
-    torch.manual_seed(cfg.seed)
-    if not d.main:
-        cfg = replace(cfg, progress=False)
-
-    ckpt = shared_checkpoint(out / CHECKPOINT, d) if cfg.resume else None
-    if ckpt and d.main:
-        remove_stale_temporaries(out)
-    cfg, data_ = prepare_data(cfg, ckpt, d)
-    model, init = build_model(cfg, data_, warm=ckpt is None)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {cfg.preset} {cfg.backbone}+{cfg.rnn}, {n_params / 1e6:.2f}M parameters, device {device}"
-        + (f", {d.world} processes (global batch {cfg.batch_size})" if d.enabled else ""))
-    log(f"init: {init}")
-    semi = build_semi(cfg, data_, d)
-    if semi:
-        log(semi.describe())
-    run = Run(cfg, data_, model.to(device), device, out, on_epoch, d, semi)
-    log(f"precision: {run.precision} ({run.precision_why})")
-    if ckpt:
-        restore(run, ckpt)
-        if semi:
-            semi.resume([h["val_sequence_accuracy"] for h in run.st.history])
-    reason = run.loop()
-    st = run.st
-    log(f"{reason}; best val sequence accuracy {st.best['val_sequence_accuracy']:.2%} at epoch {st.best['epoch']}")
-    result = TrainResult(out, out / "model.safetensors", st.history, st.best, None, cfg.to_dict(), d.rank)
-    if d.main:
-        result = finish(out, cfg, data_.test, data_.pre, data_.alphabet, st.history, st.best, run.info, device)
-    distributed.barrier(d)  # the other ranks return once the model file is final
-    return result
-
-
-def finish(out: Path, cfg: TrainConfig, te: list[Sample], pre: Preprocess, alphabet: Alphabet,
-           history: list[dict[str, Any]], best: dict[str, Any], info: dict[str, Any], device: str) -> TrainResult:
-    """Evaluate the best model on the test split, store metrics in it, write history and curves."""
-    from ..model.modelfile import load_bundle
-    from ..viz import plot_curves
-
-    model_path = out / "model.safetensors"
-    b = load_bundle(model_path, device)
-    test_rep = None
-    if te:
-        test_set = load_set(te, pre, cfg, "test")
-        if len(test_set):
-            _, test_rep, _, _ = evaluate_set(b.model, test_set, alphabet, device)
-            log("test: " + f"n={test_rep.n}  sequence accuracy {test_rep.sequence_accuracy:.2%}  "
-                f"CER {test_rep.cer:.4f}")
-    metrics = {"val": best}
-    if test_rep:
-        metrics["test"] = {k: v for k, v in test_rep.to_dict().items() if k != "confusions"}
-    b.info = {**info, "metrics": metrics, "history_epochs": len(history)}
-    save_bundle(b, model_path)
-    (out / "history.json").write_text(json.dumps({"history": history, "best": best, "metrics": metrics}, indent=1))
-    plot_curves(history, out / "curves.png")
-    log(f"wrote {model_path}, {out / CHECKPOINT}, {out / 'history.json'}, {out / 'curves.png'}")
-    return TrainResult(out, model_path, history, best, test_rep, cfg.to_dict())

@@ -1,9 +1,44 @@
-"""Tuned rules of training, each with its reason and the measurement it rests on (docs/experiments.md).
+"""Every tuned rule of training, each with its reason and the measurement it rests on (docs/experiments.md).
 
-Light on purpose (no torch): the command-line help is formatted from these numbers.
+Light on purpose (no torch): the command-line help is formatted from these numbers, and training/plan.py
+reads them when it settles a run's decisions.
 """
 
 from __future__ import annotations
+
+# The start (training/start.py)
+PRETRAINED_MIN_LABELS = 50  # the ddddocr backbone from this many labelled images (benchmarks/learning_curve.py:
+# from 50 labels the pretrained teacher's readings teach the small model; below, the small model from the shipped
+# synthetic one is the whole recipe)
+TUNED_HEIGHT_FROM_LABELS = 250  # the ddddocr backbone at its tuned 48 rows from this many labels, else its native 64:
+# captcha_v2, 100 labels: 4% at 48 rows, 96.5% at 64; 250: 98.7% at 48, 97.5% at 64; 936: the same at 2.6-3.0x the
+# images/s (train_throughput.py); generic_varlen 56.3% at 48 against 53.3% at 32 in 10 minutes (time_curve.py)
+
+# The data (training/autoconfig.py, training/data.py)
+COLOUR_PIXELS = 0.02  # share of strongly coloured pixels above which colour is kept (captcha_v2: 0%, generic: 30%)
+BIG_DATA = 50_000  # images from which the larger model pays for itself (benchmarks/datasets.py)
+SMALL_DATA = 5_000  # images below which augmentation runs at full strength (learning_curve.py)
+CROP_BELOW = 0.3  # crop to the text when its box covers under this share of images of varying sizes
+CHAR_PIXELS = 24  # input width per character the auto height aims for (6 CTC frames)
+HEIGHTS = (32, 48, 64)  # the auto height's choices, smallest first
+FEW_LABELS = 300  # under this many labelled images: no test split, a larger validation split to choose on
+VAL_SHARE, TEST_SHARE = 0.1, 0.1  # the seeded split's validation and test shares
+FEW_VAL_SHARE = 0.2  # under FEW_LABELS: every label trains or calibrates, and 20% is enough to choose a threshold on
+AUGMENT_SMALL, AUGMENT_BIG = 1.0, 0.5  # augmentation strength under SMALL_DATA images, and from there
+EARLY_STOP_MIN_VAL = 100  # validation images from which an early stop tells progress from noise
+
+# The schedule (training/loop.py)
+DEFAULT_EPOCHS = 60  # without a time budget or --epochs
+
+# The recipe (training/plan.py, training/recipe.py)
+TEACHER_SHARE = 0.4  # of the time budget for the teacher when it trains first (learning_curve.py); the student
+# takes what is left
+LABELS_ONLY_STUDENT_SHARE = 0.5  # the student's most when it trains first (nothing unlabelled): on generic_varlen
+# it levels off near 40% while the teacher still rises
+PLATEAU_EPOCHS = 3  # the first stage's patience: the time its early stop saves goes to the stage after it
+LAST_MIN_SHARE = 0.3  # the last stage's least share of the budget when the stages before it overran theirs
+OUTPUT_MARGIN = 0.005  # the student is the output when it reads the held-out labels within one image or this
+# share of the teacher (at about 10x the teacher's speed)
 
 # Semi-supervised training (training/semi.py)
 THRESHOLD = 0.95  # the highest per-character threshold of the flex rule, and the fixed rule's (GeeSolver's); on

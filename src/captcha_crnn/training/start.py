@@ -9,24 +9,13 @@ from typing import Any
 
 from ..errors import CaptchaError
 from ..model.archs import PRETRAINED, SCRATCH, preset_of
-from . import pretrained
+from . import pretrained_weights
 from .config import TrainConfig
+from .policy import PRETRAINED_MIN_LABELS, TUNED_HEIGHT_FROM_LABELS
 
-# When --pretrained auto starts from the ddddocr backbone, counted in the labelled images the user gave
-# (benchmarks/learning_curve.py: from 50 labels the pretrained teacher's confident readings teach the small
-# model; below, the small model from the shipped synthetic one is the whole recipe).
-PRETRAINED_MIN_LABELS = 50
-PRETRAINED_WHY = "measured from 50 labelled images up on captcha_v2, henan_digits4 and generic_varlen"
+PRETRAINED_WHY = (f"measured from {PRETRAINED_MIN_LABELS} labelled images up on captcha_v2, henan_digits4 and "
+                  "generic_varlen")
 NAMED_INIT = ("auto", "none", "", None)  # init values that name no model
-# The ddddocr backbone's input height, by the labelled images the user gave: from TUNED_HEIGHT_FROM_LABELS,
-# 48 rows (model/archs.py: PRETRAINED.tuned_height), fewer rows than its native 64 and so less arithmetic
-# per image; below, its native 64. Measured (docs/experiments.md): captcha_v2, the first N files by name
-# labelled, the teacher alone for 3 minutes, read on the rest: 100 labels (all beginning with 2-4) at 48
-# rows read 4% (a leading "3" added), at 64 96.5%; 250: 98.7% at 48, 97.5% at 64; 500: 98.6 and 98.9%;
-# 936: the same held-out median at 2.6-3.0x the fp32 images/s (benchmarks/train_throughput.py).
-# generic_varlen (8000): 55.4% after 3 epochs at 48 against 52.4% at 64 (fp32) and 46.3% at 32, and 56.3%
-# in 10 minutes against 53.3% at 32 (time_curve.py). At 32 rows 100 captcha_v2 labels read 0%.
-TUNED_HEIGHT_FROM_LABELS = 250
 
 
 def init_model(cfg: TrainConfig) -> str | None:
@@ -72,32 +61,31 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
         raise CaptchaError(f"{flag} needs --backbone {PRETRAINED.backbone} (or auto), not {cfg.backbone}")
     if weights and cfg.pretrained == "off":
         raise CaptchaError("--backbone-weights names pretrained weights, --pretrained off asks for none; drop one")
-    named = cfg.backbone == PRETRAINED.backbone or weights
-    wants = cfg.pretrained == "on" or (cfg.pretrained == "auto" and (
-        named or (cfg.backbone == "auto" and cfg.preset == "auto")))
-    few = (cfg.pretrained == "auto" and not named and cfg.backbone == "auto"
-           and n_labelled is not None and n_labelled < PRETRAINED_MIN_LABELS)
+    named = cfg.backbone == PRETRAINED.backbone or weights or cfg.reader == "big"
+    scratch_arch = next((f"--{k} {v}" for k, v in (("preset", cfg.preset), ("backbone", cfg.backbone))
+                         if v not in ("auto", PRETRAINED.name, PRETRAINED.backbone)), None)
+    colour = cfg.channels in (3, "3") and cfg.reader != "small"  # a colour student beside a grey teacher is fine
+    wants = cfg.pretrained == "on" or (cfg.pretrained == "auto" and (named or not (scratch_arch or colour)))
+    few = (cfg.pretrained == "auto" and not named and n_labelled is not None and n_labelled < PRETRAINED_MIN_LABELS)
     if not wants or few:
-        notes = [f"from scratch: {n_labelled} labelled images, under the {PRETRAINED_MIN_LABELS} from which the "
-                 "pretrained start helps"] if wants else []
-        return {"pretrained": "off", "backbone": SCRATCH.backbone if cfg.backbone == "auto" else cfg.backbone}, notes
-    source = pretrained.pick_source(cfg.backbone_weights)
+        why = (f"{n_labelled} labelled images, under the {PRETRAINED_MIN_LABELS} from which the pretrained start "
+               "helps" if wants else f"{scratch_arch or '--channels 3'} names a from-scratch model")
+        backbone = SCRATCH.backbone if cfg.backbone == "auto" else cfg.backbone
+        return {"pretrained": "off", "backbone": backbone}, [f"from scratch: {why}"]
+    source = pretrained_weights.pick_source(cfg.backbone_weights)
     if source is None:
-        hint = pretrained.missing_hint(cfg.backbone_weights)
+        hint = pretrained_weights.missing_hint(cfg.backbone_weights)
         if cfg.pretrained == "on" or named:
             raise CaptchaError(hint + ("" if cfg.pretrained == "on" or weights else
                                        " (or --pretrained off for random weights)"))
         return {"pretrained": "off", "backbone": SCRATCH.backbone}, [f"from scratch: {hint}"]
     if source != PRETRAINED.weights:
-        pretrained.backbone_weights(source)  # a bad file fails now, before the images are decoded
-    if cfg.channels not in ("auto", 1, "1"):
-        raise CaptchaError("--pretrained: the ddddocr backbone reads grey images; drop --channels 3")
+        pretrained_weights.backbone_weights(source)  # a bad file fails now, before the images are decoded
     changes: dict[str, Any] = {"pretrained": "on", "backbone": PRETRAINED.backbone, "channels": PRETRAINED.channels,
                                "backbone_weights": source}
     if cfg.height == "auto":
         changes["height"] = _backbone_height(source, n_labelled)
-    if cfg.preset == "auto":
-        changes["preset"] = PRETRAINED.name
+    changes["preset"] = PRETRAINED.name  # a --preset is the student's size
     why = (PRETRAINED_WHY if source == PRETRAINED.weights else "named by --backbone-weights" if weights
            else "the project's own, as ddddocr is not installed")
     height = changes.get("height", cfg.height)  # never "auto" here: _backbone_height settled it
@@ -110,4 +98,4 @@ def _backbone_height(source: str, n_labelled: int | None) -> int:
     if source == PRETRAINED.weights and PRETRAINED.tuned_height and (
             n_labelled is None or n_labelled >= TUNED_HEIGHT_FROM_LABELS):
         return PRETRAINED.tuned_height
-    return pretrained.native_height(source)
+    return pretrained_weights.native_height(source)

@@ -15,10 +15,11 @@ from captcha_crnn.cli import main
 from captcha_crnn.errors import CaptchaError
 from captcha_crnn.model.backbones import DdddocrBackbone
 from captcha_crnn.model.crnn import CRNN, preset
-from captcha_crnn.training import TrainConfig, pretrained, train
+from captcha_crnn.training import TrainConfig, pretrained_weights, train
 from captcha_crnn.training.start import resolve_start
 
-needs_ddddocr = pytest.mark.skipif(not pretrained.available(), reason="the pretrained extra (ddddocr) is not installed")
+needs_ddddocr = pytest.mark.skipif(not pretrained_weights.available(),
+                                   reason="the pretrained extra (ddddocr) is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +48,22 @@ def test_backbone_keeps_four_pixels_per_step() -> None:
 @needs_ddddocr
 def test_conversion_is_checked_and_cached(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAPTCHA_CRNN_CACHE", str(cache))
-    state, note = pretrained.backbone_weights()
+    state, note = pretrained_weights.backbone_weights()
     files = list(cache.glob("ddddocr-backbone-*.safetensors"))
     assert len(files) == 1 and ("converted" in note or str(files[0]) in note)
-    again, note2 = pretrained.backbone_weights()
+    again, note2 = pretrained_weights.backbone_weights()
     assert str(files[0]) in note2 and all(torch.equal(state[k], again[k]) for k in state)
-    onnx_path = pretrained._onnx_path()
-    assert pretrained.check(state, pretrained._load(onnx_path), onnx_path) < pretrained.TOLERANCE
+    onnx_path = pretrained_weights._onnx_path()
+    tol = pretrained_weights.TOLERANCE
+    assert pretrained_weights.check(state, pretrained_weights._load(onnx_path), onnx_path) < tol
     bad = {k: v.clone() for k, v in state.items()}
     bad["body.0.0.bias"] += 0.01
     with pytest.raises(CaptchaError, match="differs from onnxruntime"):
-        pretrained.check(bad, pretrained._load(onnx_path), onnx_path)
+        pretrained_weights.check(bad, pretrained_weights._load(onnx_path), onnx_path)
 
 
 def test_not_installed_is_one_clear_line(uninstalled: None, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert not pretrained.available()
+    assert not pretrained_weights.available()
     with pytest.raises(CaptchaError, match=r'pip install "captcha-crnn\[pretrained\]"'):
         resolve_start(TrainConfig(pretrained="on"))
     changes, notes = resolve_start(TrainConfig())  # auto falls back to the from-scratch default
@@ -78,7 +80,7 @@ def test_choices_that_contradict_each_other() -> None:
         resolve_start(TrainConfig(pretrained="on", backbone="plain"))
     assert resolve_start(TrainConfig(pretrained="off"))[0] == {"pretrained": "off", "backbone": "plain"}
     assert resolve_start(TrainConfig(preset="tiny"))[0]["pretrained"] == "off"  # a scratch architecture
-    if pretrained.available():  # auto: a from-scratch start for very few images, the pretrained one above
+    if pretrained_weights.available():  # auto: a from-scratch start for very few images, the pretrained one above
         changes, notes = resolve_start(TrainConfig(), n_labelled=20)
         assert changes["pretrained"] == "off" and "20 labelled images" in notes[0]
         assert resolve_start(TrainConfig(), n_labelled=50)[0]["pretrained"] == "on"
@@ -96,7 +98,7 @@ def test_pretrained_start_end_to_end(cache: Path, tmp_path: Path, monkeypatch: p
     file holds every weight, so reading, ONNX export and the onnx engine work without ddddocr."""
     monkeypatch.setenv("CAPTCHA_CRNN_CACHE", str(cache))
     make_clean_set(tmp_path / "d", 40)
-    ref, _ = pretrained.backbone_weights()
+    ref, _ = pretrained_weights.backbone_weights()
     seen: list[dict[str, torch.Tensor]] = []
 
     def hook(rec: dict, bundle) -> None:  # the model that is validated and saved, after each epoch
@@ -119,7 +121,7 @@ def test_pretrained_start_end_to_end(cache: Path, tmp_path: Path, monkeypatch: p
     images = sorted((tmp_path / "d").glob("*.png"))[:8]
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ddddocr" else real(n, *a))
-    assert not pretrained.available()
+    assert not pretrained_weights.available()
     torch_read = Recognizer.load(r.model_path, engine="torch").predict(images)
     onnx_read = Recognizer.load(r.model_path, engine="onnx").predict(images)
     assert [p.text for p in torch_read] == [p.text for p in onnx_read]

@@ -13,10 +13,10 @@ from conftest import make_clean_set
 from captcha_crnn.cli import main
 from captcha_crnn.errors import CaptchaError
 from captcha_crnn.model.backbones import DdddocrBackbone, ddddocr_bn, fold_batchnorm
-from captcha_crnn.training import TrainConfig, pretrained
-from captcha_crnn.training import pretrain as pretrain_module
-from captcha_crnn.training.pretrain import PretrainConfig, pretrain
+from captcha_crnn.training import TrainConfig, pretrained_weights
+from captcha_crnn.training import synthetic_pretrain as pretrain_module
 from captcha_crnn.training.start import resolve_start
+from captcha_crnn.training.synthetic_pretrain import PretrainConfig, pretrain
 
 
 def test_folded_backbone_equals_the_batch_norm_one() -> None:
@@ -46,7 +46,7 @@ def pretrained_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_pretrain_writes_a_backbone_and_resumes(pretrained_file: Path, capsys: pytest.CaptureFixture) -> None:
     out = pretrained_file
-    state, note = pretrained.backbone_weights(str(out / "backbone.safetensors"))
+    state, note = pretrained_weights.backbone_weights(str(out / "backbone.safetensors"))
     assert set(state) == set(DdddocrBackbone().state_dict()) and str(out) in note
     pngs = sorted((out / "data").glob("*.png"))
     assert len(pngs) == 120
@@ -104,8 +104,8 @@ def test_backbone_file_is_the_pretrained_start(pretrained_file: Path, tmp_path: 
     path = str(pretrained_file / "backbone.safetensors")
     changes, notes = resolve_start(TrainConfig(backbone_weights=path), n_labelled=20)  # named: no small-set rule
     assert changes["pretrained"] == "on" and changes["backbone_weights"] == path and path in notes[0]
-    assert changes["height"] == 32 == pretrained.native_height(path)  # the height it was pre-trained at
-    assert pretrained.native_height("ddddocr") == 64
+    assert changes["height"] == 32 == pretrained_weights.native_height(path)  # the height it was pre-trained at
+    assert pretrained_weights.native_height("ddddocr") == 64
     make_clean_set(tmp_path / "d", 24)
     from captcha_crnn.training import train
 
@@ -124,17 +124,17 @@ def test_bad_backbone_files_are_one_line(tmp_path: Path) -> None:
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not safetensors")
     with pytest.raises(CaptchaError, match="not a safetensors backbone file"):
-        pretrained.backbone_weights(str(junk))
+        pretrained_weights.backbone_weights(str(junk))
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CaptchaError, match="not a ddddocr-layout backbone"):
-        pretrained.backbone_weights(str(tmp_path / "other.safetensors"))
+        pretrained_weights.backbone_weights(str(tmp_path / "other.safetensors"))
     with pytest.raises(CaptchaError, match="at least 100"):
         pretrain(PretrainConfig(out=str(tmp_path / "p"), count=10))
     state = {k: v.contiguous() for k, v in DdddocrBackbone().state_dict().items()}
     save_file(state, str(tmp_path / "plain.safetensors"))  # no metadata: ddddocr's height
-    assert pretrained.native_height(str(tmp_path / "plain.safetensors")) == 64
+    assert pretrained_weights.native_height(str(tmp_path / "plain.safetensors")) == 64
     save_file(state, str(tmp_path / "odd.safetensors"), metadata={"height": "40"})
     with pytest.raises(CaptchaError, match="odd.safetensors: its metadata gives the input height '40'"):
         resolve_start(TrainConfig(backbone_weights=str(tmp_path / "odd.safetensors")))
@@ -143,11 +143,11 @@ def test_bad_backbone_files_are_one_line(tmp_path: Path) -> None:
 def test_auto_takes_ddddocr_or_no_pretrained_start(monkeypatch: pytest.MonkeyPatch) -> None:
     """auto: ddddocr's weights where the package is installed; else the from-scratch start (no backbone of the
     project's own is shipped, and "mixed" names none)."""
-    if pretrained.available("ddddocr"):
-        assert pretrained.pick_source("auto") == "ddddocr"
+    if pretrained_weights.available("ddddocr"):
+        assert pretrained_weights.pick_source("auto") == "ddddocr"
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ddddocr" else real(n, *a))
-    assert pretrained.pick_source("auto") is None
+    assert pretrained_weights.pick_source("auto") is None
     assert resolve_start(TrainConfig(), n_labelled=500)[0] == {"pretrained": "off", "backbone": "plain"}
     with pytest.raises(CaptchaError, match="--backbone-weights mixed: no such file"):
         resolve_start(TrainConfig(backbone_weights="mixed"))

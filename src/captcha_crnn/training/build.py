@@ -50,7 +50,7 @@ def init_weights(model: CRNN, alphabet: Alphabet, init: str | None, pretrained: 
     of `source` (`pretrained` "on"), else from the shipped synthetic model (init "auto") when present;
     describe what happened."""
     from ..model.zoo import zoo_path
-    from .pretrained import load_pretrained
+    from .pretrained_weights import load_pretrained
     from .warmstart import warm_start
 
     if init not in (None, "", "none", "auto"):

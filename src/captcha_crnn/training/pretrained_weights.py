@@ -1,5 +1,5 @@
 """The captcha-pretrained backbone: the convolutions of the model inside the `ddddocr` package, or
-the project's own weights for the same layout (training/pretrain.py), shipped or from a file.
+the project's own weights for the same layout (training/synthetic_pretrain.py), shipped or from a file.
 
 The package (an optional extra: ``pip install "captcha-crnn[pretrained]"``, MIT licence) ships
 ``common.onnx``, a captcha reader trained on a very large set of captchas. Its initialisers are read

@@ -1,0 +1,95 @@
+"""The training plan: contradictions are one-line errors (one table), every decision is settled once, written
+to plan.json and the model's metadata, the user's TrainConfig is never changed, and a budget is spent."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import make_clean_set
+
+from captcha_crnn.cli import main
+from captcha_crnn.errors import CaptchaError
+from captcha_crnn.training import TrainConfig, pretrained_weights, train
+from captcha_crnn.training.loop import Run
+from captcha_crnn.training.plan import CONTRADICTIONS, PLAN, Plan, contradiction
+
+# every contradictory combination of options, and the words of its one-line error
+CONTRADICTORY = [
+    (dict(reader="big", pretrained="off"), "--reader big is the pretrained model, --pretrained off"),
+    (dict(reader="big", preset="tiny"), "--reader big is the pretrained model, --preset names"),
+    (dict(reader="big", channels=3), "--reader big is the pretrained model, which reads grey"),
+    (dict(pretrained="on", channels=3), "--pretrained on reads grey images; drop --channels 3"),
+    (dict(distil="on", pretrained="off"), "--distil on needs the pretrained teacher"),
+    (dict(distil="on", reader="big"), "--distil on teaches the small model"),
+    (dict(val_data="v.csv", val=0.2), "--val-data gives the validation set"),
+    (dict(test_data="t.csv", test=0.2), "--test-data gives the test set"),
+]
+
+
+def test_the_table_covers_every_contradiction() -> None:
+    found = {contradiction(TrainConfig(**kw)) for kw, _ in CONTRADICTORY}
+    assert found == {why for _, why in CONTRADICTIONS}
+    assert contradiction(TrainConfig()) is None and contradiction(TrainConfig(reader="small", channels=3)) is None
+
+
+@pytest.mark.parametrize("options,words", CONTRADICTORY)
+def test_a_contradiction_is_a_one_line_error(tmp_path: Path, options: dict, words: str) -> None:
+    with pytest.raises(CaptchaError, match=words.replace("(", r"\(")) as e:
+        Plan.resolve(str(tmp_path), TrainConfig(out=str(tmp_path / "o"), **options))
+    assert "\n" not in str(e.value)
+
+
+def test_the_cli_names_a_contradiction_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_clean_set(tmp_path / "d", 12, lengths=(3, 3))
+    assert main(["train", str(tmp_path / "d"), "--label-sep", "-", "--reader", "big", "--pretrained", "off"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--reader big is the pretrained model" in err and "Traceback" not in err
+
+
+def test_the_plan_is_written_printed_once_and_stored(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_clean_set(tmp_path / "d", 40, lengths=(3, 3))
+    cfg = TrainConfig(out=str(tmp_path / "o"), epochs=1, batch_size=16, label_sep="-", progress=False)
+    asked = asdict(cfg)
+    r = train(str(tmp_path / "d"), cfg)
+    assert asdict(cfg) == asked  # what the user asked stays as asked
+    err = capsys.readouterr().err
+    assert err.count("plan: ") == 1 and err.count("seeded split") == 1
+    plan = json.loads((tmp_path / "o" / PLAN).read_text())
+    (stage,) = plan["stages"]  # 40 labels: the small model alone
+    settings = stage["settings"]
+    assert "auto" not in (settings["height"], settings["channels"], settings["crop"], settings["preset"],
+                          settings["precision"], settings["augment"])
+    assert plan["asked"]["height"] == "auto" and plan["split"] == [32, 8, 0]
+    from captcha_crnn.model.format import read_metadata
+
+    assert read_metadata(r.model_path)["training"]["plan"]["stages"][0]["settings"] == settings
+
+
+@pytest.mark.skipif(not pretrained_weights.available(), reason="the pretrained extra (ddddocr) is not installed")
+def test_the_recipe_plan_names_both_stages_and_the_students_input(tmp_path: Path) -> None:
+    make_clean_set(tmp_path / "d", 60, lengths=(3, 3))
+    plan = Plan.resolve(str(tmp_path / "d"), TrainConfig(out=str(tmp_path / "o"), label_sep="-", max_minutes=2))
+    first, last = plan.stages  # nothing unlabelled: the student first, the teacher takes the rest
+    assert (first.name, last.name) == ("student", "teacher")
+    assert first.hands_on and not last.hands_on and first.share == 0.5 and last.share is None
+    assert first.settings.pretrained == "off" and last.settings.pretrained == "on"
+    assert first.settings.patience == 3 and first.settings.out.endswith("student")
+
+
+def _stop(hands_on: bool, budget: float | None, best: float, since: int) -> str:
+    """Run.stop_reason for a run `since` epochs past its best, at the end of an epoch, 100 validation images."""
+    st = SimpleNamespace(epoch=since + 1, batch=0, best={"epoch": 1, "val_sequence_accuracy": best})
+    run = SimpleNamespace(st=st, cfg=TrainConfig(patience=2, max_minutes=budget and budget / 60), epochs=100,
+                          data=SimpleNamespace(val=[0] * 100), budget=budget, hands_on=hands_on, now=lambda: 1.0)
+    return Run.stop_reason(run)  # type: ignore[arg-type]
+
+
+def test_early_stopping_ends_a_budgeted_run_only_where_it_hands_its_time_on() -> None:
+    assert _stop(hands_on=True, budget=60.0, best=0.5, since=3).startswith("early stop")  # the next stage gets it
+    assert _stop(hands_on=False, budget=60.0, best=0.5, since=3) == ""  # the last stage spends the budget
+    assert _stop(hands_on=False, budget=60.0, best=1.0, since=3).startswith("early stop")  # nothing left to learn
+    assert _stop(hands_on=False, budget=None, best=0.5, since=3).startswith("early stop")  # no budget to spend
