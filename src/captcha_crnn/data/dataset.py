@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import CaptchaError
 from ..progress import bar_disable
-from .images import Preprocess, load_image, stack_padded
+from .images import Preprocess, load_image, stack_padded, to_ink
 from .labels import Sample
 
 CACHE_VERSION = 1
@@ -125,6 +125,11 @@ class ImageSet:
         if isinstance(self.images, DiskImages):
             return self.images.batch(idx)
         return stack_padded([self.images[i] for i in idx])
+
+    def ink(self, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """What a model takes: float ink (B, C, H, W_max) of images idx, and their true widths."""
+        u8, widths = self.batch(idx)
+        return to_ink(u8), widths
 
 
 def _decode(s: Sample, pre: Preprocess) -> np.ndarray | str:

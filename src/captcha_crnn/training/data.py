@@ -68,6 +68,12 @@ def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
     return Preprocess(width=None, min_width=min_w, crop=crop, **common)
 
 
+def ink_tensor(images: ImageSet, idx: list[int]) -> tuple[torch.Tensor, np.ndarray]:
+    """The float ink (B, C, H, W) of training images idx as a tensor, and their widths (B,)."""
+    x, widths = images.ink(idx)
+    return torch.from_numpy(x), widths
+
+
 def ctc_targets(labels: list[str], alphabet: Alphabet) -> tuple[torch.Tensor, torch.Tensor]:
     enc = [alphabet.encode(s) for s in labels]
     flat = torch.tensor([i for e in enc for i in e], dtype=torch.long)

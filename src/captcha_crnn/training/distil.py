@@ -18,13 +18,12 @@ import torch
 from ..data.alphabet import Alphabet
 from ..data.augment import policy
 from ..data.dataset import ImageSet
-from ..data.images import to_ink
 from ..data.labels import Sample
 from ..errors import CaptchaError
 from ..model.crnn import CRNN
 from ..model.modelfile import load_bundle
 from .config import TrainConfig
-from .data import load_set
+from .data import ink_tensor, load_set
 from .log import log
 
 TEMPERATURE = 2.0  # softens both sides' distributions, so the teacher's second choices carry weight
@@ -90,8 +89,7 @@ class Teacher:
 
     def batch(self, idx: list[int]) -> tuple[torch.Tensor, np.ndarray]:
         """The teacher's input for the training images idx: ink (B, C, H, W), widths (B,)."""
-        u8, widths = self.images.batch(idx)
-        return torch.from_numpy(to_ink(u8)), widths
+        return ink_tensor(self.images, idx)
 
     @torch.no_grad()
     def targets(self, x: torch.Tensor, widths: np.ndarray, aug_state: torch.Tensor, strength: float | str,

@@ -21,10 +21,10 @@ import torch.distributed as dist
 class Dist:
     """This process's place in the job. `device` is where collectives' tensors live."""
 
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    local_world: int = 1
+    rank: int = 0  # of all processes (RANK)
+    world: int = 1  # processes in all (WORLD_SIZE)
+    local_rank: int = 0  # on this machine (LOCAL_RANK): the first one decodes the cache
+    local_world: int = 1  # processes on this machine: they share its cores
     device: str = "cpu"
     owns_group: bool = False  # initialised here, so destroyed here
 

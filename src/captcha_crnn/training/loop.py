@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..data.augment import policy
 from ..data.dataset import Prefetcher, bucketed_order
-from ..data.images import time_steps, to_ink
+from ..data.images import time_steps
 from ..evaluate import Report
 from ..model.crnn import CRNN
 from ..model.modelfile import ModelBundle, save_bundle
@@ -24,7 +24,7 @@ from . import distributed
 from .build import make_optimizer, pick_precision
 from .checkpoint import CHECKPOINT, Clock, RunState, rank_state, save_checkpoint, snapshot
 from .config import TrainConfig
-from .data import Data, ctc_targets
+from .data import Data, ctc_targets, ink_tensor
 from .distil import WEIGHT, Teacher, kd_loss
 from .distributed import Dist
 from .ema import EMA
@@ -168,8 +168,7 @@ class Run:
         """A batch as the model takes it (runs in the loader thread): indices, float ink (B, C, H, W), widths,
         with a teacher its own input of the same images, and with unlabelled images a batch of them."""
         idx, uidx = job
-        u8, widths = self.data.train.batch(idx)  # (B, C, H, W) uint8 from the cache, (B,)
-        x = torch.from_numpy(to_ink(u8))  # (B, C, H, W) float ink
+        x, widths = ink_tensor(self.data.train, idx)  # (B, C, H, W) float ink from the cache, (B,)
         view = self.teacher.batch(idx) if self.teacher else None
         unl = (uidx, self.semi.fetch(uidx)) if self.semi and uidx is not None else None
         return idx, x.pin_memory() if self.device.startswith("cuda") else x, widths, view, unl

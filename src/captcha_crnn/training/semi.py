@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from ..data.alphabet import Alphabet
 from ..data.augment import strong_augment
 from ..data.dataset import ImageSet, bucketed_order
-from ..data.images import time_steps, to_ink
+from ..data.images import time_steps
 from ..decode.ctc import greedy_decode_batch
 from ..errors import CaptchaError
+from .data import ink_tensor
 from .log import log
 from .policy import RAMP, THRESHOLD, WEIGHT, ZERO_SHOT_MIN
 
@@ -154,8 +155,7 @@ class Semi:
 
     def fetch(self, idx: list[int]) -> tuple[torch.Tensor, np.ndarray]:
         """Ink (B, C, H, W) and widths of pool images idx (the loader thread calls this)."""
-        u8, widths = self.pool.batch(idx)
-        return torch.from_numpy(to_ink(u8)), widths
+        return ink_tensor(self.pool, idx)
 
     @torch.no_grad()
     def targets(self, reader: torch.nn.Module, x: torch.Tensor, widths: np.ndarray, idx: list[int],

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from ..data.alphabet import Alphabet
 from ..data.dataset import ImageSet
-from ..data.images import to_ink
 from ..decode.ctc import greedy_decode_batch
 from ..evaluate import Report, score_both, selective
 from ..model.crnn import CRNN
@@ -30,8 +29,7 @@ def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
     losses, preds, confs = [float("nan")] * len(ds), [""] * len(ds), [0.0] * len(ds)
 
     def load(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        u8, widths = ds.batch(idx)  # (B, C, H, W) uint8, (B,)
-        return to_ink(u8), widths
+        return ds.ink(idx)  # (B, C, H, W) float ink, (B,)
 
     def run(x: np.ndarray) -> torch.Tensor:
         return model(torch.from_numpy(x).to(device)).float().cpu()  # (B, T, classes)
