@@ -135,3 +135,43 @@ def test_readme_reads_in_ten_minutes() -> None:
     assert len(lines) < 300, len(lines)
     for link in re.findall(r"\]\((docs/[^)#]+)\)", "\n".join(lines)):
         assert (ROOT / link).is_file(), link
+
+
+def newcomer_path(text: str) -> list[list[str]]:
+    """The `captcha-crnn` lines of the Quick start's first ```bash block (the path pasted in order), as argv."""
+    import shlex
+
+    start = text.index("## Quick start")
+    block = re.findall(r"```bash\n(.*?)```", text[start:], flags=re.S)[0]
+    lines = [line.split("  #")[0].strip() for line in block.splitlines()]
+    return [shlex.split(line)[1:] for line in lines if line.startswith("captcha-crnn ")]
+
+
+def test_readme_newcomer_path_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture) -> None:
+    """The README's shell path in order: download (here from a local zip of generated captcha_v2-like images),
+    train on what was downloaded (here for one epoch), read an image of it, show the model."""
+    import zipfile
+
+    from conftest import render_clean
+
+    from captcha_crnn.cli import main
+
+    text = README.read_text(encoding="utf-8")
+    assert text.count("make install && source .venv/bin/activate") == 1
+    path = newcomer_path(text)
+    assert [a[0] for a in path] == ["download", "train", "predict", "info"]
+    rng = random.Random(1)
+    labels = ["2b827"] + ["".join(rng.choice(V2_ALPHABET) for _ in range(5)) for _ in range(39)]
+    archive = tmp_path / "captcha_v2.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for i, label in enumerate(labels):
+            image = tmp_path / f"{label}.png"
+            render_clean(label, size=(200, 50), seed=i).save(image)
+            z.write(image, f"samples/{label}.png")
+    monkeypatch.chdir(tmp_path)
+    extra = {"download": ["--zip", str(archive), "--quiet"], "train": ["--epochs", "1", "--quiet"]}
+    for argv in path:
+        assert main(argv + extra.get(argv[0], [])) == 0, argv
+    assert (tmp_path / "runs" / "v2" / "plan.json").is_file()
+    assert '"text"' in capsys.readouterr().out  # predict --json printed a reading
