@@ -180,6 +180,12 @@ def student(d: dict) -> str:
     return bench("student").table(median_per(d["results"], "scenario", "accuracy"))
 
 
+def unseen_style(student_runs: dict, longer: dict) -> str:
+    """The unseen style from 200 labels: student.py's 10-minute hard_200 and unseen_style.py's longer budgets."""
+    rows = [r for r in student_runs["results"] if r["scenario"] == "hard_200"] + longer["results"]
+    return bench("student").table(rows)
+
+
 def curve(d: dict) -> str:
     """Labelled images across, datasets down; each cell every start's accuracy (and images/s)."""
     rows = d["results"]
@@ -265,6 +271,7 @@ TOPICS = {
                                 "(`scripts/train_models.py`)"),
     "student": Topic(("student.json",), student),
     "learning_curve_student": Topic(("learning_curve_student.json",), curve),
+    "unseen_style": Topic(("student.json", "unseen_style_few_labels.json"), unseen_style),
     "inference": Topic(("inference_pretrained.json", "inference_scratch.json"), inference,
                        "`python benchmarks/inference.py --model MODEL --repeats {0[repeats]}` ({links})"),
     "labelling": Topic(("labelling_captcha_v2_ddddocr_prefill.json", "labelling.json",
