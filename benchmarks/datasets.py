@@ -144,7 +144,35 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), **provenance()}
+
+
+def provenance() -> dict[str, Any]:
+    """The code a figure was measured with: the commit (with "+changes" when src/ differs from it) and version."""
+    import subprocess
+
+    from captcha_crnn.version import __version__
+
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--", "../src"):
+        commit += "+changes"
+    return {"commit": commit, "captcha_crnn": __version__}
+
+
+def model_provenance(path: str | Path) -> dict[str, Any]:
+    """What shapes a model file's figures: its sha256, input height and channels, backbone."""
+    import hashlib
+
+    from captcha_crnn.model.format import parse_metadata, read_metadata
+
+    spec = parse_metadata(read_metadata(path), str(path))
+    return {"model_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+            "model_height": spec.preprocess.height, "model_channels": spec.preprocess.channels,
+            "model_backbone": spec.arch.backbone}
 
 
 def common_args(ap: argparse.ArgumentParser, json_default: str) -> None:

@@ -33,7 +33,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -151,18 +150,21 @@ def worker(spec: dict) -> dict:
 # ------------------------------------------------------------------ driver
 
 
+def model_file_provenance(path: Path) -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from datasets import model_provenance
+
+    return model_provenance(path)
+
+
 def machine() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor()
-    info = {"cpu": cpu or platform.processor(), "cores": os.cpu_count(),
-            "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "platform": platform.platform(), "python": platform.python_version()}
+    """datasets.machine() (the CPU, the commit) with the cores usable and the reading libraries' versions
+    (imported here, in the driver: the workers that time ONNX Runtime never import torch)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from datasets import machine as base_machine
+
+    info = {**base_machine(),
+            "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
     for mod in ("torch", "onnxruntime", "onnx", "numpy", "PIL", "ddddocr"):
         try:
             m = __import__(mod)
@@ -265,7 +267,8 @@ def main() -> int:
             results.append(res)
 
     report = {
-        "model": str(model_path), "data": str(data), "images": len(files), "accuracy_set": scored_desc,
+        "model": str(model_path), **model_file_provenance(model_path), "precision": "fp32",
+        "data": str(data), "images": len(files), "accuracy_set": scored_desc,
         "threads": a.threads, "batch_size": a.batch_size, "repeats": a.repeats, "latency_n": a.latency_n,
         "machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "results": results,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import importlib
 import json
 import re
@@ -294,6 +295,34 @@ def load(path: Path) -> Any:
         return None
 
 
+ZOO = ROOT / "src" / "captcha_crnn" / "zoo"  # the shipped model files
+
+
+def model_problems(json_name: str, data: Any) -> list[str]:
+    """Why a README table's JSON no longer describes the code: it reads a model (its "model") but records
+    no hash and input height, a shipped model it read has changed since, or a pretrained backbone's
+    input height is not one today's code would train at."""
+    if not isinstance(data, dict) or "model" not in data:
+        return []
+    if "model_sha256" not in data or "model_height" not in data:
+        return [f"{json_name}: records no model hash or input height; re-run its command"]
+    problems = []
+    shipped = ZOO / Path(data["model"]).name if Path(data["model"]).parent.name == "zoo" else ZOO / (
+        data["model"] + ".safetensors")
+    if shipped.is_file() and hashlib.sha256(shipped.read_bytes()).hexdigest() != data["model_sha256"]:
+        problems.append(f"{json_name}: the shipped {shipped.name} has changed since it was measured")
+    try:
+        from captcha_crnn.model.archs import DDDDOCR, PRETRAINED
+    except ImportError:  # run without the package installed: the checkout's src/
+        sys.path.insert(0, str(ROOT / "src"))
+        from captcha_crnn.model.archs import DDDDOCR, PRETRAINED
+    if data.get("model_backbone") == PRETRAINED.backbone and data["model_height"] not in (
+            PRETRAINED.tuned_height, DDDDOCR.height):
+        problems.append(f"{json_name}: a pretrained model at {data['model_height']} rows, a height training no "
+                        "longer chooses")
+    return problems
+
+
 def block(name: str, results: Path) -> str | None:
     """The new text of README block `name`, or None when its JSON is not there yet."""
     t = TOPICS[name]
@@ -377,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", type=Path, default=DOC)
     ap.add_argument("--results", type=Path, default=RESULTS, help="the benchmarks' JSON files")
     a = ap.parse_args(argv)
-    stale = []
+    stale = [p for name in TOPICS for f in TOPICS[name].files for p in model_problems(f, load(a.results / f))]
     for path, new in ((a.readme, {name: block(name, a.results) for name in TOPICS}),
                       (a.doc, {DETAIL: detail(a.results) + "\n"})):
         text = path.read_text(encoding="utf-8")

@@ -84,3 +84,20 @@ def test_learning_curve_pivot(tables) -> None:
     assert tables.curve({"results": rows}).splitlines() == [
         "| labelled images: student | 50 | 1000 |", "|---|---|---|",
         "| a | 50.00% (100/s) | 50.00% (100/s) (842) |", "| b | 50.00% (100/s) | - |"]
+
+
+def test_a_table_that_reads_a_model_names_which_one(tables) -> None:
+    """A JSON that reads a model records its hash and input height; a shipped model changed since, or a
+    pretrained height training no longer chooses, makes it stale."""
+    import hashlib
+
+    shipped = tables.ZOO / "captcha_v2.safetensors"
+    sha = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    good = {"model": str(shipped), "model_sha256": sha, "model_height": 32, "model_backbone": "plain"}
+    assert tables.model_problems("x.json", good) == []
+    assert tables.model_problems("x.json", {**good, "model": "captcha_v2"}) == []
+    assert "records no model hash" in tables.model_problems("x.json", {"model": str(shipped)})[0]
+    assert "has changed" in tables.model_problems("x.json", {**good, "model_sha256": "0" * 64})[0]
+    old = {**good, "model": "/tmp/gone.safetensors", "model_backbone": "ddddocr", "model_height": 40}
+    assert "a height training no longer chooses" in tables.model_problems("x.json", old)[0]
+    assert tables.model_problems("x.json", {"results": []}) == []
