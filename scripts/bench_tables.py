@@ -45,10 +45,13 @@ COMMANDS = {
     "inference_own_backbone.json": "python benchmarks/inference.py --model {0[model]} --engines onnx,onnx-int8,"
                                    "ddddocr --repeats {0[repeats]} --json "
                                    "benchmarks/results/inference_own_backbone.json",
-    "inference_pretrained.json": "python benchmarks/inference.py --model {0[model]} --engines onnx,onnx-int8,ddddocr "
+    "inference_pretrained.json": "captcha-crnn train ../shared/datasets/captcha_v2 --reader big --max-minutes 3 "
+                                 "--out runs/v2_big; python benchmarks/inference.py --model "
+                                 "runs/v2_big/model.safetensors --engines onnx,onnx-int8,ddddocr "
                                  "--repeats {0[repeats]} --json benchmarks/results/inference_pretrained.json",
-    "inference_scratch.json": "python benchmarks/inference.py --model captcha_v2 --accuracy-model "
-                              "/tmp/bench/v2scratch/model.safetensors --engines onnx,onnx-int8 --repeats {0[repeats]} "
+    "inference_scratch.json": "captcha-crnn train ../shared/datasets/captcha_v2 --pretrained off --max-minutes 3 "
+                              "--out runs/v2_small; python benchmarks/inference.py --model captcha_v2 --accuracy-model "
+                              "runs/v2_small/model.safetensors --engines onnx,onnx-int8 --repeats {0[repeats]} "
                               "--json benchmarks/results/inference_scratch.json",
     "label_latency.json": "python benchmarks/label_latency.py",
     "labelling.json": "python benchmarks/labelling.py --rounds 6",
