@@ -54,6 +54,12 @@ COMMANDS = {
                               "runs/v2_small/model.safetensors --engines onnx,onnx-int8 --repeats {0[repeats]} "
                               "--json benchmarks/results/inference_scratch.json",
     "label_latency.json": "python benchmarks/label_latency.py",
+    "unseen_style_all_labels.json": "python benchmarks/unseen_style.py --minutes 10 --json "
+                                    "benchmarks/results/unseen_style_all_labels.json",
+    "datasets_generic_10min.json": "python benchmarks/datasets.py --datasets generic_varlen --json "
+                                   "benchmarks/results/datasets_generic_10min.json",
+    "datasets_henan_10min.json": "python benchmarks/datasets.py --datasets henan_digits4 --minutes-scale 2 --json "
+                                 "benchmarks/results/datasets_henan_10min.json",
     "labelling.json": "python benchmarks/labelling.py --rounds 6",
     "labelling_captcha_v2_ddddocr_prefill.json": "python benchmarks/labelling.py --strategies prefill --rounds 8 "
                                                  "--json benchmarks/results/labelling_captcha_v2_ddddocr_prefill.json",
