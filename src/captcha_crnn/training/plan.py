@@ -223,9 +223,7 @@ def recipe_stages(asked: TrainConfig, base: TrainConfig, tr: list[Sample], va: l
     # the student's input and size are the user's where given (the start settled the teacher's)
     student = replace(base, **common, **STUDENT, out=str(out / "student"), preset=asked.preset,
                       height=asked.height, channels=asked.channels, grey=asked.grey)
-    tnotes: list[str] = []
-    teacher, student = settle(teacher, tr, tnotes), settle(student, tr, [])
-    notes.extend(tnotes)
+    teacher, student = settle(teacher, tr, notes), settle(student, tr, [])  # the plan prints the teacher's reasons
     if pool:
         if asked.distil == "on":
             notes.append("--distil on: not used (with unlabelled images the student learns the teacher's readings "
