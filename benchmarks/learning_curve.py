@@ -4,7 +4,7 @@ unlabelled images (semi-supervised, training/semi.py), under the same time budge
 model's reading speed.
 
     python benchmarks/learning_curve.py [--datasets captcha_v2 henan_digits4 generic_varlen]
-        [--sizes 50 100 250 500 1000 all] [--starts scratch pretrained student own] [--seed 0]
+        [--sizes 50 100 250 500 1000 all] [--starts scratch pretrained student own] [--seed 0] [--series semi]
         [--minutes-scale 1.0 | --minutes M] [--root ../shared/datasets]
         [--json benchmarks/results/learning_curve.json]
         [--plot benchmarks/results/learning_curve.png]
@@ -39,6 +39,13 @@ from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import DATASETS, Dataset, machine, parse_value  # noqa: E402
+
+# beside the shared sets, benchmarks/unseen_style.py's style (student.py's hard_200 images), generated into the run's
+# temporary folder: a style the pretrained backbone has never seen
+CURVE_SETS = {**DATASETS, "unseen_style": Dataset("unseen_style", "unseen_style/labels.csv", 10.0)}
+# --series semi: the rest of the pool unlabelled, semi-supervised, at the budgets the semi-supervised issue names
+SEMI_SERIES = [("captcha_v2", ["25", "100", "250"], 5.0), ("henan_digits4", ["25", "100", "250"], 5.0),
+               ("generic_varlen", ["100", "250"], 10.0), ("unseen_style", ["100", "250"], 10.0)]
 
 # each start as TrainConfig fields: from scratch, the ddddocr backbone, the project's own (`pretrain`)
 # "student": the default recipe with the rest of the pool unlabelled, learnt from throughout training (semi-supervised)
@@ -89,6 +96,11 @@ def link_folder(samples: list[Sample], folder: Path) -> Path:
 
 def run_dataset(ds: Dataset, root: Path, sizes: list[str], starts: list[str], seed: int, minutes: float,
                 tmp: Path, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    if ds.name == "unseen_style":
+        from student import hard_style
+
+        hard_style(tmp)  # 2500 images in tmp/hard
+        root, ds = tmp, Dataset(ds.name, "hard/labels.csv", ds.minutes, ds.case)
     samples = sorted(read_samples(str(root / ds.path)), key=lambda s: s.path)
     pool, _, held = split_items(samples, seed, 0.0, 0.1)  # pool: seeded shuffle of the other 90%
     test = write_csv(held, tmp / f"{ds.name}-test.csv")
@@ -151,7 +163,11 @@ def plot(rows: list[dict[str, Any]], starts: list[str], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    ap.add_argument("--datasets", nargs="+", choices=list(CURVE_SETS), default=list(DATASETS))
+    ap.add_argument("--series", choices=["semi"], default=None,
+                    help="semi: the student start with the rest of the pool unlabelled, 25/100/250 labels on "
+                         "captcha_v2 and henan_digits4 at 5 minutes, 100/250 on generic_varlen and unseen_style at 10 "
+                         "(instead of --datasets, --sizes, --starts and --minutes)")
     ap.add_argument("--sizes", nargs="+", default=["50", "100", "250", "500", "1000", "all"])
     ap.add_argument("--starts", nargs="+", choices=list(STARTS), default=["scratch", "pretrained"])
     ap.add_argument("--own-weights", default=None, metavar="FILE", help="the own start's backbone file")
@@ -181,11 +197,15 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
+    plan = SEMI_SERIES if a.series else [(n, a.sizes, a.minutes or CURVE_SETS[n].minutes * a.minutes_scale)
+                                         for n in a.datasets]
+    if a.series:
+        a.starts = ["student"]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in a.datasets:
-            minutes = a.minutes or DATASETS[name].minutes * a.minutes_scale
-            rows += run_dataset(DATASETS[name], Path(a.root), a.sizes, a.starts, a.seed, minutes, Path(tmp), overrides)
-            report = {"seed": a.seed, "minutes_scale": a.minutes_scale, "minutes": a.minutes, "overrides": overrides,
+        for name, sizes, minutes in plan:
+            rows += run_dataset(CURVE_SETS[name], Path(a.root), sizes, a.starts, a.seed, minutes, Path(tmp), overrides)
+            report = {"seed": a.seed, "series": a.series, "minutes_scale": a.minutes_scale, "minutes": a.minutes,
+                      "overrides": overrides,
                       "machine": machine(),
                       "load_average_before": load_before, "load_average_after": os.getloadavg(), "results": rows}
             out.write_text(json.dumps(report, indent=1))  # after every dataset: a long run keeps what it did

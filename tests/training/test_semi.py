@@ -192,3 +192,50 @@ def test_a_non_finite_step_is_skipped_not_taken(tmp_path: Path, monkeypatch: pyt
     r = train(str(tmp_path / "d"), unlabelled_run(tmp_path, epochs=1, unlabelled=()))
     assert "1 training step(s) skipped" in capsys.readouterr().err
     assert np.isfinite(r.history[0]["train_loss"]) and np.isfinite(r.history[0]["val_loss"])
+
+
+def test_precision_floor_opens_only_where_the_held_out_readings_are_right() -> None:
+    from captcha_crnn.training.semi import NOTHING, precision_floor
+
+    confs = [0.99 - 0.01 * i for i in range(15)]
+    assert precision_floor(["a"] * 10 + ["b"] * 5, confs, ["a"] * 15) == pytest.approx(0.90)  # 10 right, then wrong
+    assert precision_floor(["a", "a"], [0.9, 0.8], ["a", "a"]) == NOTHING  # two right readings are too few to trust
+    assert precision_floor(["b"] * 20, confs + confs[:5], ["a"] * 20) == NOTHING
+
+
+def test_calibrated_rule_holds_the_pool_back_until_readings_are_trustworthy() -> None:
+    r = Readings("teacher", ["123", "456"], [0.99, 0.5], ["111"] * 12, [0.9] * 12, 1.0,
+                 [[0.99] * 3, [0.8] * 3])
+    s = Semi(pool(2), Alphabet("0123456789"), (3, 3), r, rule="calibrated", val_labels=["111"] * 12)
+    assert s.floor == pytest.approx(0.9)
+    pos, texts = s.targets(torch.nn.Identity(), torch.zeros(2, 1, 32, 96), np.array([96] * 2), [0, 1], False)
+    assert (pos, texts) == ([0], ["123"])  # flex alone would take "456" too (nothing was read confidently yet)
+    own = Semi(pool(2), Alphabet("0123456789"), (3, 3), None, rule="calibrated", val_labels=["111"] * 12)
+    rec = own.end_epoch(["111"] * 12, ["112"] * 12, [0.99] * 12, 0.0, [24] * 12)
+    assert rec["unlabelled_val_clear"] == 0 and own.floor > 1  # all confident and wrong: the pool stays shut
+
+
+def test_masked_pretraining_trains_the_backbone_alone(tmp_path: Path) -> None:
+    from captcha_crnn.data.images import Preprocess
+    from captcha_crnn.data.labels import Sample
+    from captcha_crnn.model.crnn import CRNN, preset
+    from captcha_crnn.training.masked_pretrain import masked_pretrain
+
+    make_clean_set(tmp_path / "u", 64, lengths=(3, 3))
+    from captcha_crnn.training.data import load_set
+
+    cfg = TrainConfig(out=str(tmp_path / "o"), progress=False)
+    samples = [Sample(str(p), "") for p in sorted((tmp_path / "u").iterdir())]
+    pool_set = load_set(samples, Preprocess(height=32), cfg, "unlabelled")
+    torch.manual_seed(0)
+    model = CRNN(preset("tiny", num_classes=11))
+    head, conv = model.head.weight.clone(), next(model.backbone.parameters()).clone()
+    report = masked_pretrain(model, pool_set, 4.0, "cpu")
+    assert report["steps"] >= 4 and report["last_loss"] < report["first_loss"]
+    assert torch.equal(model.head.weight, head) and not torch.equal(next(model.backbone.parameters()), conv)
+
+
+def test_a_run_spends_part_of_its_budget_on_masked_pretraining(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    r = train(str(tmp_path / "d"), unlabelled_run(tmp_path, epochs=1, masked_minutes=0.02))
+    assert r.model_path.is_file()
+    assert "masked-image pretraining on 60 unlabelled images" in capsys.readouterr().err

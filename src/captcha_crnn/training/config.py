@@ -134,8 +134,13 @@ class TrainConfig:
                                    f"zero-shot model where it reads {policy.ZERO_SHOT_MIN:.0%} of the held-out labels "
                                    "(the recipe sets the teacher for the student)", flag=False)
     semi_rule: str = opt("flex", "which unlabelled readings teach: flex (FlexMatch's per-character-class "
-                         f"thresholds up to {policy.THRESHOLD:g}, lower for classes learnt slowly) or fixed (a "
-                         f"reading's confidence >= {policy.THRESHOLD:g})", choices=("flex", "fixed"))
+                         f"thresholds up to {policy.THRESHOLD:g}, lower for classes learnt slowly), calibrated (flex, "
+                         "and only readings at least as confident as those of the held-out labels that are "
+                         f"{policy.PRECISION:.0%} right) or fixed (a reading's confidence >= {policy.THRESHOLD:g})",
+                         choices=("flex", "calibrated", "fixed"))
+    masked_minutes: float = opt(0.0, "minutes of each stage's budget spent first on masked-image pretraining of the "
+                                "backbone on the unlabelled images (training/masked_pretrain.py; 0: none)",
+                                at_least(0), parse=float, metavar="M")
     reader: str = opt("auto", "the model `train` outputs: small (the fast from-scratch student, taught by the "
                       "pretrained teacher), big (the pretrained model itself), auto: the student when it reads the "
                       f"held-out labels as well as the teacher (within one image or {policy.OUTPUT_MARGIN:.1%}%)",

@@ -33,7 +33,7 @@ from ..decode.ctc import greedy_decode_batch
 from ..errors import CaptchaError
 from .data import ink_tensor
 from .log import log
-from .policy import RAMP, THRESHOLD, WEIGHT, ZERO_SHOT_MIN
+from .policy import PRECISION, RAMP, THRESHOLD, WEIGHT, ZERO_SHOT_MIN
 
 OWN = "own EMA"  # the name of the run's own reader in logs and history
 
@@ -44,7 +44,8 @@ def epoch_note(rec: dict[str, Any]) -> str:
         return ""
     right = rec["unlabelled_val_right"]
     return (f"  unlabelled {rec['unlabelled_used']:.0%} used ({rec['unlabelled_reader']}; held out "
-            f"{rec['unlabelled_val_clear']:.0%} clear, {'-' if right is None else f'{right:.0%}'} right)")
+            f"{rec['unlabelled_val_clear']:.0%} clear, {'-' if right is None else f'{right:.0%}'} right"
+            + (f"; floor {rec['unlabelled_floor']:.2f}" if "unlabelled_floor" in rec else "") + ")")
 
 
 class FlexThresholds:
@@ -121,6 +122,21 @@ def rule_check(texts: Sequence[str], confs: Sequence[float], steps: Sequence[int
     return ok
 
 
+NOTHING = 1.01  # a confidence floor no reading clears
+
+
+def precision_floor(texts: Sequence[str], confs: Sequence[float], labels: Sequence[str]) -> float:
+    """The lowest confidence at which the readings of the held-out labels at or above it are PRECISION right,
+    counted as right / (n + 1) so that a handful of lucky readings does not open the pool; NOTHING if none."""
+    order = sorted(zip(confs, texts, labels), key=lambda r: -r[0])
+    floor, right = NOTHING, 0
+    for n, (c, t, y) in enumerate(order, 1):
+        right += t == y
+        if right / (n + 1) >= PRECISION:
+            floor = c
+    return floor
+
+
 def ramp(progress: float) -> float:
     """The unlabelled loss weight at `progress` (0..1) through the schedule."""
     return WEIGHT * min(1.0, progress / RAMP) if RAMP > 0 else WEIGHT
@@ -130,9 +146,13 @@ class Semi:
     """The unlabelled pool of one run, who reads it, and what was used this epoch."""
 
     def __init__(self, pool: ImageSet, alphabet: Alphabet, lengths: tuple[int, int],
-                 readings: Readings | None = None, rule: str = "flex"):
+                 readings: Readings | None = None, rule: str = "flex", val_labels: Sequence[str] = ()):
         self.pool, self.alphabet, self.lengths, self.readings = pool, alphabet, lengths, readings
-        self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule == "flex" else None
+        self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule != "fixed" else None
+        self.calibrated = rule == "calibrated"  # flex, and a confidence floor set on the held-out labels
+        self.floor = 0.0
+        if self.calibrated:  # the fixed readings' floor now; the run's own from its first validation
+            self.floor = precision_floor(readings.val_texts, readings.val_confs, val_labels) if readings else NOTHING
         self.steps = time_steps(pool.widths()).tolist()
         self.own_leads = readings is None
         self.drawn = self.used = 0  # this epoch's unlabelled images drawn and used as targets
@@ -181,7 +201,7 @@ class Semi:
         if self.flex:  # each character against its class's threshold instead of the product against THRESHOLD
             for i, (c, cc) in zip(idx, chars):
                 self.flex.update(i, c, cc)
-            confs = [1.0 if self.flex.clear(c, cc) else 0.0 for c, cc in chars]
+            confs = [1.0 if s >= self.floor and self.flex.clear(c, cc) else 0.0 for s, (c, cc) in zip(confs, chars)]
         keep = rule_check(texts, confs, steps, self.lengths)
         keep = [k and not self.alphabet.unknown(t) for k, t in zip(keep, texts)]
         pos = [k for k, ok in enumerate(keep) if ok]
@@ -231,8 +251,11 @@ class Semi:
             texts, confs = list(own_preds), list(own_confs)
         else:
             texts, confs = self.readings.val_texts, self.readings.val_confs
+        floor = self.floor  # this epoch's; the next epoch's from these readings
+        if self.calibrated:
+            self.floor = precision_floor(texts, confs, val_labels)
         if self.flex:  # each character taken at the reading's geometric-mean confidence (per-character ones unkept)
-            confs = [1.0 if t and not self.alphabet.unknown(t) and self.flex.clear(
+            confs = [1.0 if t and c >= floor and not self.alphabet.unknown(t) and self.flex.clear(
                 self.alphabet.encode(t), [c ** (1 / len(t))] * len(t)) else 0.0 for t, c in zip(texts, confs)]
         clear = rule_check(texts, confs, val_steps, self.lengths)
         right = [ok and t == y for ok, t, y in zip(clear, texts, val_labels)]
@@ -240,6 +263,8 @@ class Semi:
         rec = {"unlabelled_reader": self.reader, "unlabelled_used": self.used / self.drawn if self.drawn else 0.0,
                "unlabelled_val_clear": n_clear / max(1, len(val_labels)),
                "unlabelled_val_right": sum(right) / n_clear if n_clear else None}
+        if self.calibrated:
+            rec["unlabelled_floor"] = round(floor, 4)
         self.drawn = self.used = 0
         return rec
 
@@ -250,6 +275,8 @@ class Semi:
                       f"labels), then by the {OWN} once it reads more")
         rule = (f"characters clearing their class's threshold (up to {THRESHOLD:g})" if self.flex
                 else f"confidence >= {THRESHOLD:g}")
+        if self.calibrated:
+            rule += f" and confidence at or above the held-out labels' {PRECISION:.0%}-right floor"
         return (f"unlabelled: {len(self.pool)} images; each step's readings with {rule} "
                 f"teach their strong view, weight ramping to {WEIGHT:g} over {RAMP:.0%} of the run{seeded}")
 
@@ -273,7 +300,7 @@ def build(cfg: Any, data: Any, d: Any = None) -> Semi | None:
     labels = list(data.train.labels) + list(data.val.labels)
     lengths = (min(map(len, labels)), max(map(len, labels)))
     readings = first_readings(cfg, data, pool.paths)
-    return Semi(pool, data.alphabet, lengths, readings, cfg.semi_rule)
+    return Semi(pool, data.alphabet, lengths, readings, cfg.semi_rule, data.val.labels)
 
 
 def first_readings(cfg: Any, data: Any, pool: list[str]) -> Readings | None:

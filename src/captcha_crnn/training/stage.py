@@ -75,6 +75,10 @@ def train_stage(plan: Plan, stage: Stage, cfg: TrainConfig, on_epoch: EpochHook 
     semi = build_semi(cfg, data_, d)
     if semi:
         log(semi.describe())
+        if cfg.masked_minutes > 0 and ckpt is None:
+            from .masked_pretrain import masked_pretrain
+
+            masked_pretrain(model.to(device), semi.pool, 60 * cfg.masked_minutes, device, cfg.seed)
     run = Run(cfg, data_, model.to(device), device, out, on_epoch, d, semi, hands_on=stage.hands_on,
               setup_s=time.perf_counter() - t0)
     run.info["training"]["plan"] = plan.to_dict()
