@@ -46,7 +46,7 @@ from captcha_crnn.evaluate import fold
 from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets import machine, parse_value  # noqa: E402
+from datasets import machine, parse_value, provenance  # noqa: E402
 
 
 def reading_speed(model: str | Path, images: list[bytes], repeats: int = 3) -> float:
@@ -102,7 +102,7 @@ def run(name: str, labelled: list[Sample], unlabelled: list[Sample], held: list[
            "reader": recipe.get("output", {}).get("reader", "single model"),
            "why": recipe.get("output", {}).get("why"),
            "images_per_s": round(out_speed, 1), "shipped_captcha_v2_images_per_s": round(peer_speed, 1),
-           "speed_ratio": round(out_speed / peer_speed, 3), "overrides": dict(OVERRIDES)}
+           "speed_ratio": round(out_speed / peer_speed, 3), "overrides": dict(OVERRIDES), **provenance()}
     used = [e["unlabelled_used"] for e in r.history if "unlabelled_used" in e]
     if used:  # the output's last epoch: the share of unlabelled images whose readings taught, and who read them
         row.update(unlabelled_used_last=used[-1], unlabelled_reader_last=r.history[-1]["unlabelled_reader"])
@@ -207,11 +207,13 @@ def main() -> int:
     out = Path(a.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.read_text())["results"] if out.is_file() else []
-    rows = [r for r in old if r["scenario"] not in a.scenarios]  # scenarios not re-run keep their rows
+    rows = list(old)  # rows not re-run (another scenario or seed) stay, each with the commit that measured it
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for name in a.scenarios:
-            rows += scenario(name, Path(a.root), a.seeds, Path(tmp))
+            new = scenario(name, Path(a.root), a.seeds, Path(tmp))
+            again = {(r["scenario"], r["seed"]) for r in new}
+            rows = [r for r in rows if (r["scenario"], r["seed"]) not in again] + new
             out.write_text(json.dumps({"machine": machine(), "load_average_before": load_before,
                                        "load_average_after": os.getloadavg(), "results": rows}, indent=1))
     print(table(rows))
