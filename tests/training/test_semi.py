@@ -145,6 +145,10 @@ def test_first_readings_teach_and_resume_continues(tmp_path: Path, capsys: pytes
     with pytest.raises(KeyboardInterrupt):
         train(str(tmp_path / "d"), cfg, on_epoch=hook)
     assert "first read by reader.safetensors" in capsys.readouterr().err
+    from captcha_crnn.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["setup_s"] > 0 and json.loads(ckpt["semi"])["own_leads"] is False
     cfg.resume = True
     r = train(str(tmp_path / "d"), cfg)
     assert len(r.history) == 4 and "resumed from" in capsys.readouterr().err
@@ -239,3 +243,15 @@ def test_a_run_spends_part_of_its_budget_on_masked_pretraining(tmp_path: Path, c
     r = train(str(tmp_path / "d"), unlabelled_run(tmp_path, epochs=1, masked_minutes=0.02))
     assert r.model_path.is_file()
     assert "masked-image pretraining on 60 unlabelled images" in capsys.readouterr().err
+
+
+def test_the_pool_state_survives_a_resume() -> None:
+    r = Readings("teacher", ["123", "456"], [0.99, 0.5], [], [], 0.5, [[0.99] * 3, [0.99, 0.5, 0.99]])
+    a = Semi(pool(2), Alphabet("0123456789"), (3, 3), r, rule="calibrated", val_labels=[])
+    a.targets(torch.nn.Identity(), torch.zeros(2, 1, 32, 96), np.array([96] * 2), [0, 1], False)
+    a.own_leads, a.floor = True, 0.7
+    state = json.loads(json.dumps(a.state()))  # as the checkpoint stores it
+    b = Semi(pool(2), Alphabet("0123456789"), (3, 3), r, rule="calibrated", val_labels=[])
+    b.resume(state, [])
+    assert b.own_leads and b.floor == 0.7 and b.flex is not None and a.flex is not None
+    assert b.flex.latest == a.flex.latest and np.array_equal(b.flex.sigma, a.flex.sigma)

@@ -147,7 +147,8 @@ def snapshot(run: Any, ranks: list[dict[str, Any]]) -> dict[str, Any]:
         "order": torch.tensor(st.order if st.order is not None else [], dtype=torch.long),
         "losses": list(st.losses), "history": json.dumps(st.history), "best": json.dumps(st.best),
         "alphabet": run.data.alphabet.chars, "preprocess": run.data.pre.to_dict(),
-        "config": json.dumps(run.cfg.to_dict()),
+        "config": json.dumps(run.cfg.to_dict()), "setup_s": run.setup_s,
+        **({"semi": json.dumps(run.semi.state())} if run.semi else {}),
     }
 
 def restore(run: Any, ckpt: dict[str, Any]) -> None:
@@ -173,6 +174,8 @@ def restore(run: Any, ckpt: dict[str, Any]) -> None:
         log(f"warning: the checkpoint was written by {ckpt['world_size']} processes, this run has "
             f"{run.d.world}; restarting its epoch")
         batch = 0
+    if "setup_s" in ckpt:  # the budget keeps the first start's setup, not this resume's as well
+        run.set_budget(float(ckpt["setup_s"]))
     run.st = RunState(epoch=int(ckpt["epoch"]), batch=batch, step=int(ckpt["step"]), order=order,
                        losses=[float(v) for v in ckpt.get("losses", [])] if batch else [],
                        elapsed=float(ckpt["elapsed"]), history=json.loads(ckpt["history"]),

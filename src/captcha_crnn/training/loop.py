@@ -98,7 +98,7 @@ class Run:
         self.total_steps = self.epochs * self.steps_per_epoch
         # the budget covers the stage's setup (decoding, first readings) too; early stopping ends a stage with a
         # budget only where it hands the time on to a later stage, or reads every held-out image right
-        self.budget = max(1.0, cfg.max_minutes * 60 - setup_s) if cfg.max_minutes else None
+        self.set_budget(setup_s)
         self.hands_on = hands_on
         self.precision, self.precision_why = pick_precision(cfg.precision, device)
         self.teacher = Teacher(cfg.teacher, data.train, data.alphabet, cfg, device) if cfg.teacher else None
@@ -108,6 +108,11 @@ class Run:
                                   "train_images": len(data.train), "val_images": len(data.val),
                                   "precision": self.precision,
                                   "processes": d.world, "config": cfg.to_dict()}}
+
+    def set_budget(self, setup_s: float) -> None:
+        """The stage's training seconds: its time budget less the `setup_s` its setup took."""
+        self.setup_s = setup_s
+        self.budget = max(1.0, self.cfg.max_minutes * 60 - setup_s) if self.cfg.max_minutes else None
 
     def now(self) -> float:
         """Training seconds so far, by rank 0's clock on every rank."""

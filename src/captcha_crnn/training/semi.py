@@ -61,9 +61,13 @@ class FlexThresholds:
         self.total = n_images * mean_length  # characters in the pool, about
 
     def update(self, i: int, chars: list[int], confs: list[float]) -> None:
+        self.update_chars(i, [c for c, p in zip(chars, confs) if p > THRESHOLD])
+
+    def update_chars(self, i: int, confident: list[int]) -> None:
+        """Image i's latest confidently read characters are `confident`."""
         for c in self.latest[i]:
             self.sigma[c] -= 1
-        self.latest[i] = [c for c, p in zip(chars, confs) if p > THRESHOLD]
+        self.latest[i] = list(confident)
         for c in self.latest[i]:
             self.sigma[c] += 1
 
@@ -234,9 +238,22 @@ class Semi:
         """Whether the run's own EMA, reading `own_accuracy` of the held-out labels, now leads the fixed readings."""
         return self.readings is not None and not self.own_leads and own_accuracy > self.readings.val_accuracy
 
-    def resume(self, val_accuracies: Sequence[float]) -> None:
-        """Who reads after a resume: the EMA if any earlier epoch made it take over."""
-        self.own_leads = self.own_leads or any(self.takes_over(a) for a in val_accuracies)
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to read on as this one would: who leads, the flex rule's latest confident
+        characters per pool image, the calibrated floor (plain values, for the checkpoint)."""
+        return {"own_leads": self.own_leads, "floor": self.floor,
+                "latest": self.flex.latest if self.flex else None}
+
+    def resume(self, state: dict[str, Any] | None, val_accuracies: Sequence[float]) -> None:
+        """Continue from a checkpoint's state(); from a checkpoint without one, the EMA leads if any earlier
+        epoch made it take over."""
+        if not state:
+            self.own_leads = self.own_leads or any(self.takes_over(a) for a in val_accuracies)
+            return
+        self.own_leads, self.floor = bool(state["own_leads"]), float(state["floor"])
+        if self.flex and state.get("latest") is not None and len(state["latest"]) == len(self.flex.latest):
+            for i, chars in enumerate(state["latest"]):
+                self.flex.update_chars(i, chars)
 
     def end_epoch(self, val_labels: Sequence[str], own_preds: Sequence[str], own_confs: Sequence[float],
                   own_accuracy: float, val_steps: Sequence[int]) -> dict[str, Any]:

@@ -85,7 +85,8 @@ def train_stage(plan: Plan, stage: Stage, cfg: TrainConfig, on_epoch: EpochHook 
     if ckpt:
         restore(run, ckpt)
         if semi:
-            semi.resume([h["val_sequence_accuracy"] for h in run.st.history])
+            semi.resume(json.loads(ckpt["semi"]) if "semi" in ckpt else None,
+                        [h["val_sequence_accuracy"] for h in run.st.history])
     reason = run.loop()
     st = run.st
     log(f"{reason}; best val sequence accuracy {st.best['val_sequence_accuracy']:.2%} at epoch {st.best['epoch']}")
