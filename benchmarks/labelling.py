@@ -37,7 +37,7 @@ from datasets import DATASETS  # noqa: E402
 
 def train_round(labelled: list[Sample], test_csv: Path, tmp: Path, name: str, minutes: float, seed: int) -> Any:
     pool = write_csv(labelled, tmp / f"{name}.csv")
-    cfg = TrainConfig(out=str(tmp / name), max_minutes=minutes, seed=seed, test=0.0, test_data=str(test_csv),
+    cfg = TrainConfig(out=str(tmp / name), max_minutes=minutes, seed=seed, test_data=str(test_csv),
                       progress=False)
     return train(str(pool), cfg)
 

@@ -66,7 +66,7 @@ def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: f
 
     extra = {"unlabelled": (str(unlabelled),)} if start == "student" else {}
     cfg = TrainConfig(out=str(tmp / f"{ds.name}-{pool.stem}-{start}"), max_minutes=minutes, seed=seed,
-                      case=ds.case, test=0.0, test_data=str(test), progress=False,
+                      case=ds.case, test_data=str(test), progress=False,
                       **{**STARTS[start], **extra, **overrides})
     t0 = time.perf_counter()
     r = train(str(pool), cfg)

@@ -71,6 +71,9 @@ COMMANDS = {
     "learning_curve.json": "python benchmarks/learning_curve.py --minutes {0[minutes]:g}",
     "learning_curve_student.json": "python benchmarks/learning_curve.py --sizes 50 100 250 --starts student "
                                    "--minutes {0[minutes]:g} --json benchmarks/results/learning_curve_student.json",
+    "learning_curve_semi.json": "python benchmarks/learning_curve.py --series semi --json "
+                                "benchmarks/results/learning_curve_semi.json --plot "
+                                "benchmarks/results/learning_curve_semi.png",
     "learning_curve_distil.json": "python benchmarks/learning_curve.py --datasets DATASET --sizes SIZES --starts "
                                   "distil labels, for captcha_v2 (100 250 all), henan_digits4 (250) and "
                                   "generic_varlen (1000), the rows gathered in one file",
@@ -206,8 +209,10 @@ def curve(d: dict) -> str:
                                                            in r[s] else "") for s in starts(rows))
         return acc + ("" if str(r["labelled"]) == r["size"] else f" ({r['labelled']})")
 
-    body = [[ds] + [next((cell(r) for r in rows if (r["dataset"], r["size"]) == (ds, s)), "-") for s in sizes]
-            for ds in dict.fromkeys(r["dataset"] for r in rows)]
+    budgets = {r["dataset"]: r["budget_minutes"] for r in rows}
+    label = (lambda ds: f"{ds} ({budgets[ds]:g} min)") if len(set(budgets.values())) > 1 else (lambda ds: ds)
+    body = [[label(ds)] + [next((cell(r) for r in rows if (r["dataset"], r["size"]) == (ds, s)), "-") for s in sizes]
+            for ds in budgets]
     return md([f"labelled images: {' / '.join(starts(rows))}", *sizes], body)
 
 
@@ -281,6 +286,7 @@ TOPICS = {
                                 "(`scripts/train_models.py`)"),
     "student": Topic(("student.json",), student),
     "learning_curve_student": Topic(("learning_curve_student.json",), curve),
+    "learning_curve_semi": Topic(("learning_curve_semi.json",), curve),
     "unseen_style": Topic(("student.json", "unseen_style_few_labels.json"), unseen_style),
     "inference": Topic(("inference_pretrained.json", "inference_scratch.json"), inference,
                        "`python benchmarks/inference.py --model MODEL --repeats {0[repeats]}` ({links})"),
