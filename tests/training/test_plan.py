@@ -80,6 +80,16 @@ def test_the_recipe_plan_names_both_stages_and_the_students_input(tmp_path: Path
     assert first.settings.patience == 3 and first.settings.out.endswith("student")
 
 
+def test_a_separate_test_set_does_not_count_towards_the_labels_learnt_from(tmp_path: Path) -> None:
+    from captcha_crnn.data.labels import LabelRule, read_samples, write_csv
+
+    make_clean_set(tmp_path / "d", 25, lengths=(3, 3))
+    make_clean_set(tmp_path / "t", 60, seed=3, lengths=(3, 3))
+    test = write_csv(read_samples(str(tmp_path / "t"), LabelRule(sep="-")), tmp_path / "test.csv")
+    plan = Plan.resolve(str(tmp_path / "d"), TrainConfig(out=str(tmp_path / "o"), label_sep="-", test_data=str(test)))
+    assert [s.name for s in plan.stages] == ["model"] and plan.stages[0].settings.pretrained == "off"
+
+
 def _stop(hands_on: bool, budget: float | None, best: float, since: int) -> str:
     """Run.stop_reason for a run `since` epochs past its best, at the end of an epoch, 100 validation images."""
     st = SimpleNamespace(epoch=since + 1, batch=0, best={"epoch": 1, "val_sequence_accuracy": best})

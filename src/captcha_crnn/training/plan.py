@@ -103,7 +103,7 @@ class Plan:
         if asked.resume and stored.is_file():
             return cls.load(stored, asked)
         tr, va, te, how = load_data(asked)
-        n = len(tr) + len(va) + len(te)
+        n = len(tr) + len(va) + (0 if asked.test_data else len(te))  # the labels given to learn from, not --test-data
         changes, notes = resolve_start(asked, n)
         device = pick_device(asked.device)
         precision, precision_why = pick_precision(asked.precision, device)
