@@ -255,3 +255,13 @@ def test_the_pool_state_survives_a_resume() -> None:
     b.resume(state, [])
     assert b.own_leads and b.floor == 0.7 and b.flex is not None and a.flex is not None
     assert b.flex.latest == a.flex.latest and np.array_equal(b.flex.sigma, a.flex.sigma)
+
+
+def test_rising_rule_narrows_the_pool_as_the_run_goes_on() -> None:
+    r = Readings("teacher", ["123", "456"], [0.99, 0.5], [], [], 0.5, [[0.99] * 3, [0.8] * 3])
+    s = Semi(pool(2), Alphabet("0123456789"), (3, 3), r, rule="rising")
+    x, w = torch.zeros(2, 1, 32, 96), np.array([96] * 2)
+    s.set_progress(0.1)
+    assert s.targets(torch.nn.Identity(), x, w, [0, 1], False)[1] == ["123", "456"]
+    s.set_progress(0.9)  # floor 0.855: the reading at 0.5 no longer teaches
+    assert s.targets(torch.nn.Identity(), x, w, [0, 1], False)[1] == ["123"]

@@ -211,6 +211,8 @@ class Run:
                 if every and elapsed - self.last_save >= every:
                     self.save()  # mid-epoch: the permutation and batch index come along
                 progress = self.progress(elapsed)
+                if self.semi:
+                    self.semi.set_progress(progress)
                 loss = self.train_step(idx, x, widths, lr_at(progress, self.cfg.lr, self.cfg.warmup), view,
                                        unl, ramp(progress))
                 st.batch, st.step, images = b + 1, st.step + 1, images + len(idx)

@@ -154,6 +154,7 @@ class Semi:
         self.pool, self.alphabet, self.lengths, self.readings = pool, alphabet, lengths, readings
         self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule != "fixed" else None
         self.calibrated = rule == "calibrated"  # flex, and a confidence floor set on the held-out labels
+        self.rising = rule == "rising"  # flex, and a confidence floor rising with the schedule to THRESHOLD
         self.floor = 0.0
         if self.calibrated:  # the fixed readings' floor now; the run's own from its first validation
             self.floor = precision_floor(readings.val_texts, readings.val_confs, val_labels) if readings else NOTHING
@@ -238,6 +239,11 @@ class Semi:
         """Whether the run's own EMA, reading `own_accuracy` of the held-out labels, now leads the fixed readings."""
         return self.readings is not None and not self.own_leads and own_accuracy > self.readings.val_accuracy
 
+    def set_progress(self, progress: float) -> None:
+        """Where the run is in its schedule (0..1): the rising rule's floor follows it."""
+        if self.rising:
+            self.floor = THRESHOLD * min(1.0, progress)
+
     def state(self) -> dict[str, Any]:
         """What a resumed run needs to read on as this one would: who leads, the flex rule's latest confident
         characters per pool image, the calibrated floor (plain values, for the checkpoint)."""
@@ -280,7 +286,7 @@ class Semi:
         rec = {"unlabelled_reader": self.reader, "unlabelled_used": self.used / self.drawn if self.drawn else 0.0,
                "unlabelled_val_clear": n_clear / max(1, len(val_labels)),
                "unlabelled_val_right": sum(right) / n_clear if n_clear else None}
-        if self.calibrated:
+        if self.calibrated or self.rising:
             rec["unlabelled_floor"] = round(floor, 4)
         self.drawn = self.used = 0
         return rec
@@ -294,6 +300,8 @@ class Semi:
                 else f"confidence >= {THRESHOLD:g}")
         if self.calibrated:
             rule += f" and confidence at or above the held-out labels' {PRECISION:.0%}-right floor"
+        if self.rising:
+            rule += f" and confidence at or above a floor rising from 0 to {THRESHOLD:g} over the run"
         return (f"unlabelled: {len(self.pool)} images; each step's readings with {rule} "
                 f"teach their strong view, weight ramping to {WEIGHT:g} over {RAMP:.0%} of the run{seeded}")
 
