@@ -79,6 +79,8 @@ COMMANDS = {
                                   "generic_varlen (1000), the rows gathered in one file",
     "serve_load.json": "python benchmarks/serve_load.py --soak 300 --out benchmarks/results/serve_load.json",
     "student.json": "python benchmarks/student.py",
+    "student_trial_masked.json": "python benchmarks/student.py --scenarios hard_200 --seeds 0 --set "
+                                 "masked_minutes=1.0 --json benchmarks/results/student_trial_masked.json",
     "student_trial_strong_augment.json": "python benchmarks/student.py --scenarios hard_200 --set augment=strong "
                                          "--json benchmarks/results/student_trial_strong_augment.json",
     "student_trial_flex.json": "python benchmarks/student.py --scenarios hard_200 --set semi_rule=flex "
@@ -285,7 +287,6 @@ TOPICS = {
     "models": Topic((), models, "`captcha-crnn models` prints these cards; `make models` rebuilds them "
                                 "(`scripts/train_models.py`)"),
     "student": Topic(("student.json",), student),
-    "learning_curve_student": Topic(("learning_curve_student.json",), curve),
     "learning_curve_semi": Topic(("learning_curve_semi.json",), curve),
     "unseen_style": Topic(("student.json", "unseen_style_few_labels.json"), unseen_style),
     "inference": Topic(("inference_pretrained.json", "inference_scratch.json"), inference,

@@ -126,6 +126,14 @@ def test_module_entry_point(cmd: list[str]) -> None:
     assert r.returncode == 0 and "captcha-crnn" in r.stdout
 
 
+def test_every_help_text_formats_as_written(capsys) -> None:
+    """A lone % in a help text is an argparse format directive: the help would print a dict instead."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help-all"])
+    out = capsys.readouterr().out
+    assert "'prog'" not in out and "<argparse." not in out and "--semi-rule" in out
+
+
 @pytest.mark.parametrize("flag,value,needle", [("--width", "wide", "a number of pixels"),
                                                ("--height", "40", "multiple of 16"),
                                                ("--width", "3", "at least 16")])

@@ -136,7 +136,7 @@ class TrainConfig:
     semi_rule: str = opt("flex", "which unlabelled readings teach: flex (FlexMatch's per-character-class "
                          f"thresholds up to {policy.THRESHOLD:g}, lower for classes learnt slowly), calibrated (flex, "
                          "and only readings at least as confident as those of the held-out labels that are "
-                         f"{policy.PRECISION:.0%} right), rising (flex, and a confidence floor rising from 0 to "
+                         f"{policy.PRECISION:.0%}% right), rising (flex, and a confidence floor rising from 0 to "
                          f"{policy.THRESHOLD:g} over the run) or fixed (a reading's confidence >= "
                          f"{policy.THRESHOLD:g})", choices=("flex", "calibrated", "rising", "fixed"))
     masked_minutes: float = opt(0.0, "minutes of each stage's budget spent first on masked-image pretraining of the "
