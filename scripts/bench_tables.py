@@ -81,6 +81,8 @@ COMMANDS = {
     "student.json": "python benchmarks/student.py",
     "student_trial_masked.json": "python benchmarks/student.py --scenarios hard_200 --seeds 0 --set "
                                  "masked_minutes=1.0 --json benchmarks/results/student_trial_masked.json",
+    "student_trial_rising.json": "python benchmarks/student.py --scenarios hard_200 --seeds 0 --set "
+                                 "semi_rule=rising --json benchmarks/results/student_trial_rising.json",
     "student_trial_strong_augment.json": "python benchmarks/student.py --scenarios hard_200 --set augment=strong "
                                          "--json benchmarks/results/student_trial_strong_augment.json",
     "student_trial_flex.json": "python benchmarks/student.py --scenarios hard_200 --set semi_rule=flex "
