@@ -153,10 +153,9 @@ class Semi:
                  readings: Readings | None = None, rule: str = "flex", val_labels: Sequence[str] = ()):
         self.pool, self.alphabet, self.lengths, self.readings = pool, alphabet, lengths, readings
         self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule != "fixed" else None
-        self.calibrated = rule == "calibrated"  # flex, and a confidence floor set on the held-out labels
-        self.rising = rule == "rising"  # flex, and a confidence floor rising with the schedule to THRESHOLD
+        self.rule = rule  # calibrated, rising: flex and a confidence floor, set on the held-out labels or by progress
         self.floor = 0.0
-        if self.calibrated:  # the fixed readings' floor now; the run's own from its first validation
+        if rule == "calibrated":  # the fixed readings' floor now; the run's own from its first validation
             self.floor = precision_floor(readings.val_texts, readings.val_confs, val_labels) if readings else NOTHING
         self.steps = time_steps(pool.widths()).tolist()
         self.own_leads = readings is None
@@ -206,11 +205,17 @@ class Semi:
         if self.flex:  # each character against its class's threshold instead of the product against THRESHOLD
             for i, (c, cc) in zip(idx, chars):
                 self.flex.update(i, c, cc)
-            confs = [1.0 if s >= self.floor and self.flex.clear(c, cc) else 0.0 for s, (c, cc) in zip(confs, chars)]
+            confs = [self.flex_conf(c, cc, s, self.floor) for s, (c, cc) in zip(confs, chars)]
         keep = rule_check(texts, confs, steps, self.lengths)
         keep = [k and not self.alphabet.unknown(t) for k, t in zip(keep, texts)]
         pos = [k for k, ok in enumerate(keep) if ok]
         return pos, [texts[k] for k in pos]
+
+    def flex_conf(self, chars: list[int], char_confs: list[float], conf: float, floor: float) -> float:
+        """The flex rule as a confidence for rule_check: 1 where every character clears its class's threshold
+        and the reading's confidence `conf` reaches `floor`, else 0."""
+        assert self.flex is not None
+        return 1.0 if conf >= floor and self.flex.clear(chars, char_confs) else 0.0
 
     def loss(self, net: torch.nn.Module, reader: torch.nn.Module, x: torch.Tensor, widths: np.ndarray,
              idx: list[int], gen: torch.Generator, bf16: bool, memory_format: torch.memory_format) -> torch.Tensor:
@@ -241,7 +246,7 @@ class Semi:
 
     def set_progress(self, progress: float) -> None:
         """Where the run is in its schedule (0..1): the rising rule's floor follows it."""
-        if self.rising:
+        if self.rule == "rising":
             self.floor = THRESHOLD * min(1.0, progress)
 
     def state(self) -> dict[str, Any]:
@@ -275,18 +280,18 @@ class Semi:
         else:
             texts, confs = self.readings.val_texts, self.readings.val_confs
         floor = self.floor  # this epoch's; the next epoch's from these readings
-        if self.calibrated:
+        if self.rule == "calibrated":
             self.floor = precision_floor(texts, confs, val_labels)
         if self.flex:  # each character taken at the reading's geometric-mean confidence (per-character ones unkept)
-            confs = [1.0 if t and c >= floor and not self.alphabet.unknown(t) and self.flex.clear(
-                self.alphabet.encode(t), [c ** (1 / len(t))] * len(t)) else 0.0 for t, c in zip(texts, confs)]
+            confs = [self.flex_conf(self.alphabet.encode(t), [c ** (1 / len(t))] * len(t), c, floor)
+                     if t and not self.alphabet.unknown(t) else 0.0 for t, c in zip(texts, confs)]
         clear = rule_check(texts, confs, val_steps, self.lengths)
         right = [ok and t == y for ok, t, y in zip(clear, texts, val_labels)]
         n_clear = sum(clear)
         rec = {"unlabelled_reader": self.reader, "unlabelled_used": self.used / self.drawn if self.drawn else 0.0,
                "unlabelled_val_clear": n_clear / max(1, len(val_labels)),
                "unlabelled_val_right": sum(right) / n_clear if n_clear else None}
-        if self.calibrated or self.rising:
+        if self.rule in ("calibrated", "rising"):
             rec["unlabelled_floor"] = round(floor, 4)
         self.drawn = self.used = 0
         return rec
@@ -298,9 +303,9 @@ class Semi:
                       f"labels), then by the {OWN} once it reads more")
         rule = (f"characters clearing their class's threshold (up to {THRESHOLD:g})" if self.flex
                 else f"confidence >= {THRESHOLD:g}")
-        if self.calibrated:
+        if self.rule == "calibrated":
             rule += f" and confidence at or above the held-out labels' {PRECISION:.0%}-right floor"
-        if self.rising:
+        if self.rule == "rising":
             rule += f" and confidence at or above a floor rising from 0 to {THRESHOLD:g} over the run"
         return (f"unlabelled: {len(self.pool)} images; each step's readings with {rule} "
                 f"teach their strong view, weight ramping to {WEIGHT:g} over {RAMP:.0%} of the run{seeded}")
