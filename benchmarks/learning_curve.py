@@ -10,7 +10,8 @@ model's reading speed.
         [--plot benchmarks/results/learning_curve.png]
 
 Per dataset, a seeded 10% is held out (the same images for every size and start). From the other
-90%, the first N of a seeded shuffle are labelled (each smaller set is part of every larger one);
+90%, N are drawn at random with the seed (benchmarks/student.py: drawn; the first N of one seeded
+permutation, so each smaller set is part of every larger one; file names sort by label);
 training takes its own 10% of them for validation, as ``captcha-crnn train`` does. Each point is
 ``captcha-crnn train POOL --max-minutes M`` with ``--pretrained off``, ``--pretrained on --reader big``
 or, for the student, ``--unlabelled REST`` (the pool's other images), or with nothing unlabelled
@@ -39,6 +40,7 @@ from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import DATASETS, Dataset, machine, parse_value  # noqa: E402
+from student import drawn  # noqa: E402
 
 # beside the shared sets, benchmarks/unseen_style.py's style (student.py's hard_200 images), generated into the run's
 # temporary folder: a style the pretrained backbone has never seen
@@ -102,7 +104,7 @@ def run_dataset(ds: Dataset, root: Path, sizes: list[str], starts: list[str], se
         hard_style(tmp)  # 2500 images in tmp/hard
         root, ds = tmp, Dataset(ds.name, "hard/labels.csv", ds.minutes, ds.case)
     samples = sorted(read_samples(str(root / ds.path)), key=lambda s: s.path)
-    pool, _, held = split_items(samples, seed, 0.0, 0.1)  # pool: seeded shuffle of the other 90%
+    pool, _, held = split_items(samples, seed, 0.0, 0.1)  # both in file order, which sorts by label
     test = write_csv(held, tmp / f"{ds.name}-test.csv")
     speed = [Path(s.path).read_bytes() for s in held[:300]]
     rows: list[dict[str, Any]] = []
@@ -110,8 +112,9 @@ def run_dataset(ds: Dataset, root: Path, sizes: list[str], starts: list[str], se
         n = len(pool) if size == "all" else min(int(size), len(pool))
         if any(r["labelled"] == n for r in rows):  # a size above the pool is the pool: measured once
             continue
-        csv_path = write_csv(pool[:n], tmp / f"{ds.name}-{n}.csv")
-        unlabelled = link_folder(pool[n:], tmp / f"{ds.name}-{n}-unlabelled") if "student" in starts else tmp
+        labelled, rest = drawn(pool, n, seed)  # at random, as a user's labels would be
+        csv_path = write_csv(labelled, tmp / f"{ds.name}-{n}.csv")
+        unlabelled = link_folder(rest, tmp / f"{ds.name}-{n}-unlabelled") if "student" in starts else tmp
         row: dict[str, Any] = {"dataset": ds.name, "labelled": n, "size": size, "budget_minutes": minutes,
                                "unlabelled": len(pool) - n if "student" in starts else 0}
         for start in starts:

@@ -14,11 +14,10 @@ label: the first 25 captcha_v2 files all start with 2):
 - v2_100: captcha_v2, 100 labelled, nothing unlabelled, 3 min; scored on the other 836.
 - hard_200: benchmarks/unseen_style.py's style (6 case-sensitive characters of 62, lens, noisy colour),
   200 labelled and 1800 unlabelled, 10 min; scored on 500 more images of it.
-- henan_50: henan_digits4, 50 labelled of the seed-0 pool (seed 0: its first 50, a seeded shuffle; other
-  seeds: 50 drawn at random with the seed) and the rest of the pool unlabelled, 5 min, one run per --seeds;
-  scored on the seed-0 10% test split (benchmarks/learning_curve.py's).
-- generic_250: generic_varlen, 250 labelled of the seed-0 pool (case-blind) and the rest of the pool
-  unlabelled, 10 min; scored on its test split.
+- henan_50: henan_digits4, 50 labelled drawn at random with the seed from the seed-0 pool and the rest of the
+  pool unlabelled, 5 min, one run per --seeds; scored on the seed-0 10% test split (benchmarks/learning_curve.py's).
+- generic_250: generic_varlen, 250 labelled drawn at random (seed 0) from the seed-0 pool (case-blind) and the
+  rest of the pool unlabelled, 10 min; scored on its test split.
 - generic_all (only when named; benchmarks/time_curve.py measures this set): generic_varlen, the seed-0 pool
   labelled (case-blind), 10 min; scored on its test split.
 
@@ -130,7 +129,8 @@ def drawn(samples: list[Sample], n: int, seed: int) -> tuple[list[Sample], list[
 
 
 def pool_split(root: Path, path: str, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
-    """benchmarks/learning_curve.py's split: a seeded 90% pool (shuffled) and 10% held out."""
+    """benchmarks/learning_curve.py's split: a seeded 90% pool and 10% held out, both in file order (labelled
+    subsets are drawn from the pool with `drawn`)."""
     samples = sorted(read_samples(str(root / path)), key=lambda s: s.path)
     pool, _, held = split_items(samples, seed, 0.0, 0.1)
     return pool, held
@@ -165,13 +165,12 @@ def scenario(name: str, root: Path, seeds: list[int], tmp: Path) -> list[dict[st
     if name == "hard_200":
         lab, unl, held = hard_style(tmp)
         return [run(name, lab, unl, held, 10.0, 0, tmp)]
-    if name == "henan_50":  # seed 0: the first 50 of the seed-0 shuffled pool; other seeds draw 50 of it at random
+    if name == "henan_50":
         pool, held = pool_split(root, "henan_digits4/labels.csv")
-        return [run(name, *((pool[:50], pool[50:]) if seed == 0 else drawn(pool, 50, seed)), held, 5.0, seed, tmp)
-                for seed in seeds]
+        return [run(name, *drawn(pool, 50, seed), held, 5.0, seed, tmp) for seed in seeds]
     if name == "generic_250":
         pool, held = pool_split(root, "generic_varlen/labels.csv")
-        return [run(name, pool[:250], pool[250:], held, 10.0, 0, tmp, case="insensitive")]
+        return [run(name, *drawn(pool, 250, 0), held, 10.0, 0, tmp, case="insensitive")]
     if name == "generic_all":
         pool, held = pool_split(root, "generic_varlen/labels.csv")
         return [run(name, pool, [], held, 10.0, 0, tmp, case="insensitive")]

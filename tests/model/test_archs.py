@@ -23,14 +23,18 @@ OLD_PRESETS = {"tiny": dict(widths=(16, 32, 48, 64), hidden=64),
                "base": dict(widths=(64, 128, 192, 256), hidden=256, depth=2),
                "pretrained": dict(hidden=192, proj=False)}
 OLD_BACKBONES = ("plain", "resnet", "ddddocr", "ddddocr-bn")
+# added since: ddddocr's whole reader (--pretrained-head ddddocr), settled by the plan, not a flag's choice
+NEW_BACKBONES, NEW_PRESETS = ("ddddocr-seq",), {"ddddocr-reader": dict(hidden=512, proj=False, rnn_layers=1)}
 OLD_NATIVE_NORM = {"ddddocr": "centered", "ddddocr-bn": "centered"}
 
 
 def test_names_sizes_and_inputs_are_unchanged() -> None:
-    assert BACKBONES == OLD_BACKBONES
-    assert {n: CRNNConfig(**s) for n, s in PRESETS.items()} == {n: CRNNConfig(**s) for n, s in OLD_PRESETS.items()}
-    assert list(PRESETS) == list(OLD_PRESETS)
-    assert {b: archs.input_norm(b) for b in BACKBONES} == {b: OLD_NATIVE_NORM.get(b, "ink") for b in BACKBONES}
+    assert BACKBONES == OLD_BACKBONES + NEW_BACKBONES
+    want = {**OLD_PRESETS, **NEW_PRESETS}
+    assert {n: CRNNConfig(**s) for n, s in PRESETS.items()} == {n: CRNNConfig(**s) for n, s in want.items()}
+    assert list(PRESETS) == list(want)
+    norms = {**OLD_NATIVE_NORM, "ddddocr-seq": "centered"}
+    assert {b: archs.input_norm(b) for b in BACKBONES} == {b: norms.get(b, "ink") for b in BACKBONES}
     assert archs.input_norm("vgg99") == "ink"
     assert CRNNConfig() == CRNNConfig(num_classes=37, in_channels=1, height=32, backbone="plain", input_norm="ink",
                                       widths=(32, 64, 96, 128), depth=1, rnn="gru", hidden=128, proj=True,
@@ -45,6 +49,7 @@ def test_cli_choices_come_from_the_cards() -> None:
     assert choices["backbone"] == (*OLD_BACKBONES, "auto")
     # "pretrained" is the teacher's architecture, settled by the plan: not a size a user picks
     assert choices["preset"] == (*(p for p in OLD_PRESETS if p != "pretrained"), "auto")
+    assert choices["pretrained_head"] == ("auto", "new", "ddddocr")
 
 
 @pytest.mark.parametrize("name", list(ARCHS))

@@ -93,9 +93,12 @@ def test_choices_that_contradict_each_other() -> None:
 
 @pytest.mark.slow
 @needs_ddddocr
-def test_pretrained_start_end_to_end(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("head,backbone", [("new", "ddddocr"), ("ddddocr", "ddddocr-seq")])
+def test_pretrained_start_end_to_end(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, head: str,
+                                     backbone: str) -> None:
     """Frozen for the first epoch (the backbone is the pretrained one), then fine-tuned; the model
-    file holds every weight, so reading, ONNX export and the onnx engine work without ddddocr."""
+    file holds every weight, so reading, ONNX export and the onnx engine work without ddddocr. With
+    ddddocr's own head too (its LSTM reads W/8 columns and the CRNN repeats its steps)."""
     monkeypatch.setenv("CAPTCHA_CRNN_CACHE", str(cache))
     make_clean_set(tmp_path / "d", 40)
     ref, _ = pretrained_weights.backbone_weights()
@@ -105,9 +108,9 @@ def test_pretrained_start_end_to_end(cache: Path, tmp_path: Path, monkeypatch: p
         seen.append({k: v.clone() for k, v in bundle.model.backbone.state_dict().items()})
 
     cfg = TrainConfig(out=str(tmp_path / "run"), epochs=3, batch_size=8, freeze_epochs=1, label_sep="-",
-                      progress=False, ema=0.0, lr=1e-3, pretrained="on", reader="big")
+                      progress=False, ema=0.0, lr=1e-3, pretrained="on", reader="big", pretrained_head=head)
     r = train(str(tmp_path / "d"), cfg, on_epoch=hook)
-    assert r.config["pretrained"] == "on" and r.config["backbone"] == "ddddocr"
+    assert r.config["pretrained"] == "on" and r.config["backbone"] == backbone
     assert all(torch.equal(seen[0][k], ref[k]) for k in ref)  # frozen in epoch 1
     assert any(not torch.equal(seen[-1][k], ref[k]) for k in ref)  # fine-tuned after
 
@@ -116,7 +119,7 @@ def test_pretrained_start_end_to_end(cache: Path, tmp_path: Path, monkeypatch: p
     from captcha_crnn.model.modelfile import read_metadata
 
     meta = read_metadata(r.model_path)
-    assert meta["model"]["backbone"] == "ddddocr" and meta["model"]["input_norm"] == "centered"
+    assert meta["model"]["backbone"] == backbone and meta["model"]["input_norm"] == "centered"
     assert meta["preprocess"]["height"] == 64 and meta["preprocess"]["channels"] == 1  # native: few labels
     images = sorted((tmp_path / "d").glob("*.png"))[:8]
     real = importlib.util.find_spec

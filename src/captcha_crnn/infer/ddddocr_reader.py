@@ -20,13 +20,12 @@ from ..data.images import ImageInput, Preprocess, describe
 from ..decode.ctc import greedy_decode
 from ..errors import CaptchaError
 from ..model.archs import DDDDOCR
-from ..model.ddddocr_package import installed, package_file
+from ..model.ddddocr_package import CHARSET_FILE, class_list, installed, package_file
 from .batching import fill_in, load_many
 from .recognizer import Prediction
 
 NAME = "ddddocr"  # the model name that means this reader (label --model ddddocr)
 ONNX_FILE = "common_old.onnx"
-CHARSET_FILE = "charsets.py"
 PRE = Preprocess(height=DDDDOCR.height, width=None, channels=1, min_width=8)  # the one preprocessing, at its height
 DEFAULT_CHARSET = string.digits + string.ascii_letters  # what a captcha most often holds
 
@@ -34,17 +33,6 @@ DEFAULT_CHARSET = string.digits + string.ascii_letters  # what a captcha most of
 def available() -> bool:
     """Whether the installed ddddocr has the model and class list this reader uses (1.6 and later)."""
     return installed(ONNX_FILE) and installed(CHARSET_FILE)
-
-
-def _charset() -> list[str]:
-    """ddddocr's class list (CHARSET_OLD in its charsets.py), read as a literal: no code is run."""
-    import ast
-
-    path = package_file(CHARSET_FILE)
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "CHARSET_OLD" for t in node.targets):
-            return list(ast.literal_eval(node.value))
-    raise CaptchaError(f"{path}: no CHARSET_OLD; not the ddddocr version this reader knows")
 
 
 class DdddocrReader:
@@ -58,7 +46,7 @@ class DdddocrReader:
 
         import onnxruntime as ort
 
-        classes = _charset()
+        classes = class_list("CHARSET_OLD")
         index = {c: i for i, c in enumerate(classes) if c}
         allowed = list(dict.fromkeys(charset or DEFAULT_CHARSET))
         self.chars = [c for c in allowed if c in index or c.swapcase() in index]

@@ -28,6 +28,8 @@ class Arch:
     widths: tuple[int, ...] = (32, 64, 96, 128)  # channels of the four stages (unused by the ddddocr layout)
     hidden: int = 128  # RNN width per direction
     depth: int = 1  # convolutions (or blocks) per stage
+    rnn_layers: int = 2  # stacked bidirectional RNN layers
+    rnn: str = "gru"  # the RNN a preset is made for where it matters (the ddddocr reader's LSTM)
     proj: bool = True  # a linear + ReLU from the features to `hidden` before the RNN
     height: int | None = None  # the input height it reads best (its native one); None: the data's auto height
     tuned_height: int | None = None  # fewer rows that fine-tuning on a few hundred labels moves it to
@@ -38,7 +40,8 @@ class Arch:
 
     def sizes(self) -> dict[str, Any]:
         """The fields of CRNNConfig a preset sets."""
-        return {"widths": self.widths, "hidden": self.hidden, "depth": self.depth, "proj": self.proj}
+        return {"widths": self.widths, "hidden": self.hidden, "depth": self.depth, "proj": self.proj,
+                "rnn_layers": self.rnn_layers}
 
 
 ARCHS: dict[str, Arch] = {a.name: a for a in (
@@ -54,6 +57,10 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     # its layout with batch norm, trained from random weights by `captcha-crnn pretrain`
     # (training/synthetic_pretrain.py)
     Arch("ddddocr-bn", "ddddocr-bn", "ddddocr_bn", hidden=192, proj=False, channels=1, input_norm="centered"),
+    # the same convolutions giving ddddocr's own W/8 columns: its LSTM reads them as it was trained to, and the
+    # CRNN repeats each output step twice (T = W/4 as for every backbone; crnn.py)
+    Arch("ddddocr-seq", "ddddocr-seq", "ddddocr_seq", hidden=512, proj=False, height=64, channels=1,
+         input_norm="centered", weights="ddddocr"),
     # presets
     Arch("tiny", "plain", widths=(16, 32, 48, 64), hidden=64),
     # 2.3x faster to read than (32,64,96,128)/128, as accurate; the shipped models have its sizes
@@ -65,6 +72,11 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     # labelled images, fewer at its native 64
     Arch("pretrained", "ddddocr", hidden=192, proj=False, tuned_height=48, channels=1, input_norm="centered",
          weights="ddddocr"),
+    # ddddocr's whole captcha reader (common.onnx): convolutions, one bidirectional LSTM of 512 and its classifier
+    # cut to the labels' characters, so fine-tuning starts from its zero-shot reading (--pretrained-head
+    # ddddocr); its LSTM reads 64 rows' features, so it stays at its native height
+    Arch("ddddocr-reader", "ddddocr-seq", hidden=512, proj=False, rnn_layers=1, rnn="lstm", channels=1,
+         input_norm="centered", weights="ddddocr"),
 )}
 
 BACKBONES = tuple(name for name, a in ARCHS.items() if a.builder)  # --backbone, a model file's "backbone"
@@ -74,6 +86,8 @@ DEFAULT = ARCHS["plain"]  # a model file's architecture where it says nothing (f
 SCRATCH = ARCHS["small"]  # from scratch: --backbone and --preset auto (under autoconfig.BIG_DATA images)
 BIG = ARCHS["base"]  # --preset auto from autoconfig.BIG_DATA images
 PRETRAINED = ARCHS["pretrained"]  # the pretrained start (training/start.py)
+READER = ARCHS["ddddocr-reader"]  # the pretrained start with ddddocr's own RNN and classifier too
+DDDDOCR_LAYOUT = ("ddddocr", "ddddocr-seq")  # backbones that read ddddocr's backbone weights
 DDDDOCR = ARCHS["ddddocr"]  # the network of the ddddocr package: the pretrained backbone, its native input
 PRETRAIN = ARCHS["ddddocr-bn"]  # what `captcha-crnn pretrain` trains from random weights
 

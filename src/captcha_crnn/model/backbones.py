@@ -6,6 +6,8 @@ much it divides the height by (`height_div`), which fixes the feature size the R
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -120,10 +122,12 @@ class DdddocrBackbone(nn.Module):
     (training/synthetic_pretrain.py); fold_batchnorm turns it back into the plain one.
 
     The original gives W/8 columns; each is repeated twice so the CRNN keeps T = W/4 (CTC then has
-    room for a blank between repeated characters even in narrow images).
+    room for a blank between repeated characters even in narrow images). With `seq` the W/8 columns are
+    given as they are, for ddddocr's own LSTM, and the CRNN repeats that RNN's steps (`time_repeat`).
     """
 
-    def __init__(self, in_ch: int = 1, widths: tuple[int, ...] = (), depth: int = 1, norm: bool = False):
+    def __init__(self, in_ch: int = 1, widths: tuple[int, ...] = (), depth: int = 1, norm: bool = False,
+                 seq: bool = False):
         super().__init__()
         if in_ch != 1:
             raise ValueError("the ddddocr backbone reads grey images (1 channel)")
@@ -137,13 +141,22 @@ class DdddocrBackbone(nn.Module):
         )
         self.out_channels = 64
         self.height_div = 8
+        self.time_repeat = 2 if seq else 1  # the CRNN repeats each RNN step this often
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.shape[-1] // 4
         f = self.body(x)  # (B, 64, H/8, ceil(W/8))
-        b, c, h, w = f.shape
-        f = f.unsqueeze(-1).expand(b, c, h, w, 2).reshape(b, c, h, 2 * w)  # each column twice
-        return f[..., :t]  # (B, 64, H/8, W/4)
+        return f if self.time_repeat > 1 else repeat_steps(f, 2, x.shape[-1] // 4)  # (B, 64, H/8, W/4)
+
+
+def repeat_steps(f: torch.Tensor, k: int, t: Any) -> torch.Tensor:
+    """Each step of the last axis `k` times, cut to `t` steps (exportable: no Python-side shape logic)."""
+    *lead, w = f.shape
+    return f.unsqueeze(-1).expand(*lead, w, k).reshape(*lead, k * w)[..., :t]
+
+
+def ddddocr_seq(in_ch: int = 1, widths: tuple[int, ...] = (), depth: int = 1) -> DdddocrBackbone:
+    """The ddddocr layout giving its own W/8 columns (for its LSTM; the CRNN repeats the RNN's steps)."""
+    return DdddocrBackbone(in_ch, widths, depth, seq=True)
 
 
 def ddddocr_bn(in_ch: int = 1, widths: tuple[int, ...] = (), depth: int = 1) -> DdddocrBackbone:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data.images import time_steps
 from .archs import PRESETS
-from .backbones import build_backbone
+from .backbones import build_backbone, repeat_steps
 from .format import INPUT_NORMS, CRNNConfig
 
 
@@ -59,9 +59,11 @@ class CRNN(nn.Module):
         """exportable: no Python-side shape logic (the ONNX graph; widths are then a multiple of 4)."""
         if not exportable:
             x = x[..., : max(4, x.shape[-1] // 4 * 4)]  # width a multiple of 4: T = W // 4 exactly
-        f = self.backbone(self.normalize(x))  # (B, C', H/h_div, W/4)
+        f = self.backbone(self.normalize(x))  # (B, C', H/h_div, W/4) (W/8 where the backbone repeats later)
         f = f.permute(0, 3, 1, 2).flatten(2)  # (B, T, C'*H/h_div)
         f = self.proj(f)  # (B, T, hidden) (or unchanged without a projection)
         f, _ = self.rnn(f)  # (B, T, 2*hidden)
+        if getattr(self.backbone, "time_repeat", 1) > 1:  # ddddocr's LSTM read W/8 columns: T = W/4 again
+            f = repeat_steps(f.transpose(1, 2), self.backbone.time_repeat, x.shape[-1] // 4).transpose(1, 2)
         logits = self.head(self.drop(f))  # (B, T, num_classes)
         return logits.float().log_softmax(-1)

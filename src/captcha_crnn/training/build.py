@@ -45,16 +45,20 @@ def pick_precision(name: str, device: str) -> tuple[str, str]:
 
 
 def init_weights(model: CRNN, alphabet: Alphabet, init: str | None, pretrained: str = "off",
-                 source: str = "ddddocr") -> str:
+                 source: str = "ddddocr", head: str = "new") -> str:
     """Initialise `model`: from the `init` model when one is named, else from the pretrained backbone
-    of `source` (`pretrained` "on"), else from the shipped synthetic model (init "auto") when present;
-    describe what happened."""
+    of `source` (`pretrained` "on"; with `head` "ddddocr" ddddocr's RNN and classifier too), else from the
+    shipped synthetic model (init "auto") when present; describe what happened."""
     from ..model.zoo import zoo_path
     from .pretrained_weights import load_pretrained
     from .warmstart import warm_start
 
     if init not in (None, "", "none", "auto"):
         return f"warm start from {init}: " + warm_start(model, alphabet, init)
+    if pretrained == "on" and head == "ddddocr":
+        from .reader_head import load_reader_head
+
+        return f"pretrained {load_pretrained(model, source)}; {load_reader_head(model, alphabet)}"
     if pretrained == "on":
         return "pretrained " + load_pretrained(model, source) + "; new RNN and head"
     if init in (None, "", "none"):
@@ -76,7 +80,8 @@ def build_model(cfg: TrainConfig, data: Data, warm: bool) -> tuple[CRNN, str]:
     model = CRNN(mcfg)
     if not warm:
         return model, "from the checkpoint"
-    return model, init_weights(model, data.alphabet, cfg.init, cfg.pretrained, cfg.backbone_weights)
+    return model, init_weights(model, data.alphabet, cfg.init, cfg.pretrained, cfg.backbone_weights,
+                               cfg.pretrained_head)
 
 
 def make_optimizer(model: CRNN, cfg: TrainConfig) -> torch.optim.Optimizer:

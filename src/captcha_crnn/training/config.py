@@ -10,7 +10,7 @@ from typing import Any
 
 from ..data.images import GREY_MODES
 from ..errors import CaptchaError
-from ..model.archs import BACKBONES, BIG, PRESETS, PRETRAINED, SCRATCH
+from ..model.archs import BACKBONES, BIG, PRESETS, PRETRAINED, READER, SCRATCH
 from . import policy
 
 MIN_WIDTH = 16  # narrowest fixed input width (4 CTC frames)
@@ -182,14 +182,19 @@ class TrainConfig:
     preset: str = opt("auto", "model size of a from-scratch model (with the pretrained start: the student's); auto: "
                       f"{SCRATCH.name}, {BIG.name} from {policy.BIG_DATA:,} images",
                       one_of(*PRESETS, "auto"),  # "pretrained": the teacher's, settled by the plan, not a flag
-                      choices=(*(p for p in PRESETS if p != PRETRAINED.name), "auto"))
+                      choices=(*(p for p in PRESETS if p not in (PRETRAINED.name, READER.name)), "auto"))
     backbone: str = opt("auto", "convolutional part; auto: ddddocr for the pretrained start, else plain; "
                         "ddddocr-bn: its layout with batch norm, for training it from random weights (pretrain)",
-                        choices=(*BACKBONES, "auto"))
+                        choices=(*(b for b in BACKBONES if b != READER.backbone), "auto"))
     pretrained: str = opt("auto", "start from a captcha-pretrained backbone (ddddocr's: pip install "
                           "\"captcha-crnn[pretrained]\"; see --backbone-weights); auto: when one is at hand, the "
                           f"architecture is auto and there are {policy.PRETRAINED_MIN_LABELS} labelled images or more",
                           choices=("on", "off", "auto"))
+    pretrained_head: str = opt("auto", "pretrained start: new: a new RNN and head on ddddocr's convolutions; ddddocr: "
+                               "ddddocr's own LSTM and classifier too (its zero-shot reading of the labels' "
+                               "characters), at its native height; auto: ddddocr under "
+                               f"{policy.READER_HEAD_UNDER_LABELS:,} labelled images",
+                               choices=("auto", "new", "ddddocr"))
     backbone_weights: str = opt("auto", "pretrained start: whose weights: ddddocr (the package's) or a file from "
                                 "`captcha-crnn pretrain`; auto: ddddocr where installed; naming one asks for the "
                                 "pretrained start", parse=str, metavar="SOURCE")

@@ -221,7 +221,7 @@ def recipe_stages(asked: TrainConfig, base: TrainConfig, tr: list[Sample], va: l
     teacher_model = str(out / "teacher" / "model.safetensors")
     teacher = replace(base, **common, out=str(out / "teacher"))
     # the student's input and size are the user's where given (the start settled the teacher's)
-    student = replace(base, **common, **STUDENT, out=str(out / "student"), preset=asked.preset,
+    student = replace(base, **common, **STUDENT, out=str(out / "student"), preset=asked.preset, rnn=asked.rnn,
                       height=asked.height, channels=asked.channels, grey=asked.grey)
     teacher, student = settle(teacher, tr, notes), settle(student, tr, [])  # the plan prints the teacher's reasons
     if pool:

@@ -13,6 +13,10 @@ PRETRAINED_MIN_LABELS = 50  # the ddddocr backbone from this many labelled image
 TUNED_HEIGHT_FROM_LABELS = 250  # the ddddocr backbone at its tuned 48 rows from this many labels, else its native 64:
 # captcha_v2, 100 labels: 4% at 48 rows, 96.5% at 64; 250: 98.7% at 48, 97.5% at 64; 936: the same at 2.6-3.0x the
 # images/s (train_throughput.py); generic_varlen 56.3% at 48 against 53.3% at 32 in 10 minutes (time_curve.py)
+READER_HEAD_UNDER_LABELS = 1000  # under this many labels the pretrained start keeps ddddocr's LSTM and classifier
+# too (--pretrained-head auto): a new head from a few hundred labels throws ddddocr's zero-shot reading away
+# (generic_varlen, its first 250 files by name, 4 minutes: 29.5% held-out against 2.25% in 10 for the new head);
+# from it, the new head at 48 rows, which learns more per minute from thousands (time_curve.py)
 
 # The data (training/autoconfig.py, training/data.py)
 COLOUR_PIXELS = 0.02  # share of strongly coloured pixels above which colour is kept (captcha_v2: 0%, generic: 30%)

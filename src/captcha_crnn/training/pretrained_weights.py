@@ -19,7 +19,7 @@ import torch
 
 from ..errors import CaptchaError
 from ..files import atomic_write, cache_dir
-from ..model.archs import DDDDOCR, PRETRAINED
+from ..model.archs import DDDDOCR, DDDDOCR_LAYOUT, PRETRAINED
 from ..model.backbones import DdddocrBackbone
 from ..model.crnn import CRNN
 from ..model.ddddocr_package import INSTALL_HINT, installed, package_file
@@ -119,30 +119,38 @@ def check(state: dict[str, torch.Tensor], proto: Any, path: Path) -> float:
     return err
 
 
-def _ddddocr_weights() -> tuple[dict[str, torch.Tensor], str]:
-    """The checked ddddocr backbone weights (converted on first use, then read from the safetensors
-    cache) and a note saying where they came from."""
+def cached_conversion(kind: str, build: Any) -> tuple[dict[str, torch.Tensor], str]:
+    """Tensors converted from the package's common.onnx by `build(proto, path) -> (tensors, max error)`,
+    cached as safetensors by the file's hash under `kind`; and a note saying where they came from."""
     from safetensors.torch import load_file, save
 
     path = _onnx_path()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     folder = cache_dir("pretrained")  # None: caching off, convert every time
-    cached = folder / f"ddddocr-backbone-{digest}.safetensors" if folder else None
+    cached = folder / f"ddddocr-{kind}-{digest}.safetensors" if folder else None
     if cached is not None and cached.is_file():
         try:
-            return load_file(str(cached)), f"ddddocr backbone ({cached})"
+            return load_file(str(cached)), f"ddddocr {kind} ({cached})"
         except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt
             cached.unlink(missing_ok=True)
-    proto = _load(path)
-    state = convert(proto, path)
-    err = check(state, proto, path)
+    state, err = build(_load(path), path)
     if cached is not None:
         data = save(state, metadata={"source": str(path), "sha256_16": digest, "max_error": f"{err:.3g}"})
         try:
             atomic_write(cached, lambda f: f.write(data))
         except OSError:
             pass  # a read-only cache only costs a conversion per run
-    return state, f"ddddocr backbone (converted from {path}, max difference from onnxruntime {err:.1e})"
+    return state, f"ddddocr {kind} (converted from {path}, max difference from onnxruntime {err:.1e})"
+
+
+def _ddddocr_weights() -> tuple[dict[str, torch.Tensor], str]:
+    """The checked ddddocr backbone weights (converted on first use, then read from the cache)."""
+
+    def build(proto: Any, path: Path) -> tuple[dict[str, torch.Tensor], float]:
+        state = convert(proto, path)
+        return state, check(state, proto, path)
+
+    return cached_conversion("backbone", build)
 
 
 def _read_file(source: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Path]:
@@ -190,7 +198,7 @@ def backbone_weights(source: str = "ddddocr") -> tuple[dict[str, torch.Tensor], 
 
 def load_pretrained(model: CRNN, source: str = "ddddocr") -> str:
     """Copy the pretrained backbone of `source` into `model` (whose backbone must be `ddddocr`); describe it."""
-    if model.cfg.backbone != PRETRAINED.backbone:
+    if model.cfg.backbone not in DDDDOCR_LAYOUT:
         raise CaptchaError(f"the pretrained weights are for --backbone {PRETRAINED.backbone}, not {model.cfg.backbone}")
     state, note = backbone_weights(source)
     model.backbone.load_state_dict(state)

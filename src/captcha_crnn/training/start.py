@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import CaptchaError
-from ..model.archs import PRETRAINED, SCRATCH, preset_of
+from ..model.archs import DDDDOCR, DDDDOCR_LAYOUT, PRETRAINED, READER, SCRATCH, preset_of
 from . import pretrained_weights
 from .config import TrainConfig
-from .policy import PRETRAINED_MIN_LABELS, TUNED_HEIGHT_FROM_LABELS
+from .policy import PRETRAINED_MIN_LABELS, READER_HEAD_UNDER_LABELS, TUNED_HEIGHT_FROM_LABELS
 
 PRETRAINED_WHY = (f"measured from {PRETRAINED_MIN_LABELS} labelled images up on captcha_v2, henan_digits4 and "
                   "generic_varlen")
@@ -39,7 +39,7 @@ def _from_init(cfg: TrainConfig, init: str) -> tuple[dict[str, Any], list[str]]:
         raise CaptchaError(f"--init {init} has the {arch['backbone']} backbone, not --backbone {cfg.backbone}")
     if cfg.preset == "auto":
         changes["preset"] = preset_of(arch) or SCRATCH.name  # else the warm start says what it could copy
-    if arch["backbone"] == PRETRAINED.backbone:
+    if arch["backbone"] in DDDDOCR_LAYOUT:
         changes["channels"] = PRETRAINED.channels
         if cfg.height == "auto":
             changes["height"] = spec.preprocess.height
@@ -88,8 +88,33 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
     changes["preset"] = PRETRAINED.name  # a --preset is the student's size
     why = (PRETRAINED_WHY if source == PRETRAINED.weights else "named by --backbone-weights" if weights
            else "the project's own, as ddddocr is not installed")
+    head = _head(cfg, source, n_labelled)
+    changes["pretrained_head"] = "ddddocr" if head else "new"
+    if head:
+        changes.update(_reader_start(cfg, source))
+        why += f"; ddddocr's LSTM and classifier too ({head})"
     height = changes.get("height", cfg.height)  # never "auto" here: _backbone_height settled it
     return changes, [f"pretrained start from the {source} backbone ({why}), grey, height {height}"]
+
+
+def _head(cfg: TrainConfig, source: str, n_labelled: int | None) -> str:
+    """Why the pretrained start keeps ddddocr's RNN and classifier ("" where it learns a new head)."""
+    if cfg.pretrained_head == "ddddocr":
+        return "--pretrained-head ddddocr"
+    few = n_labelled is not None and n_labelled < READER_HEAD_UNDER_LABELS
+    if cfg.pretrained_head == "auto" and few and source == READER.weights and cfg.height in ("auto", DDDDOCR.height):
+        return f"{n_labelled} labelled images, under {READER_HEAD_UNDER_LABELS:,}"
+    return ""
+
+
+def _reader_start(cfg: TrainConfig, source: str) -> dict[str, Any]:
+    """--pretrained-head ddddocr: ddddocr's whole reader, whose LSTM reads its native height's features."""
+    if source != READER.weights:
+        raise CaptchaError(f"--pretrained-head ddddocr needs ddddocr's backbone, not --backbone-weights {source}")
+    if cfg.height not in ("auto", DDDDOCR.height, str(DDDDOCR.height)):
+        raise CaptchaError(f"--pretrained-head ddddocr reads at ddddocr's height {DDDDOCR.height}, not --height "
+                           f"{cfg.height}")
+    return {"backbone": READER.backbone, "preset": READER.name, "rnn": READER.rnn, "height": DDDDOCR.height}
 
 
 def _backbone_height(source: str, n_labelled: int | None) -> int:
