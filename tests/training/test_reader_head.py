@@ -103,3 +103,25 @@ def test_the_plan_takes_it_under_the_label_count_and_at_its_height(tmp_path: Pat
     own.write_bytes(b"not checked here")
     with pytest.raises(CaptchaError, match="needs ddddocr's backbone"):
         resolve_start(TrainConfig(pretrained_head="ddddocr", backbone_weights=str(own)), n_labelled=250)
+
+
+def test_auto_keeps_it_only_where_ddddocr_reads_the_held_out_labels(tmp_path: Path) -> None:
+    """Clean digits, which ddddocr reads untrained: kept. Noise labelled with digits, which it cannot read: a new
+    head, and the plan says why."""
+    from PIL import Image
+
+    from captcha_crnn.data.labels import Sample
+
+    make_clean_set(tmp_path / "clean", 10)
+    clean = [Sample(str(p), p.stem.split("-")[0]) for p in sorted((tmp_path / "clean").glob("*.png"))]
+    changes, notes = resolve_start(TrainConfig(), n_labelled=250, held=clean)
+    assert changes["pretrained_head"] == "ddddocr" and "untrained it reads" in notes[0]
+    rng = np.random.default_rng(0)
+    noise = []
+    for i in range(10):
+        path = tmp_path / f"noise{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 120), dtype=np.uint8)).save(path)
+        noise.append(Sample(str(path), "4711"))
+    changes, notes = resolve_start(TrainConfig(), n_labelled=250, held=noise)
+    assert changes["pretrained_head"] == "new" and changes["backbone"] == "ddddocr"
+    assert "not kept: untrained it reads 0% of the held-out labels" in notes[0]

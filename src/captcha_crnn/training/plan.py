@@ -104,7 +104,7 @@ class Plan:
             return cls.load(stored, asked)
         tr, va, te, how = load_data(asked)
         n = len(tr) + len(va) + (0 if asked.test_data else len(te))  # the labels given to learn from, not --test-data
-        changes, notes = resolve_start(asked, n)
+        changes, notes = resolve_start(asked, n, va or tr[:50])  # va: the held-out labels ddddocr is tried on
         device = pick_device(asked.device)
         precision, precision_why = pick_precision(asked.precision, device)
         notes.append(f"precision: {precision} ({precision_why})")

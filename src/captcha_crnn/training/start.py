@@ -5,13 +5,15 @@ setup.init_weights carries it out."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from ..data.labels import Sample
 from ..errors import CaptchaError
 from ..model.archs import DDDDOCR, DDDDOCR_LAYOUT, PRETRAINED, READER, SCRATCH, preset_of
 from . import pretrained_weights
 from .config import TrainConfig
-from .policy import PRETRAINED_MIN_LABELS, READER_HEAD_UNDER_LABELS, TUNED_HEIGHT_FROM_LABELS
+from .policy import PRETRAINED_MIN_LABELS, READER_HEAD_MIN_ZERO_SHOT, READER_HEAD_UNDER_LABELS, TUNED_HEIGHT_FROM_LABELS
 
 PRETRAINED_WHY = (f"measured from {PRETRAINED_MIN_LABELS} labelled images up on captcha_v2, henan_digits4 and "
                   "generic_varlen")
@@ -47,11 +49,14 @@ def _from_init(cfg: TrainConfig, init: str) -> tuple[dict[str, Any], list[str]]:
                      f"{arch['backbone']}+{arch['rnn']})"]
 
 
-def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict[str, Any], list[str]]:
+def resolve_start(cfg: TrainConfig, n_labelled: int | None = None,
+                  held: Sequence[Sample] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Settle --pretrained and --backbone (and, for --init, the architecture): the ddddocr backbone with its
     weights where asked for, or (auto) where installed, the architecture is left to auto (a --preset or a
     plain/resnet backbone names a from-scratch model) and the user gave at least PRETRAINED_MIN_LABELS
-    labelled images; else the from-scratch default. Also the input the pretrained backbone expects."""
+    labelled images; else the from-scratch default. Also the input the pretrained backbone expects, and
+    whether it keeps ddddocr's RNN and classifier (`held`: labelled images ddddocr must read zero-shot for
+    that; None: not asked)."""
     init = init_model(cfg)
     if init is not None:
         return _from_init(cfg, init)
@@ -79,6 +84,8 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
             raise CaptchaError(hint + ("" if cfg.pretrained == "on" or weights else
                                        " (or --pretrained off for random weights)"))
         return {"pretrained": "off", "backbone": SCRATCH.backbone}, [f"from scratch: {hint}"]
+    head, keep = _head(cfg, source, n_labelled, held)
+    reader = _reader_start(cfg, source) if keep else {}  # its contradictions first
     if source != PRETRAINED.weights:
         pretrained_weights.backbone_weights(source)  # a bad file fails now, before the images are decoded
     changes: dict[str, Any] = {"pretrained": "on", "backbone": PRETRAINED.backbone, "channels": PRETRAINED.channels,
@@ -86,25 +93,47 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None) -> tuple[dict
     if cfg.height == "auto":
         changes["height"] = _backbone_height(source, n_labelled)
     changes["preset"] = PRETRAINED.name  # a --preset is the student's size
+    changes["pretrained_head"] = "ddddocr" if keep else "new"
+    changes.update(reader)
     why = (PRETRAINED_WHY if source == PRETRAINED.weights else "named by --backbone-weights" if weights
            else "the project's own, as ddddocr is not installed")
-    head = _head(cfg, source, n_labelled)
-    changes["pretrained_head"] = "ddddocr" if head else "new"
     if head:
-        changes.update(_reader_start(cfg, source))
-        why += f"; ddddocr's LSTM and classifier too ({head})"
+        why += f"; {'' if keep else 'a new RNN and head: '}ddddocr's LSTM and classifier {head}"
     height = changes.get("height", cfg.height)  # never "auto" here: _backbone_height settled it
     return changes, [f"pretrained start from the {source} backbone ({why}), grey, height {height}"]
 
 
-def _head(cfg: TrainConfig, source: str, n_labelled: int | None) -> str:
-    """Why the pretrained start keeps ddddocr's RNN and classifier ("" where it learns a new head)."""
+def _head(cfg: TrainConfig, source: str, n_labelled: int | None,
+          held: Sequence[Sample] | None) -> tuple[str, bool]:
+    """Whether the pretrained start keeps ddddocr's RNN and classifier, and why ("" where nothing was asked)."""
     if cfg.pretrained_head == "ddddocr":
-        return "--pretrained-head ddddocr"
+        return "too (--pretrained-head ddddocr)", True
     few = n_labelled is not None and n_labelled < READER_HEAD_UNDER_LABELS
-    if cfg.pretrained_head == "auto" and few and source == READER.weights and cfg.height in ("auto", DDDDOCR.height):
-        return f"{n_labelled} labelled images, under {READER_HEAD_UNDER_LABELS:,}"
-    return ""
+    if cfg.pretrained_head != "auto" or not few or source != READER.weights or cfg.height not in (
+            "auto", DDDDOCR.height):
+        return "", False
+    counted = f"{n_labelled} labelled images, under {READER_HEAD_UNDER_LABELS:,}"
+    if held is None:
+        return f"too ({counted})", True
+    read = zero_shot(cfg, held)
+    if read < READER_HEAD_MIN_ZERO_SHOT:
+        return (f"not kept: untrained it reads {read:.0%} of the held-out labels, under "
+                f"{READER_HEAD_MIN_ZERO_SHOT:.0%}"), False
+    return f"too ({counted}; untrained it reads {read:.0%} of the held-out labels)", True
+
+
+def zero_shot(cfg: TrainConfig, held: Sequence[Sample]) -> float:
+    """The share of `held` that ddddocr's own model, limited to their characters, reads right untrained."""
+    from ..evaluate import fold
+    from ..infer.ddddocr_reader import DdddocrReader
+    from .semi import read_with
+
+    blind = cfg.case == "insensitive"
+    labels = [fold(s.label, blind) for s in held]
+    if not labels:
+        return 0.0
+    reader = DdddocrReader("".join(sorted(set("".join(labels)))), threads=cfg.threads)
+    return read_with(reader, "ddddocr", [], [s.path for s in held], labels, lambda t: fold(t, blind)).val_accuracy
 
 
 def _reader_start(cfg: TrainConfig, source: str) -> dict[str, Any]:
