@@ -13,6 +13,7 @@ from conftest import interrupt_at, make_clean_set, render_clean
 from captcha_crnn.data.alphabet import Alphabet
 from captcha_crnn.decode.ctc import greedy_decode
 from captcha_crnn.errors import CaptchaError
+from captcha_crnn.model.archs import READER
 from captcha_crnn.model.crnn import CRNN
 from captcha_crnn.model.zoo import zoo_path
 from captcha_crnn.training import TrainConfig, pretrained_weights, train
@@ -126,7 +127,7 @@ def test_labels_only_recipe_distils_after_the_teacher(tmp_path: Path, capsys: py
 
     with pytest.raises(KeyboardInterrupt):
         train(str(tmp_path / "d"), cfg, on_epoch=interrupt_at("plain", order))
-    assert order == ["ddddocr", "ddddocr", "plain"]
+    assert order == [READER.backbone, READER.backbone, "plain"]  # the teacher: ddddocr's whole reader
     err = capsys.readouterr().err
     assert "stage 2/2 student: the small model on the labels and the teacher's per-step readings" in err
     assert "distillation: " in err

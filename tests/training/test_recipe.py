@@ -13,11 +13,13 @@ from captcha_crnn.cli import main
 from captcha_crnn.data.label_store import LabelStore
 from captcha_crnn.data.labels import LabelRule, read_samples
 from captcha_crnn.errors import CaptchaError
+from captcha_crnn.model.archs import READER
 from captcha_crnn.training import TrainConfig, pretrained_weights, train
 from captcha_crnn.training.data import split_fractions
 from captcha_crnn.training.start import resolve_start
 from captcha_crnn.training.unlabelled import label_folder_unlabelled, unlabelled_images
 
+TEACHER = READER.backbone  # the teacher of clean digits: ddddocr reads them untrained, so its own head is kept
 needs_ddddocr = pytest.mark.skipif(not pretrained_weights.available(),
                                    reason="the pretrained extra (ddddocr) is not installed")
 
@@ -44,8 +46,8 @@ def test_start_is_decided_by_labelled_images_and_init() -> None:
 def test_pretrained_start_reads_fewer_rows_the_more_labels() -> None:
     from captcha_crnn.training.start import TUNED_HEIGHT_FROM_LABELS
 
-    def start(n: int) -> dict:
-        changes, notes = resolve_start(TrainConfig(), n_labelled=n)
+    def start(n: int, head: str = "new") -> dict:
+        changes, notes = resolve_start(TrainConfig(pretrained_head=head), n_labelled=n)
         assert changes["pretrained"] == "on"
         if "height" in changes:
             assert f"height {changes['height']}" in notes[0]
@@ -53,6 +55,8 @@ def test_pretrained_start_reads_fewer_rows_the_more_labels() -> None:
 
     assert start(TUNED_HEIGHT_FROM_LABELS - 1)["height"] == 64  # its native rows
     assert start(TUNED_HEIGHT_FROM_LABELS)["height"] == start(10_000)["height"] == 48
+    # auto: ddddocr's own LSTM, which reads 64 rows' features, under READER_HEAD_UNDER_LABELS; then the new head
+    assert start(TUNED_HEIGHT_FROM_LABELS, "auto")["height"] == 64 and start(10_000, "auto")["height"] == 48
     assert "height" not in resolve_start(TrainConfig(height="32"), n_labelled=100)[0]  # --height wins
 
 
@@ -94,7 +98,7 @@ def test_recipe_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixt
 
     with pytest.raises(KeyboardInterrupt):
         train(str(tmp_path / "d"), cfg, on_epoch=interrupt_at("plain", epochs))
-    assert epochs == ["ddddocr", "ddddocr", "plain"]
+    assert epochs == [TEACHER, TEACHER, "plain"]  # clean digits: ddddocr reads them, so its own head is kept
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert "teacher" in stages and "student" not in stages
     assert stages["teacher"]["val_n"] == 12  # 60 labels: 20% held out
@@ -116,7 +120,7 @@ def test_recipe_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixt
     from captcha_crnn.model.format import read_metadata
 
     backbone = read_metadata(tmp_path / "run" / "model.safetensors")["model"]["backbone"]
-    assert backbone == ("plain" if out["reader"] == "student" else "ddddocr")
+    assert backbone == ("plain" if out["reader"] == "student" else TEACHER)
     t, s = summary["recipe"]["teacher"]["val"], summary["recipe"]["student"]["val"]
     assert (out["reader"] == "student") == (s >= t - max(1 / 12, 0.005))
 
@@ -132,8 +136,8 @@ def test_labels_only_recipe_trains_the_student_first(tmp_path: Path, capsys: pyt
     order: list[str] = []
 
     with pytest.raises(KeyboardInterrupt):
-        train(str(tmp_path / "d"), cfg, on_epoch=interrupt_at("ddddocr", order))
-    assert order == ["plain", "plain", "ddddocr"]
+        train(str(tmp_path / "d"), cfg, on_epoch=interrupt_at(TEACHER, order))
+    assert order == ["plain", "plain", TEACHER]
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert "student" in stages and "teacher" not in stages and "pseudo" not in stages
     capsys.readouterr()
