@@ -39,7 +39,7 @@ from captcha_crnn.data.split import split_items
 from captcha_crnn.training import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets import DATASETS, Dataset, machine, parse_value  # noqa: E402
+from datasets import DATASETS, Dataset, machine, parse_value, provenance  # noqa: E402
 from student import drawn  # noqa: E402
 
 # beside the shared sets, benchmarks/unseen_style.py's style (student.py's hard_200 images), generated into the run's
@@ -80,7 +80,15 @@ def point(ds: Dataset, pool: Path, test: Path, start: str, seed: int, minutes: f
     return {"start": start, "sequence_accuracy": r.test.sequence_accuracy, "cer": r.test.cer, "test_n": r.test.n,
             "epochs": len(r.history), "train_minutes": r.history[-1]["time_s"] / 60, "output": output,
             "wall_minutes": (time.perf_counter() - t0) / 60, "val_sequence_accuracy": r.best["val_sequence_accuracy"],
-            "images_per_s": round(reading_speed(r.model_path, speed_images), 1), **kept}
+            "images_per_s": round(reading_speed(r.model_path, speed_images), 1), **kept, **provenance()}
+
+
+def kept_rows(out: Path, series: str, redone: list[str]) -> list[dict[str, Any]]:
+    """The rows of an earlier run of `series` in `out` for the datasets not measured again, in its order."""
+    if not out.is_file():
+        return []
+    old = json.loads(out.read_text())
+    return [r for r in old["results"] if old.get("series") == series and r["dataset"] not in redone]
 
 
 def measured_starts(rows: list[dict[str, Any]]) -> list[str]:
@@ -170,7 +178,8 @@ def main() -> int:
     ap.add_argument("--series", choices=["semi"], default=None,
                     help="semi: the student start with the rest of the pool unlabelled, 25/100/250 labels on "
                          "captcha_v2 and henan_digits4 at 5 minutes, 100/250 on generic_varlen and unseen_style at 10 "
-                         "(instead of --datasets, --sizes, --starts and --minutes)")
+                         "(instead of --sizes, --starts and --minutes; --datasets picks some of them, and the "
+                         "--json file's rows of the others are kept)")
     ap.add_argument("--sizes", nargs="+", default=["50", "100", "250", "500", "1000", "all"])
     ap.add_argument("--starts", nargs="+", choices=list(STARTS), default=["scratch", "pretrained"])
     ap.add_argument("--own-weights", default=None, metavar="FILE", help="the own start's backbone file")
@@ -204,9 +213,14 @@ def main() -> int:
                                          for n in a.datasets]
     if a.series:
         a.starts = ["student"]
+        if "--datasets" in sys.argv:
+            plan = [p for p in plan if p[0] in a.datasets]
+            rows = kept_rows(out, a.series, [p[0] for p in plan])
     with tempfile.TemporaryDirectory() as tmp:
         for name, sizes, minutes in plan:
             rows += run_dataset(CURVE_SETS[name], Path(a.root), sizes, a.starts, a.seed, minutes, Path(tmp), overrides)
+            if a.series:  # kept rows and new ones in the series' order
+                rows.sort(key=lambda r: [n for n, _, _ in SEMI_SERIES].index(r["dataset"]))
             report = {"seed": a.seed, "series": a.series, "minutes_scale": a.minutes_scale, "minutes": a.minutes,
                       "overrides": overrides,
                       "machine": machine(),
