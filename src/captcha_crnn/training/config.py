@@ -193,7 +193,8 @@ class TrainConfig:
     pretrained_head: str = opt("auto", "pretrained start: new: a new RNN and head on ddddocr's convolutions; ddddocr: "
                                "ddddocr's own LSTM and classifier too (its zero-shot reading of the labels' "
                                "characters), at its native height; auto: ddddocr under "
-                               f"{policy.READER_HEAD_UNDER_LABELS:,} labelled images",
+                               f"{policy.READER_HEAD_UNDER_LABELS:,} labelled images where it reads at least "
+                               f"{policy.READER_HEAD_MIN_ZERO_SHOT:.0%}% of the held-out labels untrained",
                                choices=("auto", "new", "ddddocr"))
     backbone_weights: str = opt("auto", "pretrained start: whose weights: ddddocr (the package's) or a file from "
                                 "`captcha-crnn pretrain`; auto: ddddocr where installed; naming one asks for the "
