@@ -138,7 +138,7 @@ NOT_ARCHITECTURES = {
     ("training/recipe.py", "small"): "the --reader small value",
     ("training/plan.py", "small"): "the --reader small value",
     ("training/start.py", "small"): "the --reader small value",
-    ("training/pretrained_weights.py", "pretrained"): "cache_dir's folder name for the converted ddddocr weights",
+    ("model/pretrained.py", "pretrained"): "cache_dir's folder name for the converted ddddocr weights",
 }
 
 

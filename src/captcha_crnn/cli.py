@@ -57,9 +57,11 @@ def add_config_flags(p: argparse.ArgumentParser, config: type, full: bool = True
     the TRAIN_MAIN ones show in --help."""
     from dataclasses import MISSING, fields
 
+    from .training.config import GENERATED
+
     for f in fields(config):
         m = f.metadata
-        if not m.get("flag", False):
+        if m.get("cli") != GENERATED:
             continue
         name = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None

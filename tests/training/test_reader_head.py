@@ -16,9 +16,10 @@ from captcha_crnn.decode.ctc import greedy_decode_batch
 from captcha_crnn.errors import CaptchaError
 from captcha_crnn.model.archs import READER
 from captcha_crnn.model.crnn import CRNN, preset
-from captcha_crnn.training import TrainConfig, pretrained_weights
+from captcha_crnn.model import pretrained as pretrained_weights
+from captcha_crnn.training import TrainConfig
 from captcha_crnn.training.build import init_weights
-from captcha_crnn.training.reader_head import check_head, head_weights, load_reader_head
+from captcha_crnn.model.pretrained import check_head, head_weights, load_reader_head
 from captcha_crnn.training.start import resolve_start
 
 pytestmark = pytest.mark.skipif(not pretrained_weights.available(),

@@ -16,7 +16,7 @@ from captcha_crnn.evaluate import has_both_cases, score_both
 from captcha_crnn.model.crnn import CRNN
 from captcha_crnn.model.modelfile import load_bundle
 from captcha_crnn.training.build import init_weights
-from captcha_crnn.training.warmstart import warm_start
+from captcha_crnn.model.warmstart import warm_start
 
 
 def test_warm_start_copies_features_and_shared_character_rows(trained) -> None:

@@ -1,8 +1,8 @@
 """Architecture cards (as docTR's `default_cfgs`): every named architecture in one table, ARCHS, and the
 lookups several places make on it. The format checks (format.py), the network (crnn.py, backbones.py),
-the CLI choices of --backbone and --preset (training/config.py) and the start logic (training/start.py,
-build.py, pretrained_weights.py, synthetic_pretrain.py, autoconfig.py) read them here; no other module names a backbone
-or a preset or holds one of their sizes or inputs (tests/test_layout.py checks). No torch.
+the CLI choices of --backbone and --preset (training/config.py), the weights (model/pretrained.py) and the
+start logic (training/start.py, training/plan.py, training/synthetic_pretrain.py) read them here; no other module
+names a backbone or a preset or holds one of their sizes or inputs (tests/test_layout.py checks). No torch.
 
 Two kinds of card share the table:
 - a backbone card (it has a `builder`; its name is the `backbone` a model file and --backbone give):
@@ -36,7 +36,7 @@ class Arch:
     channels: int | None = None  # input channels it needs; None: from the data (grey or colour)
     input_norm: str = "ink"  # what it is fed (format.INPUT_NORMS)
     weights: str | None = None  # where trained weights come from: "ddddocr" (the package,
-    # training/pretrained_weights.py), a shipped model (model/zoo.py), None (random)
+    # model/pretrained.py), a shipped model (model/zoo.py), None (random)
 
     def sizes(self) -> dict[str, Any]:
         """The fields of CRNNConfig a preset sets."""

@@ -116,7 +116,7 @@ class Residual(nn.Module):
 class DdddocrBackbone(nn.Module):
     """The convolutional part of the captcha model shipped in the `ddddocr` package (common.onnx):
     21 convolutions with SiLU, three stride-2 stages, 64 channels out. Its weights come from
-    training/pretrained_weights.py; the layer order here is the ONNX graph's order of Conv nodes.
+    model/pretrained.py; the layer order here is the ONNX graph's order of Conv nodes.
 
     `norm` adds batch norm after every convolution: the same network, trainable from random weights
     (training/synthetic_pretrain.py); fold_batchnorm turns it back into the plain one.

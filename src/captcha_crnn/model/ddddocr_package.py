@@ -2,7 +2,7 @@
 
 The package (``pip install "captcha-crnn[pretrained]"``, MIT licence) ships ONNX captcha readers:
 ``common.onnx``, whose convolutions are the pretrained backbone and whose LSTM and classifier (classes
-CHARSET_BETA) start `--pretrained-head ddddocr` (training/pretrained_weights.py), and ``common_old.onnx``
+CHARSET_BETA) start `--pretrained-head ddddocr` (model/pretrained.py), and ``common_old.onnx``
 (classes CHARSET_OLD), the model its ``DdddOcr()`` reads with by default (infer/ddddocr_reader.py).
 """
 

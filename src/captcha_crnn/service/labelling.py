@@ -56,7 +56,7 @@ def better_reader(current: Reader | None, new: Reader, path: Path) -> str | None
     beat a model trained on a few dozen labels (ddddocr reads captcha_v2 at 97% before any label)."""
     from ..evaluate import score
     from ..model.format import read_metadata
-    from ..training.data import held_out_samples
+    from ..training.sets import held_out_samples
 
     test = held_out_samples(read_metadata(path)) if current is not None else []
     if not test:

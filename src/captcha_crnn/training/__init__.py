@@ -1,4 +1,4 @@
-"""Training: configuration, data, the loop, state and checkpoints, the pretrained start."""
+"""Training: `train(data, TrainConfig(...))` runs the plan (training/plan.py) stage by stage (training/run.py)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,12 @@ from typing import Any
 
 from .config import TrainConfig
 
-__all__ = ["TrainConfig", "TrainResult", "train", "train_model"]
+__all__ = ["TrainConfig", "TrainResult", "train"]
 
 
-def __getattr__(name: str) -> Any:  # the loop imports torch; the config does not
-    if name == "train":
-        from .recipe import train
+def __getattr__(name: str) -> Any:  # the run imports torch; the config does not
+    if name in ("train", "TrainResult"):
+        from . import run
 
-        return train
-    if name == "train_model":
-        from .stage import train_model
-
-        return train_model
-    if name == "TrainResult":
-        from .loop import TrainResult
-
-        return TrainResult
+        return getattr(run, name)
     raise AttributeError(name)

@@ -18,9 +18,9 @@ import torch
 
 from ..errors import CaptchaError
 from ..model.modelfile import atomic_write
+from ..progress import log
 from . import distributed
 from .distributed import Dist
-from .log import log
 
 CHECKPOINT = "checkpoint.pt"
 

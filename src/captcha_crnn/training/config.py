@@ -87,12 +87,16 @@ def on_off_auto(text: str) -> bool | str:
     return {"on": True, "off": False, "auto": "auto"}[text]
 
 
+GENERATED = "flag"  # a field whose `captcha-crnn train` flag cli.add_config_flags makes from its metadata
+
+
 def opt(default: Any, help: str, rule: Rule | None = None, choices: tuple[Any, ...] | None = None,
-        parse: Callable[[str], Any] | None = None, metavar: str | None = None, flag: bool = True) -> Any:
-    """A config field with what its command-line flag and its check need."""
+        parse: Callable[[str], Any] | None = None, metavar: str | None = None, cli: str = GENERATED) -> Any:
+    """A config field with what its command-line flag and its check need; `cli` names how the command line
+    sets a field it takes in its own form (the DATA argument, --quiet, the labels group)."""
     if choices is not None and rule is None:
         rule = one_of(*choices)
-    meta = {"help": help, "rule": rule, "choices": choices, "parse": parse, "metavar": metavar, "flag": flag}
+    meta = {"help": help, "rule": rule, "choices": choices, "parse": parse, "metavar": metavar, "cli": cli}
     return field(default=default, metadata=meta)
 
 
@@ -100,20 +104,20 @@ def opt(default: Any, help: str, rule: Rule | None = None, choices: tuple[Any, .
 class TrainConfig:
     """Defaults chosen by measurement (benchmarks/learning_curve.py, benchmarks/datasets.py)."""
 
-    data: str = opt("", "folder or CSV of labelled images", flag=False)
+    data: str = opt("", "folder or CSV of labelled images", cli="the DATA argument")
     out: str = opt("runs/model", "output folder")
     epochs: int | None = opt(None, f"maximum epochs; default {policy.DEFAULT_EPOCHS}, or as many as --max-minutes "
                              "allows",
                              optional(whole(1)), parse=int)
-    batch_size: int = opt(32, "images per step", whole(1))
-    lr: float = opt(3e-3, "peak learning rate", above(0))
-    weight_decay: float = opt(1e-2, "AdamW weight decay (matrices and kernels only)", at_least(0))
-    warmup: float = opt(0.15, "fraction of the run spent warming up the learning rate", fraction)
-    clip: float = opt(5.0, "gradient norm clipping", above(0))
+    batch_size: int = opt(policy.BATCH_SIZE, "images per step", whole(1))
+    lr: float = opt(policy.LR, "peak learning rate", above(0))
+    weight_decay: float = opt(policy.WEIGHT_DECAY, "AdamW weight decay (matrices and kernels only)", at_least(0))
+    warmup: float = opt(policy.WARMUP, "fraction of the run spent warming up the learning rate", fraction)
+    clip: float = opt(policy.CLIP, "gradient norm clipping", above(0))
     max_minutes: float | None = opt(None, "time budget, spent to its end: the schedule fits into it, and early "
                                     "stopping only hands a stage's time to the next (a run ends early where it reads "
                                     "every held-out image right)", optional(above(0)), parse=float)
-    patience: int = opt(10, "early stop after N epochs without a validation gain", whole(1), metavar="N")
+    patience: int = opt(policy.PATIENCE, "early stop after N epochs without a validation gain", whole(1), metavar="N")
     seed: int = opt(0, "seed for the split, init and augmentation")
     device: str = opt("auto", "auto: cuda when available", choices=("auto", "cpu", "cuda"))
     precision: str = opt("auto", "arithmetic of the training steps: bf16 autocast or fp32 (the saved model is "
@@ -128,35 +132,19 @@ class TrainConfig:
                              optional(fraction), parse=float)
     unlabelled: tuple[str, ...] = opt((), "images without labels (folders, files, globs; repeatable): every "
                                       "training step also learns from them, each image's confident reading "
-                                      "teaching a strongly augmented copy of it (training/semi.py)", flag=False)
-    first_reader: str | None = opt("auto", "who reads the unlabelled images before the run's own weight average "
-                                   "reads the held-out labels better: a model file, ddddocr, or none; auto: ddddocr's "
-                                   f"zero-shot model where it reads {policy.ZERO_SHOT_MIN:.0%} of the held-out labels "
-                                   "(the recipe sets the teacher for the student)", flag=False)
+                                      "teaching a strongly augmented copy of it (training/semi.py)",
+                                      cli="--unlabelled PATH")
     semi_rule: str = opt("flex", "which unlabelled readings teach: flex (FlexMatch's per-character-class "
-                         f"thresholds up to {policy.THRESHOLD:g}, lower for classes learnt slowly), calibrated (flex, "
-                         "and only readings at least as confident as those of the held-out labels that are "
-                         f"{policy.PRECISION:.0%}% right), rising (flex, and a confidence floor rising from 0 to "
-                         f"{policy.THRESHOLD:g} over the run) or fixed (a reading's confidence >= "
-                         f"{policy.THRESHOLD:g})", choices=("flex", "calibrated", "rising", "fixed"))
-    masked_minutes: float = opt(0.0, "minutes of each stage's budget spent first on masked-image pretraining of the "
-                                "backbone on the unlabelled images (training/masked_pretrain.py; 0: none)",
-                                at_least(0), parse=float, metavar="M")
+                         f"thresholds up to {policy.THRESHOLD:g}, lower for classes learnt slowly) or fixed (a "
+                         f"reading's confidence >= {policy.THRESHOLD:g})", choices=("flex", "fixed"))
     reader: str = opt("auto", "the model `train` outputs: small (the fast from-scratch student, taught by the "
                       "pretrained teacher), big (the pretrained model itself), auto: the student when it reads the "
                       f"held-out labels as well as the teacher (within one image or {policy.OUTPUT_MARGIN:.1%}%)",
                       choices=("small", "big", "auto"))
-    distil: str = opt("off", "with no unlabelled images: the student learns from the labels and from the teacher's "
-                      "per-step readings of the same augmented images, after the teacher (on), or from the labels "
-                      "alone, before the teacher (off: on the learning curve distillation gave no better output, "
-                      "and the taught student sees about half the images)", choices=("on", "off"))
-    teacher: str | None = opt(None, "a model file whose per-step readings of each augmented training batch the "
-                              "model also learns (training/distil.py); the recipe sets it for the student",
-                              flag=False)
     val_data: str | None = opt(None, "separate validation folder/CSV (no val split)", parse=str)
     test_data: str | None = opt(None, "separate test folder/CSV (no test split)", parse=str)
-    label_regex: str | None = opt(None, "label from the file name (cli: labels group)", flag=False)
-    label_sep: str | None = opt(None, "label up to a separator (cli: labels group)", flag=False)
+    label_regex: str | None = opt(None, "label from the file name", cli="--label-regex")
+    label_sep: str | None = opt(None, "label up to a separator", cli="--label-sep")
     case: str = opt("sensitive", "insensitive: fold labels to lower case and compare case-blind",
                     choices=("sensitive", "insensitive"))
     # preprocessing ("auto" = from the data)
@@ -199,10 +187,9 @@ class TrainConfig:
     backbone_weights: str = opt("auto", "pretrained start: whose weights: ddddocr (the package's) or a file from "
                                 "`captcha-crnn pretrain`; auto: ddddocr where installed; naming one asks for the "
                                 "pretrained start", parse=str, metavar="SOURCE")
-    freeze_epochs: int = opt(2, "pretrained start: train only the RNN and head for the first N passes over the "
-                             "labelled images", whole(0),
-                             metavar="N")
-    backbone_lr: float = opt(0.1, "pretrained start: the backbone's learning rate as a fraction of --lr",
+    freeze_epochs: int = opt(policy.FREEZE_EPOCHS, "pretrained start: train only the RNN and head for the first N "
+                             "passes over the labelled images", whole(0), metavar="N")
+    backbone_lr: float = opt(policy.BACKBONE_LR, "pretrained start: the backbone's learning rate as a fraction of --lr",
                              above(0, 10), metavar="F")
     rnn: str = opt("gru", "recurrent layer", choices=("gru", "lstm"))
     augment: float | str = opt("auto", "augmentation strength (0 = off), or strong: the strong view's policy "
@@ -210,8 +197,8 @@ class TrainConfig:
                                f"{policy.AUGMENT_SMALL:g} under {policy.SMALL_DATA} images, else "
                                f"{policy.AUGMENT_BIG:g}",
                                augment_problem, parse=float_or_auto)
-    dropout: float = opt(0.1, "dropout before the classifier and between RNN layers", fraction)
-    ema: float = opt(0.99, "validate and keep a moving average of the weights with this decay (0: off)",
+    dropout: float = opt(policy.DROPOUT, "dropout before the classifier and between RNN layers", fraction)
+    ema: float = opt(policy.EMA_DECAY, "validate and keep a moving average of the weights with this decay (0: off)",
                      fraction, metavar="DECAY")
     init: str | None = opt("auto", "warm start from this model (path or shipped name); auto: the shipped "
                            "synthetic model for a from-scratch run; none: random weights", metavar="MODEL")
@@ -219,7 +206,7 @@ class TrainConfig:
     resume: bool = opt(False, "continue from OUT/checkpoint.pt")
     checkpoint_minutes: float = opt(5.0, "also checkpoint every M minutes within an epoch, besides every epoch end",
                                     at_least(0), metavar="M")
-    progress: bool = opt(True, "progress bars (cli: --quiet turns them off)", flag=False)
+    progress: bool = opt(True, "progress bars", cli="--quiet turns them off")
     threads: int | None = opt(None, "CPU threads (default: all cores)", optional(whole(1)), parse=int)
     cache_dir: str | None = opt(None, "where decoded images are cached on disk for training (default OUT/cache; "
                                 "reused while the data and preprocessing are unchanged); 'memory': hold them in "

@@ -1,42 +1,43 @@
-"""The training loop: CTC loss, AdamW, warm-up + cosine, clipping, early stopping, checkpoints."""
+"""The training loop of one stage: AdamW with warm-up + cosine, CTC loss, clipping, a moving average of the
+weights (what is validated and saved), validation each epoch, early stopping, the time budget, checkpoints; the
+unlabelled loss comes from training/semi.py."""
 
 from __future__ import annotations
 
+import copy
+import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from ..data.alphabet import Alphabet
 from ..data.augment import policy
-from ..data.dataset import Prefetcher, bucketed_order
+from ..data.dataset import ImageSet, Prefetcher, bucketed_order
 from ..data.images import time_steps
-from ..evaluate import Report
+from ..decode.ctc import greedy_decode_batch
+from ..evaluate import Report, score_both, selective
 from ..model.crnn import CRNN
 from ..model.modelfile import ModelBundle, save_bundle
-from ..progress import bar_disable
+from ..model.run import run_batches
+from ..progress import bar_disable, log
 from . import distributed
-from .build import make_optimizer, pick_precision
 from .checkpoint import CHECKPOINT, Clock, RunState, rank_state, save_checkpoint, snapshot
 from .config import TrainConfig
-from .data import Data, ctc_targets, ink_tensor
-from .distil import WEIGHT, Teacher, kd_loss
 from .distributed import Dist
-from .ema import EMA
-from .log import log
-from .policy import DEFAULT_EPOCHS, EARLY_STOP_MIN_VAL, POOL_EPOCH
-from .schedule import lr_at
+from .policy import DEFAULT_EPOCHS, EARLY_STOP_MIN_VAL, LR_FINAL, LR_START, POOL_EPOCH
 from .semi import Semi, epoch_note, ramp
-from .validate import evaluate_set
+from .sets import Data, ctc_targets, ink_tensor
 
 EpochHook = Callable[[dict[str, Any], ModelBundle], None]
 View = tuple[torch.Tensor, np.ndarray]  # ink (B, C, H, W) and widths (B,)
-Batch = tuple[list[int], torch.Tensor, np.ndarray, "View | None", "tuple[list[int], View] | None"]
+Batch = tuple[list[int], torch.Tensor, np.ndarray, "tuple[list[int], View] | None"]
 BUDGET_EPOCHS = 100_000  # with one, and no --epochs: the budget decides
 
 
@@ -45,18 +46,109 @@ def max_epochs(cfg: TrainConfig) -> int:
     return cfg.epochs or (BUDGET_EPOCHS if cfg.max_minutes else DEFAULT_EPOCHS)
 
 
-@dataclass
-class TrainResult:
-    """What a run produced: paths, the best validation figures and the test report."""
+def lr_at(progress: float, peak: float, warmup: float) -> float:
+    """Learning rate at `progress` in [0, 1] of the run (by steps, or by time when a budget is set): linear warm-up
+    from LR_START of the peak, then cosine decay to LR_FINAL of it."""
+    p = min(max(progress, 0.0), 1.0)
+    if p < warmup:
+        return peak * (LR_START + (1 - LR_START) * p / warmup)
+    q = (p - warmup) / max(1e-9, 1 - warmup)
+    return peak * (LR_FINAL + (1 - LR_FINAL) * 0.5 * (1 + math.cos(math.pi * q)))
 
-    out: Path
-    model_path: Path
-    history: list[dict[str, Any]]
-    best: dict[str, Any]
-    test: Report | None
-    config: dict[str, Any] = field(default_factory=dict)
-    rank: int = 0  # in a distributed run, the process's rank (only rank 0 evaluates the test split)
-    recipe: dict[str, Any] | None = None  # teacher -> student: each stage's figures and the output's choice
+
+def make_optimizer(model: CRNN, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices and kernels only (not on biases and norms). A pretrained
+    backbone gets groups of its own, at cfg.backbone_lr times the learning rate (`lr_scale`)."""
+    parts = [(list(model.parameters()), 1.0, False)]
+    if cfg.pretrained == "on":
+        mine = {id(p) for p in model.backbone.parameters()}
+        parts = [(list(model.backbone.parameters()), cfg.backbone_lr, True),
+                 ([p for p in model.parameters() if id(p) not in mine], 1.0, False)]
+    groups = []
+    for params, scale, backbone in parts:
+        for decay in (True, False):
+            groups.append({"params": [p for p in params if (p.ndim > 1) == decay], "lr_scale": scale,
+                           "weight_decay": cfg.weight_decay if decay else 0.0, "backbone": backbone})
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+class EMA:
+    """An exponential moving average of the weights, what is validated and saved: shadow = decay * shadow +
+    (1 - decay) * weights after every step, the decay ramping up from 0 ((1 + step) / (10 + step)) so early
+    averages follow the model closely; BatchNorm running statistics are averaged the same way."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval()
+        for p in self.shadow.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for s, m in zip(self.shadow.state_dict().values(), model.state_dict().values()):
+            if s.dtype.is_floating_point:
+                s.lerp_(m.detach(), 1 - d)
+            else:
+                s.copy_(m)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.shadow.load_state_dict(state)
+
+
+@torch.inference_mode()
+def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
+             batch_size: int = 64) -> tuple[list[float], list[str], list[float]]:
+    """Per image: CTC loss per character (nan where the label cannot be scored), the greedy reading
+    and its confidence.
+
+    Batched by width: one forward, one greedy decode and one CTC loss call per batch.
+    """
+    model.eval()
+    losses, preds, confs = [float("nan")] * len(ds), [""] * len(ds), [0.0] * len(ds)
+
+    def load(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return ds.ink(idx)  # (B, C, H, W) float ink, (B,)
+
+    def run(x: np.ndarray) -> torch.Tensor:
+        return model(torch.from_numpy(x).to(device)).float().cpu()  # (B, T, classes)
+
+    for idx, lp, steps in run_batches(ds.widths().tolist(), batch_size, load, run):
+        lens = torch.from_numpy(steps)  # (B,) valid frames
+        for i, d in zip(idx, greedy_decode_batch(lp.numpy(), steps.tolist())):
+            preds[i], confs[i] = alphabet.decode(d.indices), d.confidence
+        ok = [k for k, i in enumerate(idx) if ds.labels[i] and not alphabet.unknown(ds.labels[i])]
+        if ok:
+            targets, target_lens = ctc_targets([ds.labels[idx[k]] for k in ok], alphabet)
+            nll = F.ctc_loss(lp[ok].transpose(0, 1), targets, lens[ok], target_lens, blank=0,
+                             reduction="none", zero_infinity=True)  # (B',) summed over each label
+            for k, v in zip(ok, (nll / target_lens).tolist()):
+                losses[idx[k]] = v
+    return losses, preds, confs
+
+
+def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
+                 d: Dist | None = None) -> tuple[float, Report, list[str], list[float]]:
+    """(mean CTC loss, report, predictions, their confidences) of the model on a loaded set.
+
+    In a distributed run each rank reads every world-th image and all ranks get the same figures.
+    """
+    d = d or Dist()
+    idx = list(range(d.rank, len(ds), d.world))
+    losses, preds, confs = read_set(model, ds.subset(idx) if d.enabled else ds, alphabet, device)
+    if d.enabled:
+        parts = distributed.all_gather((idx, losses, preds, confs), d)
+        losses, preds, confs = [float("nan")] * len(ds), [""] * len(ds), [0.0] * len(ds)
+        for part in parts:
+            for i, loss, pred, conf in zip(*part):
+                losses[i], preds[i], confs[i] = loss, pred, conf
+    scored = [v for v in losses if not np.isnan(v)]
+    rep = score_both(ds.labels, preds, alphabet.chars)
+    rep.selective = selective(ds.labels, preds, confs)
+    return float(np.mean(scored)) if scored else float("nan"), rep, preds, confs
 
 
 class Run:
@@ -68,8 +160,8 @@ class Run:
     """
 
     def __init__(self, cfg: TrainConfig, data: Data, model: CRNN, device: str, out: Path,
-                 on_epoch: EpochHook | None = None, d: Dist | None = None, semi: Semi | None = None,
-                 hands_on: bool = False, setup_s: float = 0.0):
+                 seconds: float | None = None, on_epoch: EpochHook | None = None, d: Dist | None = None,
+                 semi: Semi | None = None, stops_early: bool = False, setup_s: float = 0.0):
         self.cfg, self.data, self.model, self.device, self.out = cfg, data, model, device, out
         self.semi = semi  # the unlabelled pool and its readers (training/semi.py)
         self.d = d = d or Dist()
@@ -98,10 +190,10 @@ class Run:
         self.total_steps = self.epochs * self.steps_per_epoch
         # the budget covers the stage's setup (decoding, first readings) too; early stopping ends a stage with a
         # budget only where it hands the time on to a later stage, or reads every held-out image right
+        self.seconds = seconds
         self.set_budget(setup_s)
-        self.hands_on = hands_on
-        self.precision, self.precision_why = pick_precision(cfg.precision, device)
-        self.teacher = Teacher(cfg.teacher, data.train, data.alphabet, cfg, device) if cfg.teacher else None
+        self.stops_early = stops_early
+        self.precision = cfg.precision  # settled by the plan
         self.st = RunState()
         self.skipped = 0  # steps skipped for a non-finite loss or gradient
         self.info = {"training": {"data": cfg.data, "split": data.how, "seed": cfg.seed,
@@ -110,9 +202,9 @@ class Run:
                                   "processes": d.world, "config": cfg.to_dict()}}
 
     def set_budget(self, setup_s: float) -> None:
-        """The stage's training seconds: its time budget less the `setup_s` its setup took."""
+        """The stage's training seconds: its seconds less the `setup_s` its setup took."""
         self.setup_s = setup_s
-        self.budget = max(1.0, self.cfg.max_minutes * 60 - setup_s) if self.cfg.max_minutes else None
+        self.budget = max(1.0, self.seconds - setup_s) if self.seconds else None
 
     def now(self) -> float:
         """Training seconds so far, by rank 0's clock on every rank."""
@@ -162,21 +254,20 @@ class Run:
         if st.epoch >= self.epochs:
             return "epochs done"
         stops = len(self.data.val) >= EARLY_STOP_MIN_VAL  # a smaller set cannot tell progress from noise
-        may = self.hands_on or not self.budget or st.best["val_sequence_accuracy"] >= 1.0
+        may = self.stops_early or not self.budget or st.best["val_sequence_accuracy"] >= 1.0
         if stops and may and st.batch == 0 and st.epoch - st.best["epoch"] >= cfg.patience:
             return f"early stop: no val improvement for {cfg.patience} epochs"
         if self.budget and self.now() > self.budget:
-            return f"time budget of {cfg.max_minutes:.2f} min spent"
+            return f"time budget of {self.seconds:.0f} s spent"
         return ""
 
     def fetch(self, job: tuple[list[int], list[int] | None]) -> Batch:
         """A batch as the model takes it (runs in the loader thread): indices, float ink (B, C, H, W), widths,
-        with a teacher its own input of the same images, and with unlabelled images a batch of them."""
+        and with unlabelled images a batch of them."""
         idx, uidx = job
         x, widths = ink_tensor(self.data.train, idx)  # (B, C, H, W) float ink from the cache, (B,)
-        view = self.teacher.batch(idx) if self.teacher else None
         unl = (uidx, self.semi.fetch(uidx)) if self.semi and uidx is not None else None
-        return idx, x.pin_memory() if self.device.startswith("cuda") else x, widths, view, unl
+        return idx, x.pin_memory() if self.device.startswith("cuda") else x, widths, unl
 
     def jobs(self, mine: list[int]) -> Any:
         """This epoch's batches left: training indices, and unlabelled ones seeded by seed, epoch and batch."""
@@ -204,17 +295,15 @@ class Run:
         loader = Prefetcher(self.fetch, self.jobs(mine))
         t0, images = time.perf_counter(), 0
         try:
-            for b, (idx, x, widths, view, unl) in enumerate(loader, start=st.batch):
+            for b, (idx, x, widths, unl) in enumerate(loader, start=st.batch):
                 elapsed = self.now()
                 if self.budget and elapsed > self.budget:
                     break
                 if every and elapsed - self.last_save >= every:
                     self.save()  # mid-epoch: the permutation and batch index come along
                 progress = self.progress(elapsed)
-                if self.semi:
-                    self.semi.set_progress(progress)
-                loss = self.train_step(idx, x, widths, lr_at(progress, self.cfg.lr, self.cfg.warmup), view,
-                                       unl, ramp(progress))
+                loss = self.train_step(idx, x, widths, lr_at(progress, self.cfg.lr, self.cfg.warmup), unl,
+                                       ramp(progress))
                 st.batch, st.step, images = b + 1, st.step + 1, images + len(idx)
                 if np.isfinite(loss):
                     st.losses.append(loss)
@@ -239,14 +328,11 @@ class Run:
                 p.requires_grad_(not frozen)
 
     def train_step(self, idx: list[int], x: torch.Tensor, widths: np.ndarray, lr: float,
-                   view: View | None = None, unl: tuple[list[int], View] | None = None,
-                   unl_weight: float = 0.0) -> float:
-        """One optimizer step on the training images `idx` (ink x (B, C, H, W)); returns the mean loss: CTC,
-        plus with a teacher the distillation term on its input `view` of the same images, plus with unlabelled
-        images `unl` their loss (training/semi.py) at `unl_weight`."""
+                   unl: tuple[list[int], View] | None = None, unl_weight: float = 0.0) -> float:
+        """One optimizer step on the training images `idx` (ink x (B, C, H, W)); returns the mean loss: CTC, plus
+        with unlabelled images `unl` their loss (training/semi.py) at `unl_weight`."""
         ds, alphabet = self.data.train, self.data.alphabet
         x = x.to(self.device, non_blocking=True)
-        aug_state = self.aug_gen.get_state()  # the teacher's copy is augmented with the same draws
         x = policy(x, self.cfg.augment, self.aug_gen).contiguous(memory_format=self.memory_format)
         targets, target_lens = ctc_targets([ds.labels[j] for j in idx], alphabet)
         frozen = self.frozen()
@@ -260,10 +346,6 @@ class Run:
         in_lens = CRNN.output_lengths(widths)
         loss = F.ctc_loss(logp.float().transpose(0, 1), targets, in_lens, target_lens,
                           blank=0, reduction="mean", zero_infinity=True)
-        if self.teacher and view is not None:
-            soft = self.teacher.targets(view[0].to(self.device), view[1], aug_state, self.cfg.augment,
-                                        in_lens, logp.shape[1], bf16)  # (B, T, classes)
-            loss = loss + WEIGHT * kd_loss(logp.float(), soft, in_lens)
         if self.semi and unl is not None and unl_weight > 0:
             uidx, (xu, uw) = unl
             xu = xu.to(self.device, non_blocking=True)

@@ -1,12 +1,13 @@
-"""The training plan: every decision of a run, settled once, before training, from the data and what the
+"""The training plan: every decision of a run, settled once, before the first step, from the data and what the
 user asked for (TrainConfig, which stays as asked).
 
 `Plan.resolve` reads the labelled set and the unlabelled pool, checks the options against each other
-(`contradiction`), decides the start (start.resolve_start, called here only), the stages and their shares
-of the time budget, and each stage's settings: architecture, input height, colour, grey, crop,
-augmentation, precision and the semi-supervised rule. The plan is printed once as one block, written to
-OUT/plan.json and into each model's metadata; the stages read their settings from it and nothing else
-rewrites a TrainConfig.
+(`contradiction`), runs the one zero-shot probe of ddddocr where a decision needs it, decides the start
+(start.resolve_start), the device and precision, the stages in order with their seconds of the budget, and each
+stage's settings: architecture, preprocessing (height, width, minimum width, colour, grey, crop), alphabet,
+augmentation, semi-supervised rule, first reader and warm start. The plan is printed as one block, written to
+OUT/plan.json and into each model's metadata. Two things are left to the run, as rules the plan names: a stage that
+ends early (or overruns) hands its seconds on, and the output is the student or the teacher by their validation.
 """
 
 from __future__ import annotations
@@ -17,23 +18,26 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..data.alphabet import Alphabet
+from ..data.images import Preprocess
 from ..data.labels import Sample, write_csv
 from ..errors import CaptchaError
 from ..files import atomic_write
 from ..model.archs import PRETRAINED, SCRATCH
+from ..progress import log
 from . import policy
-from .autoconfig import choose
-from .build import pick_device, pick_precision
 from .config import TrainConfig
-from .data import choose_preprocess, load_data
-from .log import log
-from .start import resolve_start
-from .unlabelled import label_folder_unlabelled, unlabelled_images, write_list
+from .sets import choose, choose_preprocess, label_folder_unlabelled, load_data, unlabelled_images, write_list
+from .start import Probe, model_config, probe, resolve_start, warm_source
 
 PLAN = "plan.json"
 RESUME_MAY_CHANGE = ("resume", "max_minutes", "epochs", "progress", "threads", "checkpoint_minutes", "data")
-SPLIT = "split"  # OUT/split/{train,val,test}.csv: the recipe's one split, read by every stage
+SPLIT = "split"  # OUT/split/{train,val,test}.csv: the run's one split, read by every stage
 UNLABELLED = "unlabelled.txt"  # OUT/split/unlabelled.txt: the pool, one path a line
+HAND_ON = ("a stage that stops early hands its unused seconds to the next; one that overruns takes them from the "
+           f"next, which keeps at least {policy.LAST_STAGE_FLOOR:.0%} of the budget")
 
 # Options that contradict each other: (test on the asked config, the one-line error). One table, one test.
 CONTRADICTIONS: list[tuple[Any, str]] = [
@@ -45,10 +49,6 @@ CONTRADICTIONS: list[tuple[Any, str]] = [
      "--reader big is the pretrained model, which reads grey images; drop --channels 3"),
     (lambda c: c.pretrained == "on" and c.channels in (3, "3") and c.reader != "small",
      "--pretrained on reads grey images; drop --channels 3 (or add --reader small for a colour student)"),
-    (lambda c: c.distil == "on" and c.pretrained == "off",
-     "--distil on needs the pretrained teacher, --pretrained off asks for none; drop one"),
-    (lambda c: c.distil == "on" and c.reader == "big",
-     "--distil on teaches the small model, --reader big outputs the pretrained one; drop one"),
     (lambda c: c.val_data is not None and c.val is not None,
      "--val-data gives the validation set, --val a share of the split for it; drop one"),
     (lambda c: c.test_data is not None and c.test is not None,
@@ -61,20 +61,58 @@ def contradiction(cfg: TrainConfig) -> str | None:
     return next((why for test, why in CONTRADICTIONS if test(cfg)), None)
 
 
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CaptchaError("--device cuda: no CUDA device is available")
+    return name
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU features that make bf16 matrix products native
+
+
+def cpu_bf16_flag() -> str | None:
+    """The CPU feature (from /proc/cpuinfo) that computes bf16 natively, or None (or not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
+
+
+def pick_precision(name: str, device: str) -> tuple[str, str]:
+    """("bf16" or "fp32", why) for the --precision setting on `device`."""
+    if name != "auto":
+        return name, "asked for"
+    if device.startswith("cuda"):
+        ok = torch.cuda.is_bf16_supported()
+        return ("bf16", "the GPU supports it") if ok else ("fp32", "the GPU has no bf16")
+    flag = cpu_bf16_flag()
+    return ("bf16", f"the CPU has {flag}") if flag else ("fp32", "the CPU has no native bf16")
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One model trained: its name, what it is, its share of the budget (None: what the stages before left),
-    whether early stopping may end it (a stage that hands its unused time on), and its settled settings."""
+    """One model trained: what it is, its seconds of the budget (None: no budget), whether an early stop may end
+    it (handing its time on), its settings, and its wiring: input, alphabet, who reads its pool first, and the
+    model its weights are copied from."""
 
     name: str
     what: str
-    share: float | None
-    hands_on: bool
+    seconds: float | None
+    stops_early: bool
     settings: TrainConfig
+    preprocess: dict[str, Any]  # Preprocess.to_dict()
+    alphabet: str
+    first_reader: str | None = None  # "ddddocr" (the plan's probe readings), a model file, or None: its own EMA
+    warm_start: str | None = None  # the model whose weights it starts from (None: pretrained backbone or random)
+    warm_why: str = ""
 
-    def run_settings(self, minutes: float | None, resume: bool) -> TrainConfig:
-        """The settings this stage runs with: its minutes, decided when it starts, and whether it resumes."""
-        return replace(self.settings, max_minutes=minutes, resume=resume)
+    @property
+    def pre(self) -> Preprocess:
+        return Preprocess.from_dict(self.preprocess)
 
 
 @dataclass(frozen=True)
@@ -88,13 +126,15 @@ class Plan:
     stages: tuple[Stage, ...]
     notes: tuple[str, ...]  # each decision with its reason
     output: str  # how the output is chosen
+    rules: tuple[str, ...] = ()  # what the run decides as it goes, and by which rule
+    probe: Probe | None = None  # ddddocr's zero-shot reading of the held-out labels, where a decision needed it
     parts: tuple[tuple[Sample, ...], ...] = field(default=(), repr=False)  # train, val, test (not in plan.json)
-    pool: tuple[str, ...] = field(default=(), repr=False)  # the unlabelled images (not in plan.json)
+    pool: tuple[str, ...] = field(default=(), repr=False)  # the unlabelled images (OUT/split/unlabelled.txt)
 
     @classmethod
-    def resolve(cls, data: str, config: TrainConfig, single: bool = False) -> Plan:
-        """Settle every decision for training on `data` as `config` asks; `single` (or a distributed run,
-        --reader big, a from-scratch start) trains one model, else the teacher -> student recipe."""
+    def resolve(cls, data: str, config: TrainConfig) -> Plan:
+        """Settle every decision for training on `data` as `config` asks: one model (a from-scratch start,
+        --reader big, or torchrun), else the teacher -> student recipe."""
         asked = replace(config, data=str(data))
         why = contradiction(asked)
         if why:
@@ -104,29 +144,38 @@ class Plan:
             return cls.load(stored, asked)
         tr, va, te, how = load_data(asked)
         n = len(tr) + len(va) + (0 if asked.test_data else len(te))  # the labels given to learn from, not --test-data
-        changes, notes = resolve_start(asked, n, va or tr[:50])  # va: the held-out labels ddddocr is tried on
+        alphabet = Alphabet.from_labels(s.label for s in tr)
+        pool = all_unlabelled(asked, tr + va + te)
+        probed: list[Probe] = []
+
+        def zero_shot() -> Probe:  # run once, on the held-out labels (else the first training ones)
+            if not probed:
+                probed.append(probe(va or tr[:50], alphabet.chars, asked.case, asked.threads))
+            return probed[0]
+
+        changes, notes = resolve_start(asked, n, zero_shot)
         device = pick_device(asked.device)
         precision, precision_why = pick_precision(asked.precision, device)
         notes.append(f"precision: {precision} ({precision_why})")
         base = replace(asked, **changes, precision=precision)
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        pool = all_unlabelled(asked, tr + va + te)
-        sizes, parts = (len(tr), len(va), len(te)), (tuple(tr), tuple(va), tuple(te))
-        if single or distributed or changes["pretrained"] != "on" or asked.reader == "big":
-            if asked.distil == "on":
-                notes.append("--distil on: not used (" + ("a distributed run trains one model" if distributed else
-                             "the start is the small model itself") + "; there is no teacher to learn from)")
+        first = first_reader(pool, zero_shot, notes)
+        ctx = Context(asked, tr, alphabet, pool, asked.max_minutes)
+        one = int(os.environ.get("WORLD_SIZE", "1")) > 1 or changes["pretrained"] != "on" or asked.reader == "big"
+        if one:
             if pool:
                 base = replace(base, unlabelled=(str(Path(asked.out) / SPLIT / UNLABELLED),))
-            settings = settle(base, tr, notes)
             what = "one model" + (" on the labels and the unlabelled images" if pool else "")
-            stage = Stage("model", what, None, False, settings)
-            return cls(asked, sizes, how, len(pool), (stage,), tuple(notes), "the one model", (), tuple(pool))
-        stages = recipe_stages(asked, base, tr, va, te, pool, notes)
-        rule = ("--reader small: the student" if asked.reader == "small" else
-                "the student where it reads the held-out labels as well as the teacher (within one image or "
-                f"{policy.OUTPUT_MARGIN:.1%}), else the teacher")
-        return cls(asked, sizes, how, len(pool), stages, tuple(notes), rule, parts, tuple(pool))
+            stages = (ctx.stage("model", what, 1.0, False, base, notes, first),)
+            output, parts = "the one model", ()
+        else:
+            stages = recipe_stages(ctx, base, va, te, notes, first)
+            output = ("--reader small: the student" if asked.reader == "small" else
+                      "the student where it reads the held-out labels as well as the teacher (within one image or "
+                      f"{policy.OUTPUT_MARGIN:.1%}), else the teacher")
+            parts = (tuple(tr), tuple(va), tuple(te))
+        rules = (HAND_ON,) if len(stages) > 1 and asked.max_minutes else ()
+        return cls(asked, (len(tr), len(va), len(te)), how, len(pool), stages, tuple(notes), output, rules,
+                   probed[0] if probed else None, parts, tuple(pool))
 
     @classmethod
     def load(cls, path: Path, asked: TrainConfig) -> Plan:
@@ -138,10 +187,15 @@ class Plan:
             if k not in RESUME_MAY_CHANGE and now.get(k, v) != v:
                 log(f"--{k.replace('_', '-')} {now[k]}: this run began with {v} and goes on as it began")
         may = {k: getattr(asked, k) for k in RESUME_MAY_CHANGE if k not in ("data", "checkpoint_minutes")}
-        stages = tuple(Stage(s["name"], s["what"], s["share"], s["hands_on"],
-                             replace(TrainConfig.from_dict(s["settings"]), **may)) for s in d["stages"])
+        stages = tuple(Stage(**{**s, "settings": replace(TrainConfig.from_dict(s["settings"]), **may)})
+                       for s in d["stages"])
+        if asked.max_minutes != d["asked"]["max_minutes"]:
+            stages = seconds(stages, asked.max_minutes)  # the shares as planned, of the budget asked now
         began = replace(TrainConfig.from_dict(d["asked"]), **may)
-        return cls(began, tuple(d["split"]), d["split_how"], d["unlabelled"], stages, tuple(d["notes"]), d["output"])
+        found = Probe(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["probe"].items()}) \
+            if d.get("probe") else None
+        return cls(began, tuple(d["split"]), d["split_how"], d["unlabelled"], stages, tuple(d["notes"]), d["output"],
+                   tuple(d.get("rules", ())), found)
 
     def describe(self) -> str:
         """The plan as one block of lines, printed before training."""
@@ -151,25 +205,30 @@ class Plan:
                  f"{self.unlabelled} unlabelled; {budget}"]
         lines += [f"  {note}" for note in self.notes]
         for i, s in enumerate(self.stages, 1):
-            c = s.settings
-            share = f"{s.share:.0%} of the budget" if s.share is not None else "the rest of the budget"
-            lines.append(f"  stage {i}/{len(self.stages)} {s.name}: {s.what}; {share}"
-                         f"{', early stop hands its time on' if s.hands_on else ''}")
-            lines.append(f"    {c.preset} {c.backbone}+{c.rnn}, height {c.height}, "
-                         f"{'colour' if c.channels in (3, '3') else 'grey (' + c.grey + ')'}, crop {c.crop}, "
-                         f"augment {c.augment}, {c.precision}"
-                         + (f", unlabelled rule {c.semi_rule}" if c.unlabelled else ""))
+            c, p = s.settings, s.pre
+            time = f"{s.seconds:.0f} s" if s.seconds is not None else "no budget"
+            lines.append(f"  stage {i}/{len(self.stages)} {s.name}: {s.what}; {time}"
+                         f"{', early stop hands its time on' if s.stops_early else ''}")
+            width = p.width or f"variable (at least {p.min_width})"
+            lines.append(f"    {c.preset} {c.backbone}+{c.rnn}, height {p.height}, width {width}, "
+                         f"{'colour' if p.channels == 3 else 'grey (' + p.grey + ')'}, crop {p.crop}, "
+                         f"augment {c.augment}, {c.precision}; alphabet ({len(s.alphabet)}) {s.alphabet}")
+            lines.append(f"    weights: {s.warm_start + ' (' + s.warm_why + ')' if s.warm_start else s.warm_why}"
+                         + (f"; unlabelled rule {c.semi_rule}, read first by {s.first_reader or 'its own EMA'}"
+                            if c.unlabelled else ""))
+        lines += [f"  rule: {r}" for r in self.rules]
         lines.append(f"  output: {self.output}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("parts", "pool")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("parts", "pool", "probe")}
         d["stages"] = [{**asdict(s), "settings": s.settings.to_dict()} for s in self.stages]
+        d["probe"] = self.probe.to_dict() if self.probe else None
         return d
 
     def write(self) -> None:
-        """Write the files the stages read (OUT/split/: the recipe's split, the pool's list) and OUT/plan.json,
-        and print the plan."""
+        """Write the files the stages read (OUT/split/: the split, the pool's list) and OUT/plan.json, and print
+        the plan."""
         out = Path(self.asked.out)
         for name, part in zip(("train", "val", "test"), self.parts):
             if part:
@@ -190,15 +249,51 @@ def all_unlabelled(cfg: TrainConfig, labelled: list[Sample]) -> list[str]:
     return sorted(set(images) | set(extra))
 
 
-def settle(cfg: TrainConfig, samples: list[Sample], notes: list[str]) -> TrainConfig:
-    """`cfg` with every data-dependent "auto" settled from the training samples (autoconfig.choose), and the
-    input height (data.choose_preprocess); the reasons are added to `notes`."""
-    changes, why = choose(cfg, samples)
-    cfg = replace(cfg, **changes)
-    notes.extend(why)
-    if cfg.height == "auto":
-        cfg = replace(cfg, height=choose_preprocess(cfg, samples).height)
-    return cfg
+def first_reader(pool: list[str], zero_shot: Any, notes: list[str]) -> str | None:
+    """Who reads the pool before a stage's own EMA (the student's is the teacher, set in recipe_stages): ddddocr
+    where it is installed and reads ZERO_SHOT_MIN of the held-out labels untrained, else the EMA from the start."""
+    from ..infer import ddddocr_reader
+
+    if not pool or not ddddocr_reader.available():
+        return None
+    read = zero_shot().accuracy
+    enough = read >= policy.ZERO_SHOT_MIN
+    notes.append(f"first reader of the pool: {'ddddocr' if enough else 'each model its own EMA'} (ddddocr reads "
+                 f"{read:.1%} of the held-out labels untrained; {policy.ZERO_SHOT_MIN:.0%} needed)")
+    return "ddddocr" if enough else None
+
+
+@dataclass
+class Context:
+    """What every stage of one plan is settled from."""
+
+    asked: TrainConfig
+    train: list[Sample]
+    alphabet: Alphabet
+    pool: list[str]
+    minutes: float | None
+
+    def stage(self, name: str, what: str, share: float, stops_early: bool, cfg: TrainConfig, notes: list[str],
+              first: str | None) -> Stage:
+        """A stage with every data-dependent "auto" of `cfg` settled from the training samples (colour, crop, model
+        size, augmentation, then the input size), its weights' source and its share of the budget in seconds."""
+        changes, why = choose(cfg, self.train)
+        cfg = replace(cfg, **changes)
+        notes.extend(why)
+        pre = choose_preprocess(cfg, self.train)
+        cfg = replace(cfg, height=pre.height)
+        warm, warm_why = warm_source(cfg, model_config(cfg, pre, self.alphabet))
+        secs = share * self.minutes * 60 if self.minutes else None
+        return Stage(name, what, secs, stops_early, cfg, pre.to_dict(), self.alphabet.chars,
+                     first if self.pool else None, warm, warm_why)
+
+
+def seconds(stages: tuple[Stage, ...], minutes: float | None) -> tuple[Stage, ...]:
+    """The stages with their shares of `minutes` in seconds: each keeps its planned share of the total, so the
+    seconds add up to the budget."""
+    total = sum(s.seconds or 0.0 for s in stages)
+    return tuple(replace(s, seconds=(s.seconds or 0.0) / total * minutes * 60 if minutes and total else None)
+                 for s in stages)
 
 
 # the student: the small from-scratch model (the shipped models' architecture), its own input settings
@@ -206,40 +301,33 @@ STUDENT: dict[str, Any] = {"pretrained": "off", "backbone": SCRATCH.backbone, "b
                            "init": "auto"}
 
 
-def recipe_stages(asked: TrainConfig, base: TrainConfig, tr: list[Sample], va: list[Sample], te: list[Sample],
-                  pool: list[str], notes: list[str]) -> tuple[Stage, ...]:
+def recipe_stages(ctx: Context, base: TrainConfig, va: list[Sample], te: list[Sample], notes: list[str],
+                  first: str | None) -> tuple[Stage, ...]:
     """The teacher (the pretrained start) and the student (the small model), in the order the data calls for,
     each trained on the split's files in OUT/<stage>."""
-    out = Path(base.out)
+    asked, out = ctx.asked, Path(base.out)
     files = out / SPLIT
     test = str(files / "test.csv") if te else None
     common = dict(data=str(files / "train.csv"), val_data=str(files / "val.csv"), test_data=test, val=None,
                   test=None if test else 0.0, label_regex=None, label_sep=None,
                   cache_dir=base.cache_dir or str(out / "cache"))  # one cache: a stage reuses what another decoded
-    if pool:
+    if ctx.pool:
         common["unlabelled"] = (str(files / UNLABELLED),)
-    teacher_model = str(out / "teacher" / "model.safetensors")
     teacher = replace(base, **common, out=str(out / "teacher"))
     # the student's input and size are the user's where given (the start settled the teacher's)
     student = replace(base, **common, **STUDENT, out=str(out / "student"), preset=asked.preset, rnn=asked.rnn,
                       height=asked.height, channels=asked.channels, grey=asked.grey)
-    teacher, student = settle(teacher, tr, notes), settle(student, tr, [])  # the plan prints the teacher's reasons
-    if pool:
-        if asked.distil == "on":
-            notes.append("--distil on: not used (with unlabelled images the student learns the teacher's readings "
-                         "of them)")
-        student = replace(student, first_reader=teacher_model)
-        return (Stage("teacher", "the pretrained start on the labels and the unlabelled images", policy.TEACHER_SHARE,
-                      True, teacher),
-                Stage("student", "the small model on the labels and the unlabelled images, read first by the "
-                      "teacher", None, False, student))
-    if base.distil == "on":
-        return (Stage("teacher", "the pretrained start on the labels", policy.TEACHER_SHARE, True, teacher),
-                Stage("student", "the small model on the labels and the teacher's per-step readings of them", None,
-                      False, replace(student, teacher=teacher_model)))
+    teacher_model = str(out / "teacher" / "model.safetensors")
+    if ctx.pool:
+        share = policy.TEACHER_SHARE
+        return (ctx.stage("teacher", "the pretrained start on the labels and the unlabelled images", share, True,
+                          teacher, notes, first),
+                ctx.stage("student", "the small model on the labels and the unlabelled images, read first by the "
+                          "teacher", 1 - share, False, student, [], teacher_model))
     early = len(va) >= policy.EARLY_STOP_MIN_VAL  # only then can its early stop tell a level curve
     student = replace(student, patience=min(base.patience, policy.PLATEAU_EPOCHS))
     what = ("the small model on the labels" +
             (f", until its curve levels off ({student.patience} epochs)" if early else ""))
-    return (Stage("student", what, policy.LABELS_ONLY_STUDENT_SHARE, True, student),
-            Stage("teacher", "the pretrained start on the labels", None, False, teacher))
+    share = policy.LABELS_ONLY_STUDENT_SHARE
+    return (ctx.stage("student", what, share, True, student, [], None),
+            ctx.stage("teacher", "the pretrained start on the labels", 1 - share, False, teacher, notes, None))

@@ -6,9 +6,8 @@ once before the run by a stronger reader (ddddocr's zero-shot model where it rea
 well; the pretrained teacher for the small student). A reading that clears the rule (FlexThresholds, the
 default: each character against its class's threshold; or "fixed": the reading's confidence against
 THRESHOLD), with a length the labels have and room for it in the image, becomes the CTC target of the
-image's strong view
-(data/augment.py: strong_augment); the rest add nothing. The unlabelled loss, averaged over the whole
-unlabelled batch (so it grows with the share of readings used), ramps in over the first RAMP of the
+image's strong view (data/augment.py: strong_augment); the rest add nothing. The unlabelled loss, averaged over
+the whole unlabelled batch (so it grows with the share of readings used), ramps in over the first RAMP of the
 schedule. The EMA takes over from fixed readings once it reads more held-out images right.
 
 Per epoch the history records the share of unlabelled images drawn whose readings were used, which
@@ -19,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,9 +31,9 @@ from ..data.dataset import ImageSet, bucketed_order
 from ..data.images import time_steps
 from ..decode.ctc import greedy_decode_batch
 from ..errors import CaptchaError
-from .data import ink_tensor
-from .log import log
-from .policy import PRECISION, RAMP, THRESHOLD, WEIGHT, ZERO_SHOT_MIN
+from ..progress import log
+from .policy import RAMP, THRESHOLD, UNLABELLED_WEIGHT
+from .sets import ctc_targets, ink_tensor
 
 OWN = "own EMA"  # the name of the run's own reader in logs and history
 
@@ -44,8 +44,7 @@ def epoch_note(rec: dict[str, Any]) -> str:
         return ""
     right = rec["unlabelled_val_right"]
     return (f"  unlabelled {rec['unlabelled_used']:.0%} used ({rec['unlabelled_reader']}; held out "
-            f"{rec['unlabelled_val_clear']:.0%} clear, {'-' if right is None else f'{right:.0%}'} right"
-            + (f"; floor {rec['unlabelled_floor']:.2f}" if "unlabelled_floor" in rec else "") + ")")
+            f"{rec['unlabelled_val_clear']:.0%} clear, {'-' if right is None else f'{right:.0%}'} right)")
 
 
 class FlexThresholds:
@@ -114,49 +113,25 @@ def read_with(reader: Any, source: str, pool: Sequence[str], val: Sequence[str],
     return Readings(source, texts, confs, vt, vc, acc, chars)
 
 
-def rule_check(texts: Sequence[str], confs: Sequence[float], steps: Sequence[int], lengths: tuple[int, int],
-               threshold: float = THRESHOLD) -> list[bool]:
-    """Which readings become targets: confident, of a length the labels have, and with the CTC steps
-    their image gives (one per character and a blank between repeats)."""
+def fits(texts: Sequence[str], steps: Sequence[int], lengths: tuple[int, int]) -> list[bool]:
+    """Which readings could be targets: of a length the labels have, and with the CTC steps their image gives
+    (one per character and a blank between repeats)."""
     lo, hi = lengths
-    ok = []
-    for t, c, n in zip(texts, confs, steps):
-        need = len(t) + sum(a == b for a, b in zip(t, t[1:]))
-        ok.append(c >= threshold and lo <= len(t) <= hi and need <= n)
-    return ok
-
-
-NOTHING = 1.01  # a confidence floor no reading clears
-
-
-def precision_floor(texts: Sequence[str], confs: Sequence[float], labels: Sequence[str]) -> float:
-    """The lowest confidence at which the readings of the held-out labels at or above it are PRECISION right,
-    counted as right / (n + 1) so that a handful of lucky readings does not open the pool; NOTHING if none."""
-    order = sorted(zip(confs, texts, labels), key=lambda r: -r[0])
-    floor, right = NOTHING, 0
-    for n, (c, t, y) in enumerate(order, 1):
-        right += t == y
-        if right / (n + 1) >= PRECISION:
-            floor = c
-    return floor
+    return [lo <= len(t) <= hi and len(t) + sum(a == b for a, b in zip(t, t[1:])) <= n for t, n in zip(texts, steps)]
 
 
 def ramp(progress: float) -> float:
     """The unlabelled loss weight at `progress` (0..1) through the schedule."""
-    return WEIGHT * min(1.0, progress / RAMP) if RAMP > 0 else WEIGHT
+    return UNLABELLED_WEIGHT * min(1.0, progress / RAMP) if RAMP > 0 else UNLABELLED_WEIGHT
 
 
 class Semi:
     """The unlabelled pool of one run, who reads it, and what was used this epoch."""
 
     def __init__(self, pool: ImageSet, alphabet: Alphabet, lengths: tuple[int, int],
-                 readings: Readings | None = None, rule: str = "flex", val_labels: Sequence[str] = ()):
+                 readings: Readings | None = None, rule: str = "flex"):
         self.pool, self.alphabet, self.lengths, self.readings = pool, alphabet, lengths, readings
-        self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule != "fixed" else None
-        self.rule = rule  # calibrated, rising: flex and a confidence floor, set on the held-out labels or by progress
-        self.floor = 0.0
-        if rule == "calibrated":  # the fixed readings' floor now; the run's own from its first validation
-            self.floor = precision_floor(readings.val_texts, readings.val_confs, val_labels) if readings else NOTHING
+        self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule == "flex" else None
         self.steps = time_steps(pool.widths()).tolist()
         self.own_leads = readings is None
         self.drawn = self.used = 0  # this epoch's unlabelled images drawn and used as targets
@@ -205,24 +180,18 @@ class Semi:
         if self.flex:  # each character against its class's threshold instead of the product against THRESHOLD
             for i, (c, cc) in zip(idx, chars):
                 self.flex.update(i, c, cc)
-            confs = [self.flex_conf(c, cc, s, self.floor) for s, (c, cc) in zip(confs, chars)]
-        keep = rule_check(texts, confs, steps, self.lengths)
-        keep = [k and not self.alphabet.unknown(t) for k, t in zip(keep, texts)]
+            passes = [self.flex.clear(c, cc) for c, cc in chars]
+        else:
+            passes = [c >= THRESHOLD for c in confs]
+        keep = [p and f and not self.alphabet.unknown(t)
+                for p, f, t in zip(passes, fits(texts, steps, self.lengths), texts)]
         pos = [k for k, ok in enumerate(keep) if ok]
         return pos, [texts[k] for k in pos]
-
-    def flex_conf(self, chars: list[int], char_confs: list[float], conf: float, floor: float) -> float:
-        """The flex rule as a confidence for rule_check: 1 where every character clears its class's threshold
-        and the reading's confidence `conf` reaches `floor`, else 0."""
-        assert self.flex is not None
-        return 1.0 if conf >= floor and self.flex.clear(chars, char_confs) else 0.0
 
     def loss(self, net: torch.nn.Module, reader: torch.nn.Module, x: torch.Tensor, widths: np.ndarray,
              idx: list[int], gen: torch.Generator, bf16: bool, memory_format: torch.memory_format) -> torch.Tensor:
         """The unlabelled CTC loss of one batch: the strong views of the images whose readings clear the rule
         against those readings, summed per image (per character) and divided by the whole batch."""
-        from .data import ctc_targets
-
         pos, texts = self.targets(reader, x, widths, idx, bf16)
         self.drawn += len(idx)
         self.used += len(pos)
@@ -244,16 +213,10 @@ class Semi:
         """Whether the run's own EMA, reading `own_accuracy` of the held-out labels, now leads the fixed readings."""
         return self.readings is not None and not self.own_leads and own_accuracy > self.readings.val_accuracy
 
-    def set_progress(self, progress: float) -> None:
-        """Where the run is in its schedule (0..1): the rising rule's floor follows it."""
-        if self.rule == "rising":
-            self.floor = THRESHOLD * min(1.0, progress)
-
     def state(self) -> dict[str, Any]:
         """What a resumed run needs to read on as this one would: who leads, the flex rule's latest confident
-        characters per pool image, the calibrated floor (plain values, for the checkpoint)."""
-        return {"own_leads": self.own_leads, "floor": self.floor,
-                "latest": self.flex.latest if self.flex else None}
+        characters per pool image (plain values, for the checkpoint)."""
+        return {"own_leads": self.own_leads, "latest": self.flex.latest if self.flex else None}
 
     def resume(self, state: dict[str, Any] | None, val_accuracies: Sequence[float]) -> None:
         """Continue from a checkpoint's state(); from a checkpoint without one, the EMA leads if any earlier
@@ -261,7 +224,7 @@ class Semi:
         if not state:
             self.own_leads = self.own_leads or any(self.takes_over(a) for a in val_accuracies)
             return
-        self.own_leads, self.floor = bool(state["own_leads"]), float(state["floor"])
+        self.own_leads = bool(state["own_leads"])
         if self.flex and state.get("latest") is not None and len(state["latest"]) == len(self.flex.latest):
             for i, chars in enumerate(state["latest"]):
                 self.flex.update_chars(i, chars)
@@ -279,20 +242,18 @@ class Semi:
             texts, confs = list(own_preds), list(own_confs)
         else:
             texts, confs = self.readings.val_texts, self.readings.val_confs
-        floor = self.floor  # this epoch's; the next epoch's from these readings
-        if self.rule == "calibrated":
-            self.floor = precision_floor(texts, confs, val_labels)
         if self.flex:  # each character taken at the reading's geometric-mean confidence (per-character ones unkept)
-            confs = [self.flex_conf(self.alphabet.encode(t), [c ** (1 / len(t))] * len(t), c, floor)
-                     if t and not self.alphabet.unknown(t) else 0.0 for t, c in zip(texts, confs)]
-        clear = rule_check(texts, confs, val_steps, self.lengths)
+            passes = [bool(t) and not self.alphabet.unknown(t)
+                      and self.flex.clear(self.alphabet.encode(t), [c ** (1 / len(t))] * len(t))
+                      for t, c in zip(texts, confs)]
+        else:
+            passes = [c >= THRESHOLD for c in confs]
+        clear = [p and f for p, f in zip(passes, fits(texts, val_steps, self.lengths))]
         right = [ok and t == y for ok, t, y in zip(clear, texts, val_labels)]
         n_clear = sum(clear)
         rec = {"unlabelled_reader": self.reader, "unlabelled_used": self.used / self.drawn if self.drawn else 0.0,
                "unlabelled_val_clear": n_clear / max(1, len(val_labels)),
                "unlabelled_val_right": sum(right) / n_clear if n_clear else None}
-        if self.rule in ("calibrated", "rising"):
-            rec["unlabelled_floor"] = round(floor, 4)
         self.drawn = self.used = 0
         return rec
 
@@ -303,23 +264,17 @@ class Semi:
                       f"labels), then by the {OWN} once it reads more")
         rule = (f"characters clearing their class's threshold (up to {THRESHOLD:g})" if self.flex
                 else f"confidence >= {THRESHOLD:g}")
-        if self.rule == "calibrated":
-            rule += f" and confidence at or above the held-out labels' {PRECISION:.0%}-right floor"
-        if self.rule == "rising":
-            rule += f" and confidence at or above a floor rising from 0 to {THRESHOLD:g} over the run"
         return (f"unlabelled: {len(self.pool)} images; each step's readings with {rule} "
-                f"teach their strong view, weight ramping to {WEIGHT:g} over {RAMP:.0%} of the run{seeded}")
+                f"teach their strong view, weight ramping to {UNLABELLED_WEIGHT:g} over {RAMP:.0%} of the run{seeded}")
 
 
-def build(cfg: Any, data: Any, d: Any = None) -> Semi | None:
-    """The run's unlabelled pool (cfg.unlabelled, less the labelled images) decoded at the run's input, and
-    the fixed readings that teach first (cfg.first_reader); None where there are no unlabelled images."""
+def build_semi(cfg: Any, stage: Any, plan: Any, data: Any, d: Any = None) -> Semi | None:
+    """The stage's unlabelled pool (the plan's, or on --resume its list file) decoded at the stage's input, and the
+    fixed readings that teach first (stage.first_reader); None where there are no unlabelled images."""
     from ..data.labels import Sample
-    from .data import load_set
-    from .unlabelled import unlabelled_images
+    from .sets import expand_lists, load_set
 
-    labelled = [Sample(p, y) for part in (data.train, data.val) for p, y in zip(part.paths, part.labels)]
-    paths = unlabelled_images(list(cfg.unlabelled), labelled + list(data.test))
+    paths = list(plan.pool) or expand_lists(list(cfg.unlabelled))
     if not paths:
         return None
     pool = load_set([Sample(p, "") for p in paths], data.pre, cfg, "unlabelled", d)  # one decoder per machine
@@ -329,33 +284,32 @@ def build(cfg: Any, data: Any, d: Any = None) -> Semi | None:
         return None
     labels = list(data.train.labels) + list(data.val.labels)
     lengths = (min(map(len, labels)), max(map(len, labels)))
-    readings = first_readings(cfg, data, pool.paths)
-    return Semi(pool, data.alphabet, lengths, readings, cfg.semi_rule, data.val.labels)
+    return Semi(pool, data.alphabet, lengths, first_readings(cfg, stage.first_reader, plan.probe, data, pool.paths),
+                cfg.semi_rule)
 
 
-def first_readings(cfg: Any, data: Any, pool: list[str]) -> Readings | None:
-    """The fixed readings that teach before the run's own EMA leads: cfg.first_reader's (a model file), or for
-    "auto" ddddocr's zero-shot model limited to the labels' characters where it is installed and reads at
-    least ZERO_SHOT_MIN of the held-out labels; None for "none"."""
-    choice = cfg.first_reader
-    if choice in (None, "none"):
+def first_readings(cfg: Any, reader: str | None, probe: Any, data: Any, pool: list[str]) -> Readings | None:
+    """The fixed readings that teach before the stage's own EMA leads: ddddocr's zero-shot model limited to the
+    alphabet (its readings of the held-out images from the plan's probe), or a model file's; None for none."""
+    if reader is None:
         return None
     fold = (lambda t: t.lower()) if cfg.case == "insensitive" else (lambda t: t)
     val, val_labels = list(data.val.paths), list(data.val.labels)
-    if choice in ("auto", "ddddocr"):
-        from ..infer import ddddocr_reader
+    if reader == "ddddocr":
+        from ..infer.ddddocr_reader import DdddocrReader
 
-        if not ddddocr_reader.available():
-            if choice == "ddddocr":
-                raise CaptchaError("first reader ddddocr: not installed (pip install \"captcha-crnn[pretrained]\")")
-            return None
-        reader = ddddocr_reader.DdddocrReader(data.alphabet.chars, threads=cfg.threads)
-        probe = read_with(reader, "ddddocr", [], val, val_labels, fold)
-        if probe.val_accuracy < ZERO_SHOT_MIN:
-            log(f"unlabelled: ddddocr zero-shot reads {probe.val_accuracy:.1%} of the held-out labels (under "
-                f"{ZERO_SHOT_MIN:.0%}): the {OWN} reads the pool from the start")
-            return None
-        return read_with(reader, "ddddocr", pool, val, val_labels, fold)
+        r = read_with(DdddocrReader(data.alphabet.chars, threads=cfg.threads), reader, pool, [], [], fold)
+        key = [str(Path(p).resolve()) for p in val]
+        probed = {str(Path(p).resolve()): tc for p, tc in zip(probe.paths, zip(probe.texts, probe.confs))} \
+            if probe else {}
+        if all(k in probed for k in key):  # the plan's probe read these; else (a resumed plan without it) read them
+            r.val_texts, r.val_confs = [probed[k][0] for k in key], [probed[k][1] for k in key]
+        else:
+            again = read_with(DdddocrReader(data.alphabet.chars, threads=cfg.threads), reader, [], val, val_labels,
+                              fold)
+            r.val_texts, r.val_confs = again.val_texts, again.val_confs
+        r.val_accuracy = sum(t == y for t, y in zip(r.val_texts, val_labels)) / max(1, len(val_labels))
+        return r
     from ..infer.recognizer import Recognizer
 
-    return read_with(Recognizer.load(choice, threads=cfg.threads), choice, pool, val, val_labels, fold)
+    return read_with(Recognizer.load(reader, threads=cfg.threads), reader, pool, val, val_labels, fold)

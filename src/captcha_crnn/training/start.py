@@ -1,17 +1,22 @@
-"""The one place that decides what a run starts from: random weights, the shipped synthetic model, the
-pretrained ddddocr backbone, a backbone file from `captcha-crnn pretrain`, or a trained model
-(`--init MODEL`). `resolve_start` returns the settings that start implies and why it was chosen;
-setup.init_weights carries it out."""
+"""What a run starts from: random weights, the shipped synthetic model, the pretrained ddddocr backbone (its
+convolutions, or its whole reader), a backbone file from `captcha-crnn pretrain`, or a trained model
+(`--init MODEL`). Decided once by the plan (`resolve_start`, with the one zero-shot `probe` of ddddocr on the
+held-out labels) and carried out by each stage (`build_model`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from ..data.alphabet import Alphabet
+from ..data.images import Preprocess
 from ..data.labels import Sample
 from ..errors import CaptchaError
-from ..model.archs import DDDDOCR, DDDDOCR_LAYOUT, PRETRAINED, READER, SCRATCH, preset_of
-from . import pretrained_weights
+from ..model import pretrained as pretrained_weights
+from ..model.archs import DDDDOCR, DDDDOCR_LAYOUT, PRETRAINED, READER, SCRATCH, input_norm, preset_of
+from ..model.crnn import CRNN, preset
+from ..model.format import CRNNConfig
 from .config import TrainConfig
 from .policy import PRETRAINED_MIN_LABELS, READER_HEAD_MIN_ZERO_SHOT, READER_HEAD_UNDER_LABELS, TUNED_HEIGHT_FROM_LABELS
 
@@ -49,13 +54,43 @@ def _from_init(cfg: TrainConfig, init: str) -> tuple[dict[str, Any], list[str]]:
                      f"{arch['backbone']}+{arch['rnn']})"]
 
 
+@dataclass(frozen=True)
+class Probe:
+    """ddddocr's zero-shot reading of the held-out labels, limited to the labels' characters: run once by the plan,
+    stored in it, and reused by a stage whose first reader is ddddocr."""
+
+    accuracy: float  # the share of `paths` read right
+    paths: tuple[str, ...]
+    texts: tuple[str, ...]
+    confs: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.accuracy, "paths": list(self.paths), "texts": list(self.texts),
+                "confs": list(self.confs)}
+
+
+def probe(held: Sequence[Sample], charset: str, case: str, threads: int | None) -> Probe:
+    """Read `held` with ddddocr's own model limited to `charset`, untrained; labels compared case-blind where
+    `case` is insensitive."""
+    from ..evaluate import fold
+    from ..infer.ddddocr_reader import DdddocrReader
+
+    blind = case == "insensitive"
+    paths = [s.path for s in held]
+    preds = DdddocrReader(charset, threads=threads).predict(paths, errors="return") if paths else []
+    texts = [fold(p.text, blind) if not isinstance(p, CaptchaError) else "" for p in preds]
+    confs = [float(p.confidence) if not isinstance(p, CaptchaError) else 0.0 for p in preds]
+    right = sum(t == fold(s.label, blind) for t, s in zip(texts, held))
+    return Probe(right / max(1, len(held)), tuple(paths), tuple(texts), tuple(confs))
+
+
 def resolve_start(cfg: TrainConfig, n_labelled: int | None = None,
-                  held: Sequence[Sample] | None = None) -> tuple[dict[str, Any], list[str]]:
+                  zero_shot: Callable[[], Probe] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Settle --pretrained and --backbone (and, for --init, the architecture): the ddddocr backbone with its
     weights where asked for, or (auto) where installed, the architecture is left to auto (a --preset or a
     plain/resnet backbone names a from-scratch model) and the user gave at least PRETRAINED_MIN_LABELS
     labelled images; else the from-scratch default. Also the input the pretrained backbone expects, and
-    whether it keeps ddddocr's RNN and classifier (`held`: labelled images ddddocr must read zero-shot for
+    whether it keeps ddddocr's RNN and classifier (`zero_shot`: the plan's probe, which it must read enough of for
     that; None: not asked)."""
     init = init_model(cfg)
     if init is not None:
@@ -84,7 +119,7 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None,
             raise CaptchaError(hint + ("" if cfg.pretrained == "on" or weights else
                                        " (or --pretrained off for random weights)"))
         return {"pretrained": "off", "backbone": SCRATCH.backbone}, [f"from scratch: {hint}"]
-    head, keep = _head(cfg, source, n_labelled, held)
+    head, keep = _head(cfg, source, n_labelled, zero_shot)
     reader = _reader_start(cfg, source) if keep else {}  # its contradictions first
     if source != PRETRAINED.weights:
         pretrained_weights.backbone_weights(source)  # a bad file fails now, before the images are decoded
@@ -95,8 +130,7 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None,
     changes["preset"] = PRETRAINED.name  # a --preset is the student's size
     changes["pretrained_head"] = "ddddocr" if keep else "new"
     changes.update(reader)
-    why = (PRETRAINED_WHY if source == PRETRAINED.weights else "named by --backbone-weights" if weights
-           else "the project's own, as ddddocr is not installed")
+    why = PRETRAINED_WHY if source == PRETRAINED.weights else "named by --backbone-weights"
     if head:
         why += f"; {'' if keep else 'a new RNN and head: '}ddddocr's LSTM and classifier {head}"
     height = changes.get("height", cfg.height)  # never "auto" here: _backbone_height settled it
@@ -104,7 +138,7 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None,
 
 
 def _head(cfg: TrainConfig, source: str, n_labelled: int | None,
-          held: Sequence[Sample] | None) -> tuple[str, bool]:
+          zero_shot: Callable[[], Probe] | None) -> tuple[str, bool]:
     """Whether the pretrained start keeps ddddocr's RNN and classifier, and why ("" where nothing was asked)."""
     if cfg.pretrained_head == "ddddocr":
         return "too (--pretrained-head ddddocr)", True
@@ -113,27 +147,13 @@ def _head(cfg: TrainConfig, source: str, n_labelled: int | None,
             "auto", DDDDOCR.height):
         return "", False
     counted = f"{n_labelled} labelled images, under {READER_HEAD_UNDER_LABELS:,}"
-    if held is None:
+    if zero_shot is None:
         return f"too ({counted})", True
-    read = zero_shot(cfg, held)
+    read = zero_shot().accuracy
     if read < READER_HEAD_MIN_ZERO_SHOT:
         return (f"not kept: untrained it reads {read:.0%} of the held-out labels, under "
                 f"{READER_HEAD_MIN_ZERO_SHOT:.0%}"), False
     return f"too ({counted}; untrained it reads {read:.0%} of the held-out labels)", True
-
-
-def zero_shot(cfg: TrainConfig, held: Sequence[Sample]) -> float:
-    """The share of `held` that ddddocr's own model, limited to their characters, reads right untrained."""
-    from ..evaluate import fold
-    from ..infer.ddddocr_reader import DdddocrReader
-    from .semi import read_with
-
-    blind = cfg.case == "insensitive"
-    labels = [fold(s.label, blind) for s in held]
-    if not labels:
-        return 0.0
-    reader = DdddocrReader("".join(sorted(set("".join(labels)))), threads=cfg.threads)
-    return read_with(reader, "ddddocr", [], [s.path for s in held], labels, lambda t: fold(t, blind)).val_accuracy
 
 
 def _reader_start(cfg: TrainConfig, source: str) -> dict[str, Any]:
@@ -153,3 +173,55 @@ def _backbone_height(source: str, n_labelled: int | None) -> int:
             n_labelled is None or n_labelled >= TUNED_HEIGHT_FROM_LABELS):
         return PRETRAINED.tuned_height
     return pretrained_weights.native_height(source)
+
+
+WARM_KEYS = ("backbone", "widths", "depth", "rnn", "hidden", "rnn_layers")  # what must match to copy weights
+
+
+def model_config(cfg: TrainConfig, pre: Preprocess, alphabet: Alphabet) -> CRNNConfig:
+    """The network a stage trains: its preset's sizes for its input and alphabet."""
+    return preset(cfg.preset, num_classes=alphabet.num_classes, in_channels=pre.channels, height=pre.height,
+                  backbone=cfg.backbone, rnn=cfg.rnn, dropout=cfg.dropout, input_norm=input_norm(cfg.backbone))
+
+
+def warm_source(cfg: TrainConfig, mcfg: CRNNConfig) -> tuple[str | None, str]:
+    """The model a stage's weights are copied from, and why: --init's, the shipped synthetic one for a from-scratch
+    stage of its architecture (--init auto), or None (a pretrained backbone's stage, --init none, or no fit)."""
+    from ..model.format import parse_metadata, read_metadata
+    from ..model.zoo import zoo_path
+
+    if init_model(cfg) is not None:
+        return cfg.init, "named by --init"
+    if cfg.pretrained == "on":
+        return None, f"the {cfg.backbone_weights} backbone, {cfg.pretrained_head} head"
+    if cfg.init in ("none", "", None):
+        return None, "random weights (--init none)"
+    shipped = SCRATCH.weights
+    path = zoo_path(shipped) if shipped else None
+    if path is None:
+        return None, f"random weights: no shipped {shipped} model"
+    arch = parse_metadata(read_metadata(path), str(path)).arch.to_dict()
+    diff = [k for k in WARM_KEYS if arch[k] != mcfg.to_dict()[k]]
+    if diff:
+        return None, f"random weights: the shipped {shipped} model's architecture differs ({', '.join(diff)})"
+    return shipped, "the shipped model of this architecture"
+
+
+def build_model(cfg: TrainConfig, mcfg: CRNNConfig, alphabet: Alphabet, warm: str | None,
+                resume: bool) -> tuple[CRNN, str]:
+    """The stage's CRNN and what its weights start from: the checkpoint's (`resume`: loaded later), the
+    pretrained backbone of cfg.backbone_weights (with ddddocr's own RNN and classifier where
+    cfg.pretrained_head says so), or the `warm` model the plan chose, or random."""
+    from ..model.pretrained import load_pretrained, load_reader_head
+    from ..model.warmstart import warm_start
+
+    model = CRNN(mcfg)
+    if resume:
+        return model, "from the checkpoint"
+    if cfg.pretrained == "on" and init_model(cfg) is None:
+        note = "pretrained " + load_pretrained(model, cfg.backbone_weights)
+        head = load_reader_head(model, alphabet) if cfg.pretrained_head == "ddddocr" else "new RNN and head"
+        return model, f"{note}; {head}"
+    if warm is None:
+        return model, "random (from scratch)"
+    return model, f"warm start from {warm}: " + warm_start(model, alphabet, warm)

@@ -110,7 +110,7 @@ def export_backbone(model_path: str | Path, out: str | Path) -> Path:
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Generate (once), train (resumable) and export the backbone; returns OUT/backbone.safetensors."""
-    from .stage import train_model as train
+    from .run import train
 
     if cfg.count < 100:
         raise CaptchaError(f"--count {cfg.count}: pre-training needs at least 100 images")

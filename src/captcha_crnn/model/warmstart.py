@@ -12,7 +12,7 @@ import torch
 
 from ..data.alphabet import Alphabet
 from ..errors import CaptchaError
-from ..model.crnn import CRNN
+from .crnn import CRNN
 
 PROJECTION = "proj.0.weight"  # (hidden, C' * H/16): the one weight whose shape follows the input height
 
@@ -46,8 +46,8 @@ def warm_start(model: CRNN, alphabet: Alphabet, source: str) -> str:
 
     Returns a one-line description of what was copied; raises CaptchaError when `source` is unusable.
     """
-    from ..model.modelfile import load_bundle
-    from ..model.zoo import resolve_model
+    from .modelfile import load_bundle
+    from .zoo import resolve_model
 
     src = load_bundle(resolve_model(source))
     keys = ("backbone", "widths", "depth", "rnn", "hidden", "rnn_layers")

@@ -1,4 +1,6 @@
-"""A run's data: the split, the automatic input size, decoding (cached) and dropping unusable samples."""
+"""A run's data: the split, the data-driven choices of input (colour, crop, size, augmentation), the unlabelled
+pool's images, decoding (cached) and dropping unusable samples. training/plan.py makes every choice through the
+functions here, once; a stage decodes with what the plan chose."""
 
 from __future__ import annotations
 
@@ -9,18 +11,35 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..data.alphabet import Alphabet
 from ..data.dataset import DiskImages, ImageSet, cached_samples, load_samples
-from ..data.images import Preprocess, image_size, time_steps
-from ..data.labels import LabelRule, Sample, read_samples
+from ..data.images import Preprocess, crop_to_ink, image_size, open_image, time_steps, to_mode
+from ..data.label_store import LABELS, STATE, LabelStore
+from ..data.labels import LabelRule, Sample, list_images, read_samples
 from ..data.split import split_items
 from ..errors import CaptchaError
+from ..files import atomic_write
+from ..model.archs import BIG, SCRATCH
+from ..progress import log
 from . import distributed
 from .config import TrainConfig
 from .distributed import Dist
-from .log import log
-from .policy import CHAR_PIXELS, FEW_LABELS, FEW_VAL_SHARE, HEIGHTS, TEST_SHARE, VAL_SHARE
+from .policy import (
+    AUGMENT_BIG,
+    AUGMENT_SMALL,
+    BIG_DATA,
+    CHAR_PIXELS,
+    COLOUR_PIXELS,
+    CROP_BELOW,
+    FEW_LABELS,
+    FEW_VAL_SHARE,
+    HEIGHTS,
+    SMALL_DATA,
+    TEST_SHARE,
+    VAL_SHARE,
+)
 
 
 def choose_height(cfg: TrainConfig, sizes: set[tuple[int, int]], max_len: int) -> int:
@@ -106,8 +125,6 @@ def usable(ds: ImageSet, alphabet: Alphabet, name: str) -> ImageSet:
     return out
 
 
-
-
 def split_fractions(cfg: TrainConfig, n_labelled: int) -> tuple[float, float]:
     """(val, test) fractions of the seeded split: the flags where given (none where --val-data or
     --test-data gives the set), else 0.1 and 0.1, or under FEW_LABELS labelled images 0.2 and 0: every
@@ -168,25 +185,23 @@ def load_set(samples: list[Sample], pre: Preprocess, cfg: TrainConfig, name: str
     return ds
 
 
-def prepare_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, d: Dist | None = None) -> Data:
-    """A stage's data, its settings settled by training/plan.py: split, input size, the train and val images
-    decoded; a checkpoint fixes the encoding."""
+def prepare_data(cfg: TrainConfig, stage: Any, ckpt: dict[str, Any] | None, d: Dist | None = None) -> Data:
+    """A stage's data: its split, the train and val images decoded at the input the plan chose for it (a
+    checkpoint's where resuming), with its alphabet."""
     tr, va, te, how = load_data(cfg)
-    pre = Preprocess.from_dict(ckpt["preprocess"]) if ckpt else choose_preprocess(cfg, tr)
+    pre = Preprocess.from_dict(ckpt["preprocess"]) if ckpt else stage.pre
     log(f"data: {cfg.data}: {len(tr)} train, {len(va)} val, {len(te)} test images")
     log(f"input: height {pre.height}, width {pre.width or 'aspect-preserving, padded'}, "
         f"{'grey' if pre.channels == 1 else 'colour'}")
     train_set = load_set(tr, pre, cfg, "train", d)
     val_set = load_set(va, pre, cfg, "val", d)
-    alphabet = Alphabet(ckpt["alphabet"]) if ckpt else Alphabet.from_labels(train_set.labels)
+    alphabet = Alphabet(ckpt["alphabet"] if ckpt else stage.alphabet)
     train_set = usable(train_set, alphabet, "train")
     if len(train_set) == 0:
         raise CaptchaError(f"{cfg.data}: no usable training images")
     val_set = usable(val_set, alphabet, "val")
     log(f"alphabet ({len(alphabet)}): {alphabet.chars}")
     return Data(train_set, val_set, te, pre, alphabet, how)
-
-
 
 
 def held_out_samples(meta: dict[str, Any], data: str | None = None) -> list[Sample]:
@@ -199,3 +214,108 @@ def held_out_samples(meta: dict[str, Any], data: str | None = None) -> list[Samp
         return []
     _, val, test, _ = load_data(TrainConfig.from_dict({**tr["config"], "data": str(src)}))
     return test or val
+
+
+# The unlabelled pool ----------------------------------------------------------------------------------
+LIST_SUFFIX = ".txt"  # a file of image paths, one a line: how a run hands its pool to its stages
+
+
+def write_list(images: list[str], path: Path) -> str:
+    """Write `images` as a list file (atomically) and return its path, to pass as one unlabelled entry (a run's
+    config and model metadata then name one file, not every image)."""
+    text = "".join(f"{p}\n" for p in images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return str(path)
+
+
+def expand_lists(paths: list[str]) -> list[str]:
+    """The entries of `paths` with each list file replaced by the paths it holds."""
+    out: list[str] = []
+    for p in paths:
+        if p.endswith(LIST_SUFFIX) and Path(p).is_file():
+            out.extend(line for line in Path(p).read_text().splitlines() if line.strip())
+        else:
+            out.append(p)
+    return out
+
+
+def unlabelled_images(paths: list[str], exclude: list[Sample]) -> list[str]:
+    """Absolute paths of the images under `paths` (folders, files, globs), less the labelled ones."""
+    if not paths:
+        return []
+    labelled = {str(Path(s.path).resolve()) for s in exclude}
+    found = {str(p.resolve()) for p in list_images(expand_lists(paths))}
+    return sorted(found - labelled)
+
+
+def label_folder_unlabelled(data: str) -> list[str]:
+    """For the labels.csv of a `captcha-crnn label` folder (labels.state.json beside it), that folder's
+    images without an answer (nor marked unreadable); else []."""
+    path = Path(data)
+    folder = path if path.is_dir() else path.parent
+    if not ((folder / STATE).is_file() and (path.is_dir() or path.name == LABELS)):
+        return []
+    store = LabelStore(folder)
+    answers = store.read()
+    return [str(store.path(n).resolve()) for n in store.names
+            if n not in answers.labels and n not in answers.unreadable]
+
+
+# Data-driven choices (the plan applies them, prints why and stores them in the model) ---------------------
+def sample_images(samples: list[Sample], k: int = 48) -> list[Image.Image]:
+    """Up to k evenly spaced training images, opened as RGB (unreadable ones left out)."""
+    images = []
+    for s in samples[:: max(1, len(samples) // k)][:k]:
+        try:
+            images.append(to_mode(open_image(s.path), 3))
+        except CaptchaError:
+            continue
+    return images
+
+
+def colour_share(images: list[Image.Image]) -> float:
+    """Mean share of pixels whose channels differ by more than 40 levels."""
+    shares = []
+    for im in images:
+        rgb = np.asarray(im, dtype=np.int16)
+        shares.append(float(((rgb.max(-1) - rgb.min(-1)) > 40).mean()))
+    return float(np.mean(shares)) if shares else 0.0
+
+
+def text_share(images: list[Image.Image]) -> tuple[float, int]:
+    """(mean share of the image area its text box covers (data/images.py: crop_to_ink), number of
+    distinct image sizes)."""
+    shares = []
+    for im in images:
+        box = crop_to_ink(im)
+        shares.append(box.width * box.height / max(1, im.width * im.height))
+    return (float(np.mean(shares)) if shares else 1.0), len({im.size for im in images})
+
+
+def choose(cfg: TrainConfig, samples: list[Sample]) -> tuple[dict[str, Any], list[str]]:
+    """A choice, made from the training samples, for each data-dependent "auto" field of cfg (colour, grey, crop,
+    model size, augmentation), and why (training/plan.py applies them)."""
+    changes: dict[str, Any] = {}
+    notes: list[str] = []
+    images = sample_images(samples) if "auto" in (cfg.channels, cfg.crop, cfg.grey) else []  # opened once for all
+    share = colour_share(images) if "auto" in (cfg.channels, cfg.grey) else 0.0
+    if cfg.channels == "auto":
+        changes["channels"] = 3 if share > COLOUR_PIXELS else 1
+        notes.append(f"{'colour' if changes['channels'] == 3 else 'grey'} ({share:.1%} coloured pixels)")
+    if cfg.grey == "auto":  # the contrast grey costs reading time; it pays where colour carries the text
+        changes["grey"] = "contrast" if share > COLOUR_PIXELS else "luma"
+        if changes.get("channels", cfg.channels) in (1, "1"):
+            notes.append(f"grey as {'contrast to the background' if changes['grey'] == 'contrast' else 'luma'}")
+    if cfg.crop == "auto":
+        share, n_sizes = text_share(images)  # one image size: a fixed layout, kept as it is
+        changes["crop"] = share < CROP_BELOW and n_sizes > 1
+        notes.append(f"{'crop to the text' if changes['crop'] else 'no crop'} (text box {share:.0%} of the image, "
+                     f"{n_sizes} image size{'s' if n_sizes > 1 else ''})")
+    if cfg.preset == "auto":
+        changes["preset"] = BIG.name if len(samples) >= BIG_DATA else SCRATCH.name
+        notes.append(f"model {changes['preset']} ({len(samples)} training images)")
+    if cfg.augment == "auto":
+        changes["augment"] = AUGMENT_SMALL if len(samples) < SMALL_DATA else AUGMENT_BIG
+        notes.append(f"augmentation {changes['augment']}")
+    return changes, notes
