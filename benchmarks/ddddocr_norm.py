@@ -10,16 +10,13 @@ ddddocr 1.6.1 feeds grey / 255 ("pixel"); the alternative is (grey / 255 - 0.5) 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from captcha_crnn.data.labels import read_samples
-from captcha_crnn.evaluate import score
+from datasets import DATASETS, ddddocr_reader
+from harness import provenance, samples, save_runs
 
-sys.path.insert(0, str(Path(__file__).parent))
-from datasets import DATASETS, ddddocr_reader, describe_labels  # noqa: E402
+from captcha_crnn.evaluate import fold, score
 
 NORMS = {"pixel": lambda x: x, "centered": lambda x: (x - 0.5) / 0.5}
 
@@ -45,20 +42,19 @@ def main() -> None:
     a = ap.parse_args()
     rows = []
     for ds in DATASETS.values():
-        samples = sorted(read_samples(str(Path(a.root) / ds.path)), key=lambda s: s.path)[: a.limit]
-        row: dict[str, Any] = {"set": ds.name, "n": len(samples)}
+        first = samples(a.root, ds.name)[: a.limit]
+        row: dict[str, Any] = {"set": ds.name, "n": len(first)}
         for norm, fn in NORMS.items():
-            ocr = ddddocr_reader(describe_labels(samples, ds.case)["alphabet"])
+            ocr = ddddocr_reader("".join(sorted({c for s in first for c in fold(s.label, ds.case == "insensitive")})))
             ocr.ocr_engine.session = Normalised(ocr.ocr_engine.session, fn)
-            preds = [ocr.classification(Path(s.path).read_bytes()) for s in samples]
-            rep = score([s.label for s in samples], preds, case_insensitive=ds.case == "insensitive")
+            preds = [ocr.classification(Path(s.path).read_bytes()) for s in first]
+            rep = score([s.label for s in first], preds, case_insensitive=ds.case == "insensitive")
             row[norm] = rep.sequence_accuracy
-        rows.append(row)
+        rows.append({**row, **provenance()})
     print("| set | n | pixel (grey / 255) | centered ((grey / 255 - 0.5) / 0.5) |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['set']} | {r['n']} | {r['pixel']:.2%} | {r['centered']:.2%} |")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(rows, indent=1))
+    save_runs(a.json, rows)
 
 
 if __name__ == "__main__":

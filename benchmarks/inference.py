@@ -18,13 +18,13 @@ Threads: --threads (default: every core) for torch, ONNX Runtime intra-op and im
 ddddocr runs with its own defaults (ONNX Runtime's default: every core).
 
 Accuracy (exact string match, label = file stem): when the model's metadata says it was trained
-on this same folder, our engines are scored on the held-out test split that training made
-(``train.data.load_data`` with the seed and fractions stored in the model), which is reported as
-``accuracy_set``; otherwise on every image. The shipped models are trained on every image, so
-for them ``--accuracy-model`` names a model of the same recipe trained on a seeded split (from
-``benchmarks/train_captcha_v2.py --keep DIR``); it reads the held-out images with the same engine,
-while speed, memory and size are the shipped model's. ddddocr (not trained on this set, restricted to the
-set's characters with ``set_ranges``) is scored on the same images and on the whole set.
+on this same folder, our engines are scored on the held-out split that training made (the seed and
+fractions its metadata records), reported as ``accuracy_set``; otherwise on every image. The shipped
+models are trained on every image, so for them ``--accuracy-model`` names a model of the same recipe
+trained on a seeded split (``benchmarks/train_captcha_v2.py --keep DIR``: DIR/captcha_v2-0/model.safetensors);
+it reads the held-out images with the same engine, while speed, memory and size are the shipped
+model's. ddddocr (not trained on this set, restricted to the set's characters with ``set_ranges``)
+is scored on the same images and on the whole set.
 """
 
 from __future__ import annotations
@@ -150,43 +150,51 @@ def worker(spec: dict) -> dict:
 # ------------------------------------------------------------------ driver
 
 
-def model_file_provenance(path: Path) -> dict:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from datasets import model_provenance
+def model_provenance(path: Path) -> dict:
+    """What shapes a model file's figures: its sha256, input height and channels, backbone."""
+    import hashlib
 
-    return model_provenance(path)
+    from captcha_crnn.model.format import parse_metadata, read_metadata
+
+    spec = parse_metadata(read_metadata(path), str(path))
+    return {"model_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "model_height": spec.preprocess.height,
+            "model_channels": spec.preprocess.channels, "model_backbone": spec.arch.backbone}
 
 
 def machine() -> dict:
-    """datasets.machine() (the CPU, the commit) with the cores usable and the reading libraries' versions
+    """harness.machine() (the CPU, the commit) with the cores usable and the reading libraries' versions
     (imported here, in the driver: the workers that time ONNX Runtime never import torch)."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from datasets import machine as base_machine
+    from harness import machine as base_machine
 
     info = {**base_machine(),
             "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
     for mod in ("torch", "onnxruntime", "onnx", "numpy", "PIL", "ddddocr"):
         try:
-            m = __import__(mod)
-            info[mod] = getattr(m, "__version__", "?")
+            info[mod] = getattr(__import__(mod), "__version__", "?")
         except ImportError:
             info[mod] = None
     return info
 
 
 def accuracy_split(model_path: Path, data: Path, files: list[Path]) -> tuple[list[int], str]:
-    """Indices of `files` to score our engines on, and a description of that set."""
-    from captcha_crnn.model.modelfile import read_metadata
+    """Indices of `files` to score our engines on (the test split the model's training made, from the split
+    its metadata records, else its validation split; else every file), and a description of that set."""
+    import re
+
+    from captcha_crnn.data.labels import read_samples
+    from captcha_crnn.data.split import split_items
+    from captcha_crnn.model.format import read_metadata
 
     tr = read_metadata(model_path).get("training", {})
-    src = tr.get("data")
-    if not src or not tr.get("config") or Path(src).resolve() != data.resolve():
+    split = re.search(r"seed (\d+), val (\d+)%, test (\d+)%", str(tr.get("split")))
+    if not split or not tr.get("data") or Path(tr["data"]).resolve() != data.resolve():
         return list(range(len(files))), f"all {len(files)} images (the model was not trained on this folder)"
-    from captcha_crnn.training.data import held_out_samples
-
-    held = {Path(s.path).resolve() for s in held_out_samples(read_metadata(model_path), str(data))}
+    seed, val, test = int(split[1]), int(split[2]) / 100, int(split[3]) / 100
+    _, va, te = split_items(sorted(read_samples(str(data)), key=lambda s: s.path), seed, val, test)
+    held = {Path(s.path).resolve() for s in te or va}
     idx = [i for i, f in enumerate(files) if f.resolve() in held]
-    return idx, f"held-out test split, {len(idx)} images (seed {tr['config'].get('seed')})"
+    return idx, f"held-out test split, {len(idx)} images (seed {seed})"
 
 
 def main() -> int:
@@ -199,8 +207,8 @@ def main() -> int:
     ap.add_argument("--latency-n", type=int, default=200, help="single-image calls per repeat")
     ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, from {','.join(ENGINES)}")
     ap.add_argument("--accuracy-model", default=None, metavar="PATH",
-                    help="score accuracy with this model (the same recipe trained on a seeded split of --data, "
-                         "e.g. benchmarks/train_captcha_v2.py --keep DIR: DIR/seed0/model.safetensors) when --model "
+                    help="score accuracy with this model (the same recipe trained on a seeded split of --data, e.g. "
+                         "benchmarks/train_captcha_v2.py --keep DIR: DIR/captcha_v2-0/model.safetensors) when --model "
                          "was trained on every image of --data, as the shipped models are")
     ap.add_argument("--json", default="bench_out/inference.json")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -267,7 +275,7 @@ def main() -> int:
             results.append(res)
 
     report = {
-        "model": str(model_path), **model_file_provenance(model_path), "precision": "fp32",
+        "model": str(model_path), **model_provenance(model_path), "precision": "fp32",
         "data": str(data), "images": len(files), "accuracy_set": scored_desc,
         "threads": a.threads, "batch_size": a.batch_size, "repeats": a.repeats, "latency_n": a.latency_n,
         "machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),

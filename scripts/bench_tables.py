@@ -36,15 +36,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 BLOCK = re.compile(r"(<!-- bench:([\w-]+) -->\n)(.*?)(<!-- /bench -->)", re.S)
 DETAIL = "detail"  # the block name in docs/benchmarks.md
 
-# How each JSON was made; formatted with its data ({0[minutes]:g}). Others: their script's usage line.
+# How the JSON files that do not record their "command" were made (benchmarks/harness.py's layout records it);
+# formatted with the data ({0[repeats]}). Others: their script's usage line.
 COMMANDS = {
-    "datasets.json": "python benchmarks/datasets.py --datasets generic_varlen henan_digits4",
-    "datasets_own_backbone.json": "python benchmarks/datasets.py --set backbone_weights={0[overrides]"
-                                  "[backbone_weights]} --json benchmarks/results/datasets_own_backbone.json",
-    "ddddocr_norm.json": "python benchmarks/ddddocr_norm.py --limit {0[0][n]}",
-    "inference_own_backbone.json": "python benchmarks/inference.py --model {0[model]} --engines onnx,onnx-int8,"
-                                   "ddddocr --repeats {0[repeats]} --json "
-                                   "benchmarks/results/inference_own_backbone.json",
     "inference_pretrained.json": "captcha-crnn train ../shared/datasets/captcha_v2 --reader big --max-minutes 3 "
                                  "--out runs/v2_big; python benchmarks/inference.py --model "
                                  "runs/v2_big/model.safetensors --engines onnx,onnx-int8,ddddocr "
@@ -53,45 +47,7 @@ COMMANDS = {
                               "--out runs/v2_small; python benchmarks/inference.py --model captcha_v2 --accuracy-model "
                               "runs/v2_small/model.safetensors --engines onnx,onnx-int8 --repeats {0[repeats]} "
                               "--json benchmarks/results/inference_scratch.json",
-    "label_latency.json": "python benchmarks/label_latency.py",
-    "unseen_style_all_labels.json": "python benchmarks/unseen_style.py --minutes 10 --json "
-                                    "benchmarks/results/unseen_style_all_labels.json",
-    "datasets_generic_10min.json": "python benchmarks/datasets.py --datasets generic_varlen --json "
-                                   "benchmarks/results/datasets_generic_10min.json",
-    "datasets_henan_10min.json": "python benchmarks/datasets.py --datasets henan_digits4 --minutes-scale 2 --json "
-                                 "benchmarks/results/datasets_henan_10min.json",
-    "labelling.json": "python benchmarks/labelling.py --rounds 6",
-    "labelling_captcha_v2_ddddocr_prefill.json": "python benchmarks/labelling.py --strategies prefill --rounds 8 "
-                                                 "--json benchmarks/results/labelling_captcha_v2_ddddocr_prefill.json",
-    "labelling_henan.json": "python benchmarks/labelling.py --dataset henan_digits4 --rounds 4 "
-                            "--json benchmarks/results/labelling_henan.json",
-    "labelling_henan_ddddocr_prefill.json": "python benchmarks/labelling.py --dataset henan_digits4 --strategies "
-                                            "prefill --rounds 4 --json "
-                                            "benchmarks/results/labelling_henan_ddddocr_prefill.json",
-    "learning_curve.json": "python benchmarks/learning_curve.py --minutes {0[minutes]:g}",
-    "learning_curve_student.json": "python benchmarks/learning_curve.py --sizes 50 100 250 --starts student "
-                                   "--minutes {0[minutes]:g} --json benchmarks/results/learning_curve_student.json",
-    "learning_curve_semi.json": "python benchmarks/learning_curve.py --series semi --json "
-                                "benchmarks/results/learning_curve_semi.json --plot "
-                                "benchmarks/results/learning_curve_semi.png",
-    "learning_curve_distil.json": "python benchmarks/learning_curve.py --datasets DATASET --sizes SIZES --starts "
-                                  "distil labels, for captcha_v2 (100 250 all), henan_digits4 (250) and "
-                                  "generic_varlen (1000), the rows gathered in one file",
     "serve_load.json": "python benchmarks/serve_load.py --soak 300 --out benchmarks/results/serve_load.json",
-    "student.json": "python benchmarks/student.py",
-    "student_trial_masked.json": "python benchmarks/student.py --scenarios hard_200 --seeds 0 --set "
-                                 "masked_minutes=1.0 --json benchmarks/results/student_trial_masked.json",
-    "student_trial_rising.json": "python benchmarks/student.py --scenarios hard_200 --seeds 0 --set "
-                                 "semi_rule=rising --json benchmarks/results/student_trial_rising.json",
-    "student_trial_strong_augment.json": "python benchmarks/student.py --scenarios hard_200 --set augment=strong "
-                                         "--json benchmarks/results/student_trial_strong_augment.json",
-    "student_trial_flex.json": "python benchmarks/student.py --scenarios hard_200 --set semi_rule=flex "
-                               "--json benchmarks/results/student_trial_flex.json",
-    "unseen_style_few_labels.json": "python benchmarks/unseen_style.py --few-labels --minutes "
-                                    "{0[minutes_list]} --json benchmarks/results/unseen_style_few_labels.json",
-    "time_curve.json": "python benchmarks/time_curve.py",
-    "train_captcha_v2.json": "python benchmarks/train_captcha_v2.py --set max_minutes={0[overrides][max_minutes]} "
-                             "--json benchmarks/results/train_captcha_v2.json",
     "train_throughput.json": "python benchmarks/train_throughput.py",
 }
 
@@ -141,6 +97,8 @@ def records(data: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(the run's settings, its rows): the first list of dicts, a dict of such lists, or the dicts of data."""
     if isinstance(data, list):
         return {}, data
+    if "rows" in data:  # benchmarks/harness.py's layout
+        return {k: v for k, v in data.items() if k != "rows"}, data["rows"]
     for k, v in data.items():
         rest = {a: b for a, b in data.items() if a != k}
         if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
@@ -165,7 +123,9 @@ def docstring(script: str) -> str:
 
 
 def command(json_name: str, data: Any) -> str:
-    """The command that wrote a JSON file (COMMANDS, else its script's usage line)."""
+    """The command that wrote a JSON file (its "command", COMMANDS, else its script's usage line)."""
+    if isinstance(data, dict) and "command" in data:
+        return data["command"]
     if json_name in COMMANDS:
         return COMMANDS[json_name].format(data)
     return next((ln.strip() for ln in docstring(script_of(json_name)).splitlines() if ln.strip().startswith("python ")),
@@ -180,6 +140,11 @@ def anchor(json_name: str) -> str:
 # ------------------------------------------------------------------ README topics: one short table each
 
 
+def rows_of(data: Any) -> list[dict[str, Any]]:
+    """A results file's rows, whatever its layout (benchmarks/harness.py: rows_of)."""
+    return bench("harness").rows_of(data)
+
+
 def median_per(rows: list[dict[str, Any]], key: str, by: str) -> list[dict[str, Any]]:
     """Per value of key, the run whose `by` is the median of its seeds (the lower middle of an even count)."""
     groups: dict[Any, list[dict[str, Any]]] = {}
@@ -189,35 +154,40 @@ def median_per(rows: list[dict[str, Any]], key: str, by: str) -> list[dict[str, 
 
 
 def starts(rows: list[dict[str, Any]]) -> list[str]:
-    """The starts every row of a learning_curve.json holds, in the script's order."""
-    return bench("learning_curve").measured_starts(rows)
+    """The starts the rows of a learning_curve.json hold, in the script's order."""
+    return bench("learning_curve").starts(rows)
 
 
 def student(d: dict) -> str:
-    return bench("student").table(median_per(d["results"], "scenario", "accuracy"))
+    return bench("student").table(median_per(rows_of(d), "scenario", "accuracy"))
 
 
-def unseen_style(student_runs: dict, longer: dict) -> str:
-    """The unseen style from 200 labels: student.py's 10-minute hard_200 and unseen_style.py's longer budgets."""
-    rows = [r for r in student_runs["results"] if r["scenario"] == "hard_200"] + longer["results"]
-    return bench("student").table(rows)
+SECURE = ("secure_100", "secure_200", "secure_500", "secure_all")
+
+
+def securimage(d: dict) -> str:
+    """A real style nobody tuned for (securimage), from 100, 200, 500 and all 5000 labels: student.py's rows."""
+    rows = [r for r in median_per(rows_of(d), "scenario", "accuracy") if r["scenario"] in SECURE]
+    return bench("student").table(sorted(rows, key=lambda r: SECURE.index(r["scenario"]))) if rows else (
+        f"Not measured yet: `python benchmarks/student.py --scenarios {' '.join(SECURE)}`.")
 
 
 def curve(d: dict) -> str:
     """Labelled images across, datasets down; each cell every start's accuracy (and images/s)."""
-    rows = d["results"]
+    rows, names = rows_of(d), starts(rows_of(d))
     sizes = list(dict.fromkeys(r["size"] for r in rows))
 
-    def cell(r: dict) -> str:
-        acc = " / ".join(pct(r[s]["sequence_accuracy"]) + (f" ({r[s]['images_per_s']:.0f}/s)" if "images_per_s"
-                                                           in r[s] else "") for s in starts(rows))
-        return acc + ("" if str(r["labelled"]) == r["size"] else f" ({r['labelled']})")
+    def cell(ds: str, size: str) -> str:
+        mine = sorted((r for r in rows if (r["dataset"], r["size"]) == (ds, size)),
+                      key=lambda r: names.index(r["start"]))
+        acc = " / ".join(pct(r["accuracy"]) + (f" ({r['images_per_s']:.0f}/s)" if "images_per_s" in r else "")
+                         for r in mine)
+        return "-" if not mine else acc + ("" if str(mine[0]["labelled"]) == size else f" ({mine[0]['labelled']})")
 
     budgets = {r["dataset"]: r["budget_minutes"] for r in rows}
     label = (lambda ds: f"{ds} ({budgets[ds]:g} min)") if len(set(budgets.values())) > 1 else (lambda ds: ds)
-    body = [[label(ds)] + [next((cell(r) for r in rows if (r["dataset"], r["size"]) == (ds, s)), "-") for s in sizes]
-            for ds in budgets]
-    return md([f"labelled images: {' / '.join(starts(rows))}", *sizes], body)
+    return md([f"labelled images: {' / '.join(names)}", *sizes], [[label(ds), *(cell(ds, s) for s in sizes)]
+                                                                  for ds in budgets])
 
 
 def inference(pretrained: dict, scratch: dict) -> str:
@@ -234,13 +204,14 @@ def inference(pretrained: dict, scratch: dict) -> str:
 def labelling(*runs: dict) -> str:
     """Pairs of JSON (pre-fill run, file-order run) per dataset: corrections to 95% and the last round."""
     body = []
+    runs_of = bench("labelling").runs_of
     for pre, order in zip(runs[::2], runs[1::2]):
-        p, o = pre["runs"]["prefill"][-1], order["runs"]["order"][-1]
+        p, o = runs_of(rows_of(pre))["prefill"][-1], runs_of(rows_of(order))["order"][-1]  # their last rounds
         c95 = order["summary"]["order"]["corrections_to_95"]
         body.append([pre["dataset"], fmt(pre["summary"]["prefill"]["corrections_to_95"]),
                      fmt(c95) if c95 is not None else f"not in {o['labelled']}",
-                     f"{p['labelled']}, {p['corrections']}, {pct(p['held_out_accuracy'])}",
-                     f"{o['labelled']}, {pct(o['held_out_accuracy'])}"])
+                     f"{p['labelled']}, {p['corrections']}, {pct(p['accuracy'])}",
+                     f"{o['labelled']}, {pct(o['accuracy'])}"])
     return md(["dataset", "corrections to 95% held-out: pre-fill", "file order",
                "last round, pre-fill: labelled, corrections, held-out", "file order: labelled, held-out"], body)
 
@@ -259,14 +230,14 @@ def train_throughput(d: dict) -> str:
     """Per dataset, the recipe before (fp32, the speed-ups' base) and now (`default`; bf16 where no run of
     the default is there)."""
     rows: list[dict[str, Any]] = []
-    for ds in dict.fromkeys(r["dataset"] for r in d["runs"]):
-        runs = {r["variant"]: r for r in d["runs"] if r["dataset"] == ds}
+    for ds in dict.fromkeys(r["dataset"] for r in rows_of(d)):
+        runs = {r["variant"]: r for r in rows_of(d) if r["dataset"] == ds}
         rows += [runs[v] for v in ("fp32", "default" if "default" in runs else "bf16") if v in runs]
     return bench("train_throughput").table(rows)
 
 
 def time_curve(d: dict) -> str:
-    return bench("time_curve").table(d["runs"])
+    return bench("time_curve").table(rows_of(d))
 
 
 def models() -> str:
@@ -290,7 +261,7 @@ TOPICS = {
                                 "(`scripts/train_models.py`)"),
     "student": Topic(("student.json",), student),
     "learning_curve_semi": Topic(("learning_curve_semi.json",), curve),
-    "unseen_style": Topic(("student.json", "unseen_style_few_labels.json"), unseen_style),
+    "unseen_style": Topic(("student.json",), securimage),
     "inference": Topic(("inference_pretrained.json", "inference_scratch.json"), inference,
                        "`python benchmarks/inference.py --model MODEL --repeats {0[repeats]}` ({links})"),
     "labelling": Topic(("labelling_captcha_v2_ddddocr_prefill.json", "labelling.json",
@@ -350,36 +321,56 @@ def block(name: str, results: Path) -> str | None:
         missing = ", ".join(f for f, d in zip(t.files, data) if d is None)
         print(f"bench_tables: README block {name}: no {missing} in {results}; left as it is", file=sys.stderr)
         return None
+    try:
+        table = t.table(*data)
+    except ImportError as e:  # a script that does not import with today's package
+        print(f"bench_tables: README block {name}: {e}; left as it is", file=sys.stderr)
+        return None
     links = ", ".join(anchor(f) for f in t.files)
     head = (t.command.format(*data, links=links) if t.command else
             ";\n".join(f"`{command(f, d)}` ({anchor(f)})" for f, d in zip(t.files, data)))
-    return f"{head}:\n\n{t.table(*data)}\n"
+    return f"{head}:\n\n{table}\n"
 
 
 # ------------------------------------------------------------------ docs/benchmarks.md: every run of every JSON
 
+def own_table(script: str) -> Callable[[Any, list[dict[str, Any]]], str]:
+    return lambda d, rows: bench(script).table(rows_of(d))
+
+
 TABLES: dict[str, Callable[[Any, list[dict[str, Any]]], str]] = {  # script -> its own table of a JSON's rows
-    "datasets": lambda d, rows: bench("datasets").table(rows),
     "inference": lambda d, rows: "```text\n" + bench("inference").table(d).rstrip() + "\n```",
-    "learning_curve": lambda d, rows: bench("learning_curve").table(rows, starts(rows)),
-    "student": lambda d, rows: bench("student").table(rows),
-    "time_curve": lambda d, rows: bench("time_curve").table(rows),
-    "train_throughput": lambda d, rows: bench("train_throughput").table(rows),
+    **{name: own_table(name) for name in ("datasets", "labelling", "learning_curve", "student", "time_curve",
+                                          "train_captcha_v2", "train_throughput")},
 }
+HEADLINE_COLUMNS = 8  # a JSON whose script has no table: its rows' first scalar fields
 
 
-def every_field(rows: list[dict[str, Any]]) -> str:
-    """Every field of every row; a column per row where there are few rows and many fields."""
+def headline(rows: list[dict[str, Any]]) -> str:
+    """The first HEADLINE_COLUMNS scalar fields of each row."""
     rows = [flat(r) for r in rows]
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    if len(rows) * 2 < len(cols):  # headed by the first field
-        return md([cols[0], *(fmt(r.get(cols[0])) for r in rows)],
-                  [[c, *(fmt(r.get(c)) for r in rows)] for c in cols[1:]])
+    cols = [k for k in dict.fromkeys(k for r in rows for k in r)
+            if all(not isinstance(r.get(k), (list, dict)) for r in rows)][:HEADLINE_COLUMNS]
     return md(cols, [[fmt(r.get(c)) for c in cols] for r in rows])
 
 
+def summary(settings: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """One line: the machine, the commits and dates of the rows, the load averages, the run's other settings."""
+    m = settings.get("machine") or {}
+    seen = lambda key: ", ".join(dict.fromkeys(str(r[key]) for r in rows if r.get(key))) or "-"  # noqa: E731
+    loads = [r.get(k) or settings.get(k) for r in rows or [{}] for k in ("load_average_before", "load_average_after")]
+    loads = [x[0] for x in loads if x]
+    other = {k: v for k, v in settings.items() if k not in ("benchmark", "command", "machine") and "load_average"
+             not in k and not isinstance(v, (list, dict))}
+    commits = seen("commit") if seen("commit") != "-" else m.get("commit", "not recorded")
+    machine = f"{m['cpu']}, {m['cores']} cores" + (", bf16" if m.get("bf16") else "") if m else "not recorded"
+    return (f"Machine: {machine}; commits {commits}" + ("" if seen("date") == "-" else f"; dates {seen('date')}")
+            + (f"; load average {min(loads):.1f} to {max(loads):.1f}" if loads else "")
+            + "".join(f"; {k.replace('_', ' ')} {fmt(v)}" for k, v in other.items()) + ".")
+
+
 def section(path: Path) -> str:
-    """A JSON file's part of docs/benchmarks.md."""
+    """A JSON file's part of docs/benchmarks.md: what wrote it, how, where, and its headline rows."""
     name, data = path.name, load(path)
     script = script_of(name)
     doc = " ".join(docstring(script).split("\n\n")[0].split())
@@ -388,15 +379,12 @@ def section(path: Path) -> str:
     if data is None:
         return "\n\n".join([*parts, "Unreadable JSON.\n"])
     settings, rows = records(data)
-    parts.append(f"```bash\n{command(name, data)}\n```")
-    parts += ["\n".join(f"- {k.replace('_', ' ')}: " + (", ".join(f"{a} {fmt(b)}" for a, b in flat(v).items())
-                                                       or "none" if isinstance(v, dict) else fmt(v))
-                        for k, v in settings.items())] if settings else []
-    if script in TABLES and rows:
-        parts += [TABLES[script](data, rows), "<details><summary>Every field of every row</summary>",
-                  every_field(rows), "</details>"]
-    elif rows:
-        parts.append(every_field(rows))
+    parts += [f"```bash\n{command(name, data)}\n```", summary(settings, rows)]
+    try:
+        parts += [TABLES[script](data, rows) if script in TABLES else headline(rows)] if rows else []
+    except ImportError as e:  # a script that does not import with today's package: its headline fields
+        print(f"bench_tables: {name}: benchmarks/{script}.py does not import ({e}); its first fields", file=sys.stderr)
+        parts.append(headline(rows))
     return "\n\n".join(parts) + "\n"
 
 

@@ -78,15 +78,15 @@ def test_check_then_write(tables, tmp_path: Path, capsys) -> None:
 def test_learning_curve_pivot(tables) -> None:
     """Sizes across, datasets down; a pool smaller than the size says how many were labelled; budgets that
     differ between datasets are named beside each."""
-    point = {"sequence_accuracy": 0.5, "images_per_s": 100.0}
-    rows = [{"dataset": "a", "size": "50", "labelled": 50, "student": point, "budget_minutes": 3.0},
-            {"dataset": "a", "size": "1000", "labelled": 842, "student": point, "budget_minutes": 3.0},
-            {"dataset": "b", "size": "50", "labelled": 50, "student": point, "budget_minutes": 3.0}]
-    assert tables.curve({"results": rows}).splitlines() == [
+    point = {"start": "student", "accuracy": 0.5, "images_per_s": 100.0, "budget_minutes": 3.0}
+    rows = [{"dataset": "a", "size": "50", "labelled": 50, **point},
+            {"dataset": "a", "size": "1000", "labelled": 842, **point},
+            {"dataset": "b", "size": "50", "labelled": 50, **point}]
+    assert tables.curve({"rows": rows}).splitlines() == [
         "| labelled images: student | 50 | 1000 |", "|---|---|---|",
         "| a | 50.00% (100/s) | 50.00% (100/s) (842) |", "| b | 50.00% (100/s) | - |"]
     rows[2]["budget_minutes"] = 10.0
-    assert tables.curve({"results": rows}).splitlines()[2:] == [
+    assert tables.curve({"rows": rows}).splitlines()[2:] == [
         "| a (3 min) | 50.00% (100/s) | 50.00% (100/s) (842) |", "| b (10 min) | 50.00% (100/s) | - |"]
 
 
