@@ -13,6 +13,7 @@ from captcha_crnn.model.archs import ARCHS
 from captcha_crnn.training.config import TrainConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "captcha_crnn"
+BENCH = SRC.parents[1] / "benchmarks"
 # Bottom up; a module may import from its own layer's package and from any layer below (as in
 # docs/architecture.md). "__init__" is the package's public face, cli/demo the entry points.
 LAYERS = [
@@ -74,10 +75,25 @@ def test_imports_go_down_the_layers() -> None:
     assert not bad, "imports against the layer order of docs/architecture.md:\n" + "\n".join(sorted(bad))
 
 
-def test_no_import_cycles() -> None:
-    graph = imports()
+def bench_imports() -> dict[str, set[str]]:
+    """Benchmark script -> the benchmark scripts it imports (benchmarks/ scripts import each other by name)."""
+    names = {p.stem for p in BENCH.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in BENCH.glob("*.py"):
+        out = graph.setdefault(path.stem, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module in names:
+                out.add(node.module)
+            elif isinstance(node, ast.Import):
+                out.update(a.name for a in node.names if a.name in names)
+        out.discard(path.stem)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of a graph, each as the modules round it."""
     state: dict[str, int] = {}
-    cycles: list[list[str]] = []
+    found: list[list[str]] = []
 
     def visit(m: str, path: list[str]) -> None:
         state[m] = 1
@@ -85,7 +101,7 @@ def test_no_import_cycles() -> None:
             if t == "captcha_crnn" or (m.startswith(t + ".") and t.count(".") < m.count(".")):
                 continue  # a package's __init__ re-exports its own modules: not a cycle of logic
             if state.get(t) == 1:
-                cycles.append(path[path.index(t):] + [t] if t in path else [m, t])
+                found.append(path[path.index(t):] + [t] if t in path else [m, t])
             elif t not in state:
                 visit(t, path + [t])
         state[m] = 2
@@ -93,7 +109,13 @@ def test_no_import_cycles() -> None:
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
-    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    """Neither the package's modules nor the benchmark scripts import themselves back through others."""
+    found = [*cycles(imports()), *cycles(bench_imports())]
+    assert not found, "import cycles:\n" + "\n".join(" -> ".join(c) for c in found)
 
 
 def test_files_and_functions_stay_small() -> None:
