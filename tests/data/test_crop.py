@@ -11,9 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 from captcha_crnn.data.images import Preprocess, crop_to_ink, ink_box, load_image
 from captcha_crnn.data.labels import Sample
 from captcha_crnn.training import TrainConfig
-from captcha_crnn.training.autoconfig import sample_images, text_share
-from captcha_crnn.training.data import choose_preprocess
 from captcha_crnn.training.plan import settle
+from captcha_crnn.training.sets import choose_preprocess, sample_images, text_share
 
 
 def margins_image(text_box: tuple[int, int, int, int] = (150, 40, 250, 60), size: tuple[int, int] = (400, 100),
@@ -73,7 +72,7 @@ def _samples(tmp_path: Path, margins: bool) -> list[Sample]:
 
 def resolve(cfg: TrainConfig, samples: list) -> tuple[TrainConfig, list[str]]:
     notes: list[str] = []
-    return settle(cfg, samples, notes), notes
+    return settle(cfg, samples, notes)[0], notes
 
 
 def test_autoconfig_crops_only_when_text_is_small(tmp_path: Path) -> None:

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from captcha_crnn.model import archs
+from captcha_crnn.model import pretrained as pretrained_weights
 from captcha_crnn.model.archs import ARCHS, BACKBONES, PRESETS, preset_of
 from captcha_crnn.model.backbones import build_backbone
 from captcha_crnn.model.crnn import CRNN, preset
 from captcha_crnn.model.format import INPUT_NORMS, CRNNConfig, parse_metadata, read_metadata
 from captcha_crnn.model.zoo import zoo_names, zoo_path
-from captcha_crnn.model import pretrained as pretrained_weights
 from captcha_crnn.training.config import TrainConfig
 
 # what the constants spread over the code said before the cards (model files and flags depend on them)

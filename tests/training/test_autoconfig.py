@@ -27,8 +27,8 @@ from captcha_crnn.evaluate import evaluate_model, score_both
 from captcha_crnn.model.crnn import PRESETS
 from captcha_crnn.model.modelfile import read_metadata
 from captcha_crnn.training import TrainConfig, train
-from captcha_crnn.training.data import load_data, min_frames
-from captcha_crnn.training.loop import TrainResult
+from captcha_crnn.training.run import TrainResult
+from captcha_crnn.training.sets import load_data, min_frames
 
 pytestmark = pytest.mark.slow  # trains models or runs subprocesses (make test-fast skips)
 
@@ -394,7 +394,7 @@ def test_grey_and_variable_width_override_colour_data(colour_data: Path, tmp_pat
 def test_auto_height_gives_each_character_twenty_four_pixels() -> None:
     """32 where characters are wide enough at 32; taller for long labels in short, tall images; never
     taller than the images; an explicit --height wins; cropped images stay at 32."""
-    from captcha_crnn.training.data import choose_height
+    from captcha_crnn.training.sets import choose_height
 
     auto = TrainConfig()
     assert choose_height(auto, {(200, 50)}, 5) == 32  # captcha_v2: 25.6 px per character at 32

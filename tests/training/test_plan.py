@@ -13,9 +13,11 @@ from conftest import make_clean_set
 
 from captcha_crnn.cli import main
 from captcha_crnn.errors import CaptchaError
-from captcha_crnn.training import TrainConfig, pretrained_weights, train
+from captcha_crnn.model import pretrained as pretrained_weights
+from captcha_crnn.training import TrainConfig, policy, train
 from captcha_crnn.training.loop import Run
-from captcha_crnn.training.plan import CONTRADICTIONS, PLAN, Plan, contradiction
+from captcha_crnn.training.plan import CONTRADICTIONS, PLAN, Plan, contradiction, seconds
+from captcha_crnn.training.run import Recipe
 
 # every contradictory combination of options, and the words of its one-line error
 CONTRADICTORY = [
@@ -23,8 +25,6 @@ CONTRADICTORY = [
     (dict(reader="big", preset="tiny"), "--reader big is the pretrained model, --preset names"),
     (dict(reader="big", channels=3), "--reader big is the pretrained model, which reads grey"),
     (dict(pretrained="on", channels=3), "--pretrained on reads grey images; drop --channels 3"),
-    (dict(distil="on", pretrained="off"), "--distil on needs the pretrained teacher"),
-    (dict(distil="on", reader="big"), "--distil on teaches the small model"),
     (dict(val_data="v.csv", val=0.2), "--val-data gives the validation set"),
     (dict(test_data="t.csv", test=0.2), "--test-data gives the test set"),
 ]
@@ -67,6 +67,12 @@ def test_the_plan_is_written_printed_once_and_stored(tmp_path: Path, capsys: pyt
     from captcha_crnn.model.format import read_metadata
 
     assert read_metadata(r.model_path)["training"]["plan"]["stages"][0]["settings"] == settings
+    # the stage's wiring is the plan's: its input, alphabet and weights, settled before the first step
+    pre = stage["preprocess"]
+    assert pre["height"] == settings["height"] and pre["width"]
+    assert stage["alphabet"] == "".join(sorted(stage["alphabet"]))
+    assert stage["warm_start"] == "synthetic" and stage["seconds"] is None and stage["first_reader"] is None
+    assert f"width {pre['width']}" in err and f"alphabet ({len(stage['alphabet'])})" in err
 
 
 @pytest.mark.skipif(not pretrained_weights.available(), reason="the pretrained extra (ddddocr) is not installed")
@@ -75,7 +81,9 @@ def test_the_recipe_plan_names_both_stages_and_the_students_input(tmp_path: Path
     plan = Plan.resolve(str(tmp_path / "d"), TrainConfig(out=str(tmp_path / "o"), label_sep="-", max_minutes=2))
     first, last = plan.stages  # nothing unlabelled: the student first, the teacher takes the rest
     assert (first.name, last.name) == ("student", "teacher")
-    assert first.hands_on and not last.hands_on and first.share == 0.5 and last.share is None
+    assert first.stops_early and not last.stops_early
+    assert first.seconds + last.seconds == pytest.approx(120) and first.seconds == pytest.approx(60)
+    assert first.warm_start == "synthetic" and last.warm_start is None and "ddddocr" in last.warm_why
     assert first.settings.pretrained == "off" and last.settings.pretrained == "on"
     assert first.settings.patience == 3 and first.settings.out.endswith("student")
 
@@ -90,16 +98,39 @@ def test_a_separate_test_set_does_not_count_towards_the_labels_learnt_from(tmp_p
     assert [s.name for s in plan.stages] == ["model"] and plan.stages[0].settings.pretrained == "off"
 
 
-def _stop(hands_on: bool, budget: float | None, best: float, since: int) -> str:
+def _stop(stops_early: bool, budget: float | None, best: float, since: int) -> str:
     """Run.stop_reason for a run `since` epochs past its best, at the end of an epoch, 100 validation images."""
     st = SimpleNamespace(epoch=since + 1, batch=0, best={"epoch": 1, "val_sequence_accuracy": best})
-    run = SimpleNamespace(st=st, cfg=TrainConfig(patience=2, max_minutes=budget and budget / 60), epochs=100,
-                          data=SimpleNamespace(val=[0] * 100), budget=budget, hands_on=hands_on, now=lambda: 1.0)
+    run = SimpleNamespace(st=st, cfg=TrainConfig(patience=2), epochs=100, seconds=budget,
+                          data=SimpleNamespace(val=[0] * 100), budget=budget, stops_early=stops_early, now=lambda: 1.0)
     return Run.stop_reason(run)  # type: ignore[arg-type]
 
 
 def test_early_stopping_ends_a_budgeted_run_only_where_it_hands_its_time_on() -> None:
-    assert _stop(hands_on=True, budget=60.0, best=0.5, since=3).startswith("early stop")  # the next stage gets it
-    assert _stop(hands_on=False, budget=60.0, best=0.5, since=3) == ""  # the last stage spends the budget
-    assert _stop(hands_on=False, budget=60.0, best=1.0, since=3).startswith("early stop")  # nothing left to learn
-    assert _stop(hands_on=False, budget=None, best=0.5, since=3).startswith("early stop")  # no budget to spend
+    assert _stop(stops_early=True, budget=60.0, best=0.5, since=3).startswith("early stop")  # the next stage gets it
+    assert _stop(stops_early=False, budget=60.0, best=0.5, since=3) == ""  # the last stage spends the budget
+    assert _stop(stops_early=False, budget=60.0, best=1.0, since=3).startswith("early stop")  # nothing left to learn
+    assert _stop(stops_early=False, budget=None, best=0.5, since=3).startswith("early stop")  # no budget to spend
+
+
+def _recipe(minutes: float, elapsed: float) -> Recipe:
+    """A recipe `elapsed` seconds into a run of `minutes`."""
+    r = Recipe.__new__(Recipe)
+    r.cfg, r.elapsed = TrainConfig(max_minutes=minutes), lambda: elapsed  # type: ignore[method-assign]
+    return r
+
+
+def test_the_stage_seconds_add_up_to_the_budget_and_time_is_handed_on() -> None:
+    from captcha_crnn.training.plan import Stage
+
+    stages = tuple(Stage(n, "", s, False, TrainConfig(), {}, "ab") for n, s in (("teacher", 0.4), ("student", 0.6)))
+    planned = seconds(stages, 10)
+    assert [s.seconds for s in planned] == [pytest.approx(240), pytest.approx(360)]
+    assert sum(s.seconds for s in planned) == pytest.approx(600)
+    # the first stage ends at its planned end; the second gets what the first left (or loses what it overran)
+    assert _recipe(10, 5).budget(240, last=False) == pytest.approx(235)  # the plan's own 5 s count too
+    assert _recipe(10, 200).budget(600, last=True) == pytest.approx(400)  # 40 s left by an early stop
+    assert _recipe(10, 250).budget(600, last=True) == pytest.approx(350)  # 10 s overrun
+    # the last stage's floor: a first stage that overran by far leaves it LAST_STAGE_FLOOR of the budget
+    assert _recipe(10, 590).budget(600, last=True) == pytest.approx(policy.LAST_STAGE_FLOOR * 600)
+    assert _recipe(0, 5).budget(0, last=True) is None  # no budget: no seconds

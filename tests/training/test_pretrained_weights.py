@@ -13,9 +13,9 @@ from conftest import make_clean_set
 
 from captcha_crnn.cli import main
 from captcha_crnn.errors import CaptchaError
+from captcha_crnn.model import pretrained as pretrained_weights
 from captcha_crnn.model.backbones import DdddocrBackbone
 from captcha_crnn.model.crnn import CRNN, preset
-from captcha_crnn.model import pretrained as pretrained_weights
 from captcha_crnn.training import TrainConfig, train
 from captcha_crnn.training.start import resolve_start
 

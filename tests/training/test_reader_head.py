@@ -14,13 +14,12 @@ from captcha_crnn.data.alphabet import Alphabet
 from captcha_crnn.data.images import Preprocess, load_image
 from captcha_crnn.decode.ctc import greedy_decode_batch
 from captcha_crnn.errors import CaptchaError
+from captcha_crnn.model import pretrained as pretrained_weights
 from captcha_crnn.model.archs import READER
 from captcha_crnn.model.crnn import CRNN, preset
-from captcha_crnn.model import pretrained as pretrained_weights
-from captcha_crnn.training import TrainConfig
-from captcha_crnn.training.build import init_weights
 from captcha_crnn.model.pretrained import check_head, head_weights, load_reader_head
-from captcha_crnn.training.start import resolve_start
+from captcha_crnn.training import TrainConfig
+from captcha_crnn.training.start import build_model, probe, resolve_start
 
 pytestmark = pytest.mark.skipif(not pretrained_weights.available(),
                                 reason="the pretrained extra (ddddocr) is not installed")
@@ -81,9 +80,11 @@ def test_it_reads_before_any_training(tmp_path: Path) -> None:
             out.append("".join("0123456789"[i - 1] for i in greedy_decode_batch(lp, [lp.shape[1]])[0].indices))
         return out
 
-    kept, fresh = reader_model("0123456789"), reader_model("0123456789")
-    init_weights(kept, Alphabet("0123456789"), None, "on", "ddddocr", "ddddocr")
-    init_weights(fresh, Alphabet("0123456789"), None, "on", "ddddocr", "new")
+    mcfg = reader_model("0123456789").cfg
+    on = dict(pretrained="on", backbone_weights="ddddocr")
+    digits = Alphabet("0123456789")
+    kept = build_model(TrainConfig(**on, pretrained_head="ddddocr"), mcfg, digits, None, False)[0].eval()
+    fresh = build_model(TrainConfig(**on, pretrained_head="new"), mcfg, digits, None, False)[0].eval()
     assert sum(r == y for r, y in zip(read(kept), labels)) >= 9
     assert sum(r == y for r, y in zip(read(fresh), labels)) == 0
 
@@ -115,7 +116,8 @@ def test_auto_keeps_it_only_where_ddddocr_reads_the_held_out_labels(tmp_path: Pa
 
     make_clean_set(tmp_path / "clean", 10)
     clean = [Sample(str(p), p.stem.split("-")[0]) for p in sorted((tmp_path / "clean").glob("*.png"))]
-    changes, notes = resolve_start(TrainConfig(), n_labelled=250, held=clean)
+    changes, notes = resolve_start(TrainConfig(), n_labelled=250, zero_shot=lambda: probe(clean, "0123456789",
+                                                                                         "sensitive", None))
     assert changes["pretrained_head"] == "ddddocr" and "untrained it reads" in notes[0]
     rng = np.random.default_rng(0)
     noise = []
@@ -123,6 +125,7 @@ def test_auto_keeps_it_only_where_ddddocr_reads_the_held_out_labels(tmp_path: Pa
         path = tmp_path / f"noise{i}.png"
         Image.fromarray(rng.integers(0, 256, (40, 120), dtype=np.uint8)).save(path)
         noise.append(Sample(str(path), "4711"))
-    changes, notes = resolve_start(TrainConfig(), n_labelled=250, held=noise)
+    changes, notes = resolve_start(TrainConfig(), n_labelled=250, zero_shot=lambda: probe(noise, "0123456789",
+                                                                                         "sensitive", None))
     assert changes["pretrained_head"] == "new" and changes["backbone"] == "ddddocr"
     assert "not kept: untrained it reads 0% of the held-out labels" in notes[0]

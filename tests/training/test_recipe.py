@@ -13,11 +13,11 @@ from captcha_crnn.cli import main
 from captcha_crnn.data.label_store import LabelStore
 from captcha_crnn.data.labels import LabelRule, read_samples
 from captcha_crnn.errors import CaptchaError
+from captcha_crnn.model import pretrained as pretrained_weights
 from captcha_crnn.model.archs import READER
-from captcha_crnn.training import TrainConfig, pretrained_weights, train
-from captcha_crnn.training.data import split_fractions
+from captcha_crnn.training import TrainConfig, train
+from captcha_crnn.training.sets import label_folder_unlabelled, split_fractions, unlabelled_images
 from captcha_crnn.training.start import resolve_start
-from captcha_crnn.training.unlabelled import label_folder_unlabelled, unlabelled_images
 
 TEACHER = READER.backbone  # the teacher of clean digits: ddddocr reads them untrained, so its own head is kept
 needs_ddddocr = pytest.mark.skipif(not pretrained_weights.available(),
@@ -128,11 +128,11 @@ def test_recipe_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.slow
 @needs_ddddocr
 def test_labels_only_recipe_trains_the_student_first(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Nothing unlabelled, --distil off: the student (labels only) goes first, the teacher second; no readings stage;
+    """Nothing unlabelled: the student (labels only) goes first, the teacher second; no readings stage;
     a run killed in the teacher stage resumes there, the student not trained again."""
     make_clean_set(tmp_path / "d", 60, lengths=(3, 3))
     cfg = TrainConfig(out=str(tmp_path / "run"), epochs=2, batch_size=16, freeze_epochs=1, label_sep="-",
-                      progress=False, checkpoint_minutes=0, distil="off")
+                      progress=False, checkpoint_minutes=0)
     order: list[str] = []
 
     with pytest.raises(KeyboardInterrupt):

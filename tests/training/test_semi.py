@@ -15,22 +15,35 @@ from captcha_crnn.data.alphabet import Alphabet
 from captcha_crnn.data.augment import augment, strong_augment
 from captcha_crnn.data.dataset import ImageSet
 from captcha_crnn.training import TrainConfig, train
+from captcha_crnn.training import plan as plan_mod
 from captcha_crnn.training import semi as semi_mod
-from captcha_crnn.training.policy import RAMP, THRESHOLD, WEIGHT
-from captcha_crnn.training.semi import OWN, Readings, Semi, ramp, rule_check
+from captcha_crnn.training.policy import RAMP, THRESHOLD, UNLABELLED_WEIGHT
+from captcha_crnn.training.semi import OWN, Readings, Semi, fits, ramp
 
 
-def test_rule_keeps_confident_readings_of_a_plausible_length_with_room() -> None:
-    texts = ["123", "123", "12", "1234", "112", "112"]
-    confs = [0.99, 0.5, 0.99, 0.99, 0.99, 0.99]
-    steps = [10, 10, 10, 10, 10, 3]  # "112" needs 4 steps (a blank between the repeated 1s)
-    assert rule_check(texts, confs, steps, (3, 3)) == [True, False, False, False, True, False]
-    assert rule_check(["12"], [THRESHOLD], [10], (2, 3)) == [True]  # the threshold itself clears
+@pytest.fixture(autouse=True)
+def own_ema_reads_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs here read their pool with their own EMA from the start (ddddocr would read clean digits)."""
+    monkeypatch.setattr(plan_mod, "first_reader", lambda pool, zero_shot, notes: None)
+
+
+def test_rule_keeps_readings_of_a_plausible_length_with_room() -> None:
+    texts = ["123", "12", "1234", "112", "112"]
+    steps = [10, 10, 10, 10, 3]  # "112" needs 4 steps (a blank between the repeated 1s)
+    assert fits(texts, steps, (3, 3)) == [True, False, False, True, False]
+    assert fits(["12"], [2], (2, 3)) == [True]
+
+
+def test_fixed_rule_takes_readings_at_the_threshold() -> None:
+    r = Readings("teacher", ["123", "456"], [THRESHOLD, THRESHOLD - 0.01], [], [], 0.5)
+    s = Semi(pool(2), Alphabet("0123456789"), (3, 3), r, rule="fixed")
+    pos, texts = s.targets(torch.nn.Identity(), torch.zeros(2, 1, 32, 96), np.array([96] * 2), [0, 1], False)
+    assert (pos, texts) == ([0], ["123"])  # the threshold itself clears
 
 
 def test_unlabelled_weight_ramps_in() -> None:
     assert ramp(0.0) == 0.0
-    assert 0 < ramp(RAMP / 2) < ramp(RAMP) == WEIGHT == ramp(1.0)
+    assert 0 < ramp(RAMP / 2) < ramp(RAMP) == UNLABELLED_WEIGHT == ramp(1.0)
 
 
 def test_strong_view_is_seeded_in_range_and_stronger_than_the_weak() -> None:
@@ -50,7 +63,7 @@ def pool(n: int, widths: list[int] | None = None) -> ImageSet:
 
 
 def test_list_files_expand_to_their_images(tmp_path: Path) -> None:
-    from captcha_crnn.training.unlabelled import unlabelled_images, write_list
+    from captcha_crnn.training.sets import unlabelled_images, write_list
 
     make_clean_set(tmp_path / "u", 4)
     images = sorted(str(p.resolve()) for p in (tmp_path / "u").iterdir())
@@ -95,7 +108,7 @@ def unlabelled_run(tmp_path: Path, **kw) -> TrainConfig:
     make_clean_set(tmp_path / "u", 60, seed=5, lengths=(3, 3))
     return TrainConfig(**{"out": str(tmp_path / "run"), "batch_size": 8, "preset": "tiny", "label_sep": "-",
                           "progress": False, "unlabelled": (str(tmp_path / "u"),), "checkpoint_minutes": 0,
-                          "pretrained": "off", "first_reader": "none", "augment": 0.3, **kw})
+                          "pretrained": "off", "augment": 0.3, **kw})
 
 
 def test_a_run_learns_from_unlabelled_images_and_records_it(tmp_path: Path) -> None:
@@ -127,13 +140,13 @@ def test_first_readings_teach_and_resume_continues(tmp_path: Path, capsys: pytes
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Fixed readings (here the true labels, as a strong reader would give) teach from the first step; a run
     killed after its second epoch resumes from its checkpoint."""
-    cfg = unlabelled_run(tmp_path, epochs=4, first_reader="reader.safetensors")
+    cfg = unlabelled_run(tmp_path, epochs=4)
 
-    def truth(cfg, data, paths):
+    def truth(cfg, reader, probe, data, paths):
         texts = [Path(p).name.split("-")[0] for p in paths]
-        return Readings(cfg.first_reader, texts, [0.99] * len(texts), list(data.val.labels),
-                        [0.99] * len(data.val), 1.0)
+        return Readings(reader, texts, [0.99] * len(texts), list(data.val.labels), [0.99] * len(data.val), 1.0)
 
+    monkeypatch.setattr(plan_mod, "first_reader", lambda pool, zero_shot, notes: "reader.safetensors")
     monkeypatch.setattr(semi_mod, "first_readings", truth)
     seen: list[str] = []
 
@@ -198,70 +211,13 @@ def test_a_non_finite_step_is_skipped_not_taken(tmp_path: Path, monkeypatch: pyt
     assert np.isfinite(r.history[0]["train_loss"]) and np.isfinite(r.history[0]["val_loss"])
 
 
-def test_precision_floor_opens_only_where_the_held_out_readings_are_right() -> None:
-    from captcha_crnn.training.semi import NOTHING, precision_floor
-
-    confs = [0.99 - 0.01 * i for i in range(15)]
-    assert precision_floor(["a"] * 10 + ["b"] * 5, confs, ["a"] * 15) == pytest.approx(0.90)  # 10 right, then wrong
-    assert precision_floor(["a", "a"], [0.9, 0.8], ["a", "a"]) == NOTHING  # two right readings are too few to trust
-    assert precision_floor(["b"] * 20, confs + confs[:5], ["a"] * 20) == NOTHING
-
-
-def test_calibrated_rule_holds_the_pool_back_until_readings_are_trustworthy() -> None:
-    r = Readings("teacher", ["123", "456"], [0.99, 0.5], ["111"] * 12, [0.9] * 12, 1.0,
-                 [[0.99] * 3, [0.8] * 3])
-    s = Semi(pool(2), Alphabet("0123456789"), (3, 3), r, rule="calibrated", val_labels=["111"] * 12)
-    assert s.floor == pytest.approx(0.9)
-    pos, texts = s.targets(torch.nn.Identity(), torch.zeros(2, 1, 32, 96), np.array([96] * 2), [0, 1], False)
-    assert (pos, texts) == ([0], ["123"])  # flex alone would take "456" too (nothing was read confidently yet)
-    own = Semi(pool(2), Alphabet("0123456789"), (3, 3), None, rule="calibrated", val_labels=["111"] * 12)
-    rec = own.end_epoch(["111"] * 12, ["112"] * 12, [0.99] * 12, 0.0, [24] * 12)
-    assert rec["unlabelled_val_clear"] == 0 and own.floor > 1  # all confident and wrong: the pool stays shut
-
-
-def test_masked_pretraining_trains_the_backbone_alone(tmp_path: Path) -> None:
-    from captcha_crnn.data.images import Preprocess
-    from captcha_crnn.data.labels import Sample
-    from captcha_crnn.model.crnn import CRNN, preset
-    from captcha_crnn.training.masked_pretrain import masked_pretrain
-
-    make_clean_set(tmp_path / "u", 64, lengths=(3, 3))
-    from captcha_crnn.training.data import load_set
-
-    cfg = TrainConfig(out=str(tmp_path / "o"), progress=False)
-    samples = [Sample(str(p), "") for p in sorted((tmp_path / "u").iterdir())]
-    pool_set = load_set(samples, Preprocess(height=32), cfg, "unlabelled")
-    torch.manual_seed(0)
-    model = CRNN(preset("tiny", num_classes=11))
-    head, conv = model.head.weight.clone(), next(model.backbone.parameters()).clone()
-    report = masked_pretrain(model, pool_set, 4.0, "cpu")
-    assert report["steps"] >= 4 and report["last_loss"] < report["first_loss"]
-    assert torch.equal(model.head.weight, head) and not torch.equal(next(model.backbone.parameters()), conv)
-
-
-def test_a_run_spends_part_of_its_budget_on_masked_pretraining(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    r = train(str(tmp_path / "d"), unlabelled_run(tmp_path, epochs=1, masked_minutes=0.02))
-    assert r.model_path.is_file()
-    assert "masked-image pretraining on 60 unlabelled images" in capsys.readouterr().err
-
-
 def test_the_pool_state_survives_a_resume() -> None:
     r = Readings("teacher", ["123", "456"], [0.99, 0.5], [], [], 0.5, [[0.99] * 3, [0.99, 0.5, 0.99]])
-    a = Semi(pool(2), Alphabet("0123456789"), (3, 3), r, rule="calibrated", val_labels=[])
+    a = Semi(pool(2), Alphabet("0123456789"), (3, 3), r)
     a.targets(torch.nn.Identity(), torch.zeros(2, 1, 32, 96), np.array([96] * 2), [0, 1], False)
-    a.own_leads, a.floor = True, 0.7
+    a.own_leads = True
     state = json.loads(json.dumps(a.state()))  # as the checkpoint stores it
-    b = Semi(pool(2), Alphabet("0123456789"), (3, 3), r, rule="calibrated", val_labels=[])
+    b = Semi(pool(2), Alphabet("0123456789"), (3, 3), r)
     b.resume(state, [])
-    assert b.own_leads and b.floor == 0.7 and b.flex is not None and a.flex is not None
+    assert b.own_leads and b.flex is not None and a.flex is not None
     assert b.flex.latest == a.flex.latest and np.array_equal(b.flex.sigma, a.flex.sigma)
-
-
-def test_rising_rule_narrows_the_pool_as_the_run_goes_on() -> None:
-    r = Readings("teacher", ["123", "456"], [0.99, 0.5], [], [], 0.5, [[0.99] * 3, [0.8] * 3])
-    s = Semi(pool(2), Alphabet("0123456789"), (3, 3), r, rule="rising")
-    x, w = torch.zeros(2, 1, 32, 96), np.array([96] * 2)
-    s.set_progress(0.1)
-    assert s.targets(torch.nn.Identity(), x, w, [0, 1], False)[1] == ["123", "456"]
-    s.set_progress(0.9)  # floor 0.855: the reading at 0.5 no longer teaches
-    assert s.targets(torch.nn.Identity(), x, w, [0, 1], False)[1] == ["123"]

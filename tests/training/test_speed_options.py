@@ -15,16 +15,16 @@ from safetensors import safe_open
 from captcha_crnn import Recognizer
 from captcha_crnn.data.images import Preprocess, contrast_grey, load_image
 from captcha_crnn.errors import CaptchaError
-from captcha_crnn.training import TrainConfig, build, train
+from captcha_crnn.training import TrainConfig, plan, train
 
 
 def test_precision_follows_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(build, "cpu_bf16_flag", lambda: "avx512_bf16")
-    assert build.pick_precision("auto", "cpu") == ("bf16", "the CPU has avx512_bf16")
-    assert build.pick_precision("fp32", "cpu")[0] == "fp32"  # asked for wins
-    monkeypatch.setattr(build, "cpu_bf16_flag", lambda: None)
-    assert build.pick_precision("auto", "cpu") == ("fp32", "the CPU has no native bf16")
-    assert build.pick_precision("bf16", "cpu")[0] == "bf16"
+    monkeypatch.setattr(plan, "cpu_bf16_flag", lambda: "avx512_bf16")
+    assert plan.pick_precision("auto", "cpu") == ("bf16", "the CPU has avx512_bf16")
+    assert plan.pick_precision("fp32", "cpu")[0] == "fp32"  # asked for wins
+    monkeypatch.setattr(plan, "cpu_bf16_flag", lambda: None)
+    assert plan.pick_precision("auto", "cpu") == ("fp32", "the CPU has no native bf16")
+    assert plan.pick_precision("bf16", "cpu")[0] == "bf16"
 
 
 def test_bf16_training_learns_and_saves_fp32(tmp_path: Path, clean_dir: Path, capsys) -> None:
@@ -90,7 +90,7 @@ def test_auto_grey_is_contrast_only_for_coloured_captchas(tmp_path: Path) -> Non
     from captcha_crnn.training.plan import settle
 
     def resolve(cfg: TrainConfig, s: list[Sample]) -> tuple[TrainConfig]:
-        return (settle(cfg, s, []),)
+        return (settle(cfg, s, [])[0],)
 
     def samples(colour: tuple[int, int, int], name: str) -> list[Sample]:
         (tmp_path / name).mkdir()

@@ -12,8 +12,9 @@ from conftest import make_clean_set
 
 from captcha_crnn.cli import main
 from captcha_crnn.errors import CaptchaError
+from captcha_crnn.model import pretrained as pretrained_weights
 from captcha_crnn.model.backbones import DdddocrBackbone, ddddocr_bn, fold_batchnorm
-from captcha_crnn.training import TrainConfig, pretrained_weights
+from captcha_crnn.training import TrainConfig
 from captcha_crnn.training import synthetic_pretrain as pretrain_module
 from captcha_crnn.training.start import resolve_start
 from captcha_crnn.training.synthetic_pretrain import PretrainConfig, pretrain

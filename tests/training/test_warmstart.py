@@ -15,7 +15,6 @@ from captcha_crnn.errors import CaptchaError
 from captcha_crnn.evaluate import has_both_cases, score_both
 from captcha_crnn.model.crnn import CRNN
 from captcha_crnn.model.modelfile import load_bundle
-from captcha_crnn.training.build import init_weights
 from captcha_crnn.model.warmstart import warm_start
 
 
@@ -72,18 +71,24 @@ def test_warm_start_refuses_another_architecture(trained) -> None:
     model = CRNN(preset("small", num_classes=11))
     with pytest.raises(CaptchaError, match="architecture differs"):
         warm_start(model, Alphabet("0123456789"), str(trained.model_path))
-    # the default ("auto") falls back to training from scratch instead of failing
+    # the plan's default ("auto") chooses random weights where the shipped model does not fit, and says why
     import captcha_crnn.model.zoo as zoo
+    from captcha_crnn.training import TrainConfig
+    from captcha_crnn.training.start import build_model, warm_source
 
     orig = zoo.zoo_path
+    cfg = TrainConfig(preset="small", backbone="plain", rnn="gru")
     try:
         zoo.zoo_path = lambda name: trained.model_path  # type: ignore[assignment]
-        assert init_weights(model, Alphabet("0123456789"), "auto").startswith("random")
-        with pytest.raises(CaptchaError):
-            init_weights(model, Alphabet("0123456789"), str(trained.model_path))
+        warm, why = warm_source(cfg, model.cfg)
+        assert warm is None and "architecture differs" in why
+        with pytest.raises(CaptchaError):  # named by --init: an error, not a silent fallback
+            build_model(cfg, model.cfg, Alphabet("0123456789"), str(trained.model_path), resume=False)
     finally:
         zoo.zoo_path = orig
-    assert init_weights(model, Alphabet("01"), "none") == "random (from scratch)"
+    assert warm_source(cfg, model.cfg)[0] == "synthetic"  # the shipped one fits the small preset
+    assert warm_source(TrainConfig(init="none"), model.cfg) == (None, "random weights (--init none)")
+    assert build_model(cfg, model.cfg, Alphabet("01"), None, resume=False)[1] == "random (from scratch)"
 
 
 def test_score_reports_case_blind_figures_when_case_matters() -> None:

@@ -277,15 +277,21 @@ class Context:
               first: str | None) -> Stage:
         """A stage with every data-dependent "auto" of `cfg` settled from the training samples (colour, crop, model
         size, augmentation, then the input size), its weights' source and its share of the budget in seconds."""
-        changes, why = choose(cfg, self.train)
-        cfg = replace(cfg, **changes)
-        notes.extend(why)
-        pre = choose_preprocess(cfg, self.train)
-        cfg = replace(cfg, height=pre.height)
+        cfg, pre = settle(cfg, self.train, notes)
         warm, warm_why = warm_source(cfg, model_config(cfg, pre, self.alphabet))
         secs = share * self.minutes * 60 if self.minutes else None
         return Stage(name, what, secs, stops_early, cfg, pre.to_dict(), self.alphabet.chars,
                      first if self.pool else None, warm, warm_why)
+
+
+def settle(cfg: TrainConfig, samples: list[Sample], notes: list[str]) -> tuple[TrainConfig, Preprocess]:
+    """`cfg` with every data-dependent "auto" settled from the training samples (sets.choose: colour, crop, model
+    size, augmentation), and the input they give (sets.choose_preprocess); the reasons are added to `notes`."""
+    changes, why = choose(cfg, samples)
+    cfg = replace(cfg, **changes)
+    notes.extend(why)
+    pre = choose_preprocess(cfg, samples)
+    return replace(cfg, height=pre.height), pre
 
 
 def seconds(stages: tuple[Stage, ...], minutes: float | None) -> tuple[Stage, ...]:
