@@ -33,6 +33,7 @@ import argparse
 import io
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -164,8 +165,7 @@ def model_provenance(path: Path) -> dict:
 def machine() -> dict:
     """harness.machine() (the CPU, the commit) with the cores usable and the reading libraries' versions
     (imported here, in the driver: the workers that time ONNX Runtime never import torch)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from harness import machine as base_machine
+    from harness import machine as base_machine  # benchmarks/ is on the path: this script's folder
 
     info = {**base_machine(),
             "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
@@ -180,8 +180,6 @@ def machine() -> dict:
 def accuracy_split(model_path: Path, data: Path, files: list[Path]) -> tuple[list[int], str]:
     """Indices of `files` to score our engines on (the test split the model's training made, from the split
     its metadata records, else its validation split; else every file), and a description of that set."""
-    import re
-
     from captcha_crnn.data.labels import read_samples
     from captcha_crnn.data.split import split_items
     from captcha_crnn.model.format import read_metadata
@@ -274,18 +272,15 @@ def main() -> int:
                 res["export_s"] = exports[e]
             results.append(res)
 
-    report = {
-        "model": str(model_path), **model_provenance(model_path), "precision": "fp32",
-        "data": str(data), "images": len(files), "accuracy_set": scored_desc,
-        "threads": a.threads, "batch_size": a.batch_size, "repeats": a.repeats, "latency_n": a.latency_n,
-        "machine": machine(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "results": results,
-    }
-    print(table(report))
-    out = Path(a.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}", file=sys.stderr)
+    report = {"model": str(model_path), **model_provenance(model_path), "precision": "fp32", "data": str(data),
+              "images": len(files), "accuracy_set": scored_desc, "threads": a.threads, "batch_size": a.batch_size,
+              "repeats": a.repeats, "latency_n": a.latency_n, "machine": machine(), "load_average_before": load_before,
+              "load_average_after": os.getloadavg()}
+    print(table({**report, "rows": results}))
+    from harness import save_runs  # on the path since machine()
+
+    save_runs(a.json, results, **report)
+    print(f"wrote {a.json}", file=sys.stderr)
     return 0
 
 
@@ -300,14 +295,14 @@ def table(rep: dict) -> str:
     head = f"{'engine':<10} {'accuracy':>9} {'p50 ms':>8} {'p99 ms':>8} {'img/s':>8} {'RSS MB':>8} " \
            f"{'size MB':>8} {'load s':>7}"
     buf.write(head + "\n" + "-" * len(head) + "\n")
-    for r in rep["results"]:
+    for r in rep["rows"]:
         if "error" in r:
             buf.write(f"{r['engine']:<10} failed: {r['error']}\n")
             continue
         buf.write(f"{r['engine']:<10} {r['accuracy']:>9.3f} {r['latency_ms_p50']:>8.2f} {r['latency_ms_p99']:>8.2f} "
                   f"{r['throughput_ips']:>8.0f} {r['peak_rss_mb']:>8.0f} {r['model_size_mb']:>8.2f} "
                   f"{r['load_s']:>7.3f}\n")
-    dd = next((r for r in rep["results"] if r["engine"] == "ddddocr" and "error" not in r), None)
+    dd = next((r for r in rep["rows"] if r["engine"] == "ddddocr" and "error" not in r), None)
     if dd:
         buf.write(f"\nddddocr on all {rep['images']} images: accuracy {dd['accuracy_all_images']:.3f}\n")
     return buf.getvalue()

@@ -13,7 +13,6 @@ during training, and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -72,13 +71,12 @@ def main() -> int:
             state = httpx.get(base + "/api/train", timeout=30).json()["state"]
         finally:
             stop()
-    report = {"idle": stats(idle), "training": stats(busy), "training_state_after": state}
-    print("| while | answers | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|")
-    for k in ("idle", "training"):
-        r = report[k]
-        print(f"| {k} | {r['n']} | {r['p50']} | {r['p99']} | {r['max']} |")
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(report, indent=1))
+    from harness import markdown, save_runs  # only now: the page's answers were timed without its imports
+
+    rows = [{"while": "idle", **stats(idle)}, {"while": "training", **stats(busy)}]
+    print(markdown(["while", "answers", "p50 ms", "p99 ms", "max ms"], ([r["while"], r["n"], r["p50"], r["p99"],
+                                                                        r["max"]] for r in rows)))
+    save_runs(a.json, rows, training_state_after=state)
     return 0
 
 

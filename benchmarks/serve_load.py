@@ -9,7 +9,8 @@ keep-alive httpx async clients: for each level, N clients each send one captcha 
 body of POST /v1/read and wait for the answer, back to back, for a fixed time (after a short
 warm-up that is not counted). `--soak S` then runs 32 clients for S seconds while sampling the
 server's resident memory (RSS) every second, and reports its growth. Mean batch sizes come from
-the server's /metrics. Writes JSON (default bench_out/serve_load.json).
+the server's /metrics. Writes JSON (default bench_out/serve_load.json; benchmarks/harness.py's layout, a row
+per level).
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
+from train_scaling import tree_rss
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "captcha_v2"
@@ -60,28 +60,8 @@ def load_images(data: Path, n: int = 64) -> list[bytes]:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (uvicorn workers), in MB."""
-    pids = [pid]
-    try:
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    stat = Path(f"/proc/{d}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    pids.append(int(d))
-    except OSError:
-        pass
-    total = 0
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
+    """Resident memory of the server and its children (uvicorn workers), in MiB."""
+    return tree_rss(pid) / 2**20
 
 
 def batch_stats(base: str, headers: dict[str, str]) -> tuple[float, float]:
@@ -284,11 +264,10 @@ def main() -> None:
                   f"second-half slope {slope} MB/min)", flush=True)
     finally:
         stop_server(proc)
-    out = {"model": a.model, "server_args": a.server_arg, "cores": os.cpu_count(), "platform": platform.platform(),
-           "python": platform.python_version(), "images": len(images), "duration_s": a.duration,
-           "levels": levels, "soak": soak}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(out, indent=2))
+    from harness import save_runs  # only now: it imports torch, which the client did without while it measured
+
+    save_runs(a.out, levels, model=a.model, server_args=a.server_arg, images=len(images), duration_s=a.duration,
+              soak=soak)
     print(f"wrote {a.out}")
 
 

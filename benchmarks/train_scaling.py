@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -155,12 +154,11 @@ def main() -> None:
         runs.append({"processes": p, **m, **summarize(out, log)})
         runs[-1]["loader_alone_images_per_s"] = round(loader_speed(log, a.batch_size), 0)
         print(f"{p} process(es): {runs[-1]['images_per_s']} images/s", file=sys.stderr)
-    result = {"data": str(data), "images": sum(1 for _ in Path(data).glob("*.png")) if Path(data).is_dir() else None,
-              "minutes": a.minutes, "train_flags": extra, "cpus": os.cpu_count(), "python": platform.python_version(),
-              "runs": runs}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(result, indent=1))
-    print(f"\n{data}: {result['images']} images, {a.minutes} min budget per run, {os.cpu_count()} CPUs")
+    from harness import save_runs
+
+    images = sum(1 for _ in Path(data).glob("*.png")) if Path(data).is_dir() else None
+    save_runs(a.json, runs, data=str(data), images=images, minutes=a.minutes, train_flags=extra)
+    print(f"\n{data}: {images} images, {a.minutes} min budget per run, {os.cpu_count()} CPUs")
     print("| processes | images/s | loader busy | loader wait | loader alone (img/s) | steps | decode (s) | wall (s) "
           "| peak RSS (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")

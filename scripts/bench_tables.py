@@ -36,17 +36,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 BLOCK = re.compile(r"(<!-- bench:([\w-]+) -->\n)(.*?)(<!-- /bench -->)", re.S)
 DETAIL = "detail"  # the block name in docs/benchmarks.md
 
-# How the JSON files that do not record their "command" were made (benchmarks/harness.py's layout records it);
-# formatted with the data ({0[repeats]}). Others: their script's usage line.
+# How the JSON files that do not record their "command" were made (benchmarks/harness.py's layout records it;
+# formatted with the data); others: their script's usage line.
 COMMANDS = {
-    "inference_pretrained.json": "captcha-crnn train ../shared/datasets/captcha_v2 --reader big --max-minutes 3 "
-                                 "--out runs/v2_big; python benchmarks/inference.py --model "
-                                 "runs/v2_big/model.safetensors --engines onnx,onnx-int8,ddddocr "
-                                 "--repeats {0[repeats]} --json benchmarks/results/inference_pretrained.json",
-    "inference_scratch.json": "captcha-crnn train ../shared/datasets/captcha_v2 --pretrained off --max-minutes 3 "
-                              "--out runs/v2_small; python benchmarks/inference.py --model captcha_v2 --accuracy-model "
-                              "runs/v2_small/model.safetensors --engines onnx,onnx-int8 --repeats {0[repeats]} "
-                              "--json benchmarks/results/inference_scratch.json",
     "serve_load.json": "python benchmarks/serve_load.py --soak 300 --out benchmarks/results/serve_load.json",
     "train_throughput.json": "python benchmarks/train_throughput.py",
 }
@@ -197,16 +189,15 @@ def inference(pretrained: dict, scratch: dict) -> str:
              f"{r['throughput_ips']:.0f}", f"{r['model_size_mb']:.1f}"]
             for name, rep in (("pretrained start (ddddocr backbone)", pretrained),
                               ("shipped `captcha_v2` (from scratch)", scratch))
-            for r in rep["results"] if r["engine"] in ("onnx", "ddddocr") and "error" not in r]
+            for r in rows_of(rep) if r["engine"] in ("onnx", "ddddocr") and "error" not in r]
     return md(["model, engine", "held-out accuracy", "p50 ms", "p99 ms", "images/s", "size MB"], body)
 
 
 def labelling(*runs: dict) -> str:
     """Pairs of JSON (pre-fill run, file-order run) per dataset: corrections to 95% and the last round."""
     body = []
-    runs_of = bench("labelling").runs_of
-    for pre, order in zip(runs[::2], runs[1::2]):
-        p, o = runs_of(rows_of(pre))["prefill"][-1], runs_of(rows_of(order))["order"][-1]  # their last rounds
+    for pre, order in zip(runs[::2], runs[1::2]):  # their last rounds
+        p, o = ([r for r in rows_of(d) if r["strategy"] == k][-1] for d, k in ((pre, "prefill"), (order, "order")))
         c95 = order["summary"]["order"]["corrections_to_95"]
         body.append([pre["dataset"], fmt(pre["summary"]["prefill"]["corrections_to_95"]),
                      fmt(c95) if c95 is not None else f"not in {o['labelled']}",
@@ -219,7 +210,7 @@ def labelling(*runs: dict) -> str:
 def serve_load(d: dict) -> str:
     """A row per level of clients, and the soak's."""
     soak = d.get("soak")
-    levels = d["levels"] + ([{**soak, "clients": f"{soak['clients']} ({soak['seconds']:g} s soak)"}] if soak else [])
+    levels = rows_of(d) + ([{**soak, "clients": f"{soak['clients']} ({soak['seconds']:g} s soak)"}] if soak else [])
     body = [[str(r["clients"]), fmt(r["requests_per_s"]), fmt(r["p50_ms"]), fmt(r["p99_ms"]), fmt(r["max_ms"]),
              str(r["errors"]), fmt(r.get("mean_batch"))] for r in levels]
     table = md(["clients", "requests/s", "p50 ms", "p99 ms", "max ms", "errors", "mean batch"], body)

@@ -35,7 +35,7 @@ def test_readme_is_short() -> None:
 
 
 LEVEL = {"clients": 1, "requests_per_s": 290.0, "p50_ms": 3.4, "p99_ms": 5.3, "max_ms": 9.5, "errors": 0}
-SERVE_LOAD = {"model": "captcha_v2", "levels": [
+SERVE_LOAD = {"model": "captcha_v2", "rows": [
     {**LEVEL, "mean_batch": 1.0},
     {**LEVEL, "clients": 8, "requests_per_s": 563.5, "p50_ms": 13.9, "p99_ms": 23.1, "max_ms": 29.6,
      "mean_batch": 4.5}],
