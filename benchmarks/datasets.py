@@ -4,13 +4,11 @@
         [--minutes-scale 1.0] [--keep DIR] [--set FIELD=VALUE ...] [--root ../shared/datasets]
         [--json benchmarks/results/datasets.json] [--table JSON]
 
-Each dataset trains as ``captcha-crnn train DATA --max-minutes M`` would (M: 3 captcha_v2, 5 henan_digits4,
-10 generic_varlen and securimage, times --minutes-scale; generic_varlen ``--case insensitive``: glyph case
-in its images does not follow its lower-case labels) on the default seeded split (seed --seed). The test
-split (10%), never trained on, is read by the output (benchmarks/harness.py: accuracy, speed against the
-shipped captcha_v2 model) and by ddddocr zero-shot (its bundled model, ``set_ranges`` to the model's
-alphabet, the file's bytes; also ``png_fix=True``), case-blind where the training is. Prints a table and
-writes JSON.
+Each dataset: ``captcha-crnn train DATA --max-minutes M`` (M: harness.DATASETS, times --minutes-scale;
+generic_varlen case-blind) on the default seeded split. Its test split, never trained on, is read by the
+output (benchmarks/harness.py: accuracy, speed against the shipped captcha_v2 model) and by ddddocr
+zero-shot (``set_ranges`` to the model's alphabet; the file's bytes, and with ``png_fix=True``).
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -31,25 +29,19 @@ from captcha_crnn.model.format import read_metadata
 common_args, save_runs, saved_runs = harness.common_args, harness.save_runs, harness.saved_runs  # train_throughput.py
 
 
-def ddddocr_reader(alphabet: str) -> Any:
-    """ddddocr's bundled model restricted to `alphabet`."""
+def ddddocr_scores(test: list[Sample], alphabet: str, case: str) -> dict[str, Any]:
+    """ddddocr's zero-shot figures on the test images (its bundled model restricted to `alphabet`), from the file
+    bytes and with png_fix."""
     import ddddocr
 
-    ocr = ddddocr.DdddOcr(show_ad=False)
+    ocr, out = ddddocr.DdddOcr(show_ad=False), {}
     ocr.set_ranges(alphabet)
-    return ocr
-
-
-def ddddocr_scores(test: list[Sample], alphabet: str, case: str) -> dict[str, Any]:
-    """ddddocr's zero-shot figures on the test images, from the file bytes and with png_fix."""
-    ocr = ddddocr_reader(alphabet)
-    out: dict[str, Any] = {}
     for name, png_fix in (("ddddocr", False), ("ddddocr_png_fix", True)):
         preds, t0 = [], time.perf_counter()
         for s in test:
             try:
                 preds.append(ocr.classification(Path(s.path).read_bytes(), png_fix=png_fix))
-            except Exception as e:  # noqa: BLE001 - an image ddddocr cannot read counts as a miss
+            except Exception as e:  # noqa: BLE001 - a miss
                 print(f"{name}: {s.path}: {e}", file=sys.stderr)
                 preds.append("")
         rep = score([s.label for s in test], preds, case_insensitive=case == "insensitive")

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import namedtuple
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +38,8 @@ SPEED_IMAGES = 500  # held-out images timed
 KEY = ("scenario", "seed", "budget_minutes")  # a new row replaces an earlier one of the same
 
 
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    path: str  # under --root: a folder (label = file stem) or a labels.csv
-    minutes: float  # its time budget in datasets.py and learning_curve.py
-    case: str = "sensitive"
-
-
+# a shared dataset: its name, path under --root (a folder, label = file stem, or a labels.csv), budget, case rule
+Dataset = namedtuple("Dataset", "name path minutes case", defaults=("sensitive",))
 DATASETS = {d.name: d for d in (Dataset("captcha_v2", "captcha_v2", 3.0),
                                 Dataset("henan_digits4", "henan_digits4/labels.csv", 5.0),
                                 Dataset("generic_varlen", "generic_varlen/labels.csv", 10.0, case="insensitive"),
@@ -68,11 +63,6 @@ def held_out(items: list[Sample], seed: int = 0) -> tuple[list[Sample], list[Sam
     return pool, held
 
 
-def train_test(items: list[Sample], seed: int) -> list[Sample]:
-    """The test split `train` makes of these labelled images with this seed (10%, from 300 labels)."""
-    return split_items(items, seed, 0.1, 0.1)[2]
-
-
 @dataclass
 class Scenario:
     name: str
@@ -88,16 +78,15 @@ class Scenario:
 
 
 def whole(root: str | Path, dataset: str, seed: int, minutes: float | None) -> Scenario:
-    """A dataset as it is, all labelled (`train` splits it), scored on the test split `train` makes."""
+    """A dataset as it is, all labelled (`train` splits it), scored on the test split `train` makes with the seed
+    (10% of 300 labels or more)."""
     every, ds = samples(root, dataset), DATASETS[dataset]
-    return Scenario(dataset, every, train_test(every, seed), [], minutes, ds.case, seed, data=str(Path(root) / ds.path))
+    return Scenario(dataset, every, split_items(every, seed, 0.1, 0.1)[2], [], minutes, ds.case, seed,
+                    data=str(Path(root) / ds.path))
 
 
-@dataclass
-class Trained:
-    row: dict[str, Any]
-    result: Any  # the TrainResult
-    readings: list[str | None]  # the output's reading of each held-out image, folded as the scenario compares
+# a run's row, its TrainResult and the output's reading of each held-out image (folded as the scenario compares)
+Trained = namedtuple("Trained", "row result readings")
 
 
 def read(model: str | Path | Recognizer, held: list[Sample], case: str) -> tuple[dict[str, Any], list[str | None]]:
@@ -173,10 +162,8 @@ def provenance() -> dict[str, Any]:
     """The code a figure was measured with, and when: commit (+changes where src/ differs), version, date."""
     from captcha_crnn.version import __version__
 
-    def git(*args: str) -> str:
-        r = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent)
-        return r.stdout.strip() if r.returncode == 0 else ""
-
+    git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True,  # noqa: E731
+                                       cwd=Path(__file__).parent).stdout.strip()
     changes = "+changes" if git("status", "--porcelain", "--", "../src") else ""
     return {"commit": (git("rev-parse", "--short", "HEAD") or "unknown") + changes, "captcha_crnn": __version__,
             "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -184,12 +171,10 @@ def provenance() -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     """The CPU (model, cores, whether it computes bf16), the platform, Python, and the code."""
-    cpu: dict[str, str] = {}
-    for line in (Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else "").splitlines():
-        name, _, value = line.partition(":")
-        cpu.setdefault(name.strip(), value.strip())
-    return {"cpu": cpu.get("model name", platform.processor()), "cores": os.cpu_count(),
-            "bf16": bool({"avx512_bf16", "amx_bf16"} & set(cpu.get("flags", "").split())),
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    return {"cpu": model[1] if model else platform.processor(), "cores": os.cpu_count(),
+            "bf16": bool(re.search(r"^flags\s*:.*\b(avx512_bf16|amx_bf16)\b", info, re.M)),
             "platform": platform.platform(), "python": platform.python_version(), **provenance()}
 
 
@@ -257,8 +242,7 @@ def measure(scenarios: Iterable[Scenario], a: argparse.Namespace, rows: list[dic
             row = {**t.row, **(extra(t, sc) if extra else {})}
             rows = [r for r in rows if [r[k] for k in KEY] != [row[k] for k in KEY]] + [row]
             save_runs(a.json, rows)
-            print(f"{sc.name} seed {sc.seed}: {row['accuracy']:.2%} of {len(sc.held)} held out", file=sys.stderr)
-    print(f"wrote {a.json}", file=sys.stderr)
+            print(f"{sc.name} seed {sc.seed}: {row['accuracy']:.2%} held out; in {a.json}", file=sys.stderr)
     return rows
 
 

@@ -3,15 +3,13 @@ against labelling in file order with nothing pre-filled. The person is simulated
 
     python benchmarks/labelling.py [--dataset captcha_v2] [--batch 25] [--rounds 8] [--minutes 1.0] [--seed 0]
         [--strategies prefill,order] [--root ../shared/datasets] [--json benchmarks/results/labelling.json]
-        [--table JSON]
 
-A seeded 10% of the set is held out. Each round, `--batch` more images are labelled: with the pre-fill,
-the images the current reader is least sure of, where a right pre-fill costs no correction and a wrong
-one costs one; in file order, every label is typed. The first pre-fill is the page's default (ddddocr
-zero-shot where the pretrained extra is installed, restricted to the set's alphabet); as on the page, a
-newly trained model replaces it only when it reads the held-out images at least as well. After each
-round `captcha-crnn train --max-minutes M` trains on the labels so far, as "Train now" does, and reads
-the held-out images (benchmarks/harness.py). Prints a table and writes JSON (a row per round).
+A seeded 10% is held out. Each round `--batch` more images are labelled: with the pre-fill, those the
+reader is least sure of (a wrong pre-fill costs a correction; the first reader is the page's default,
+ddddocr zero-shot; a trained model replaces it only when it reads the held-out images at least as well);
+in file order, every label is typed. Then `captcha-crnn train --max-minutes M` trains on the labels so
+far, as "Train now" does, and reads the held-out images (benchmarks/harness.py). Prints a table and
+writes JSON (a row per round).
 """
 
 from __future__ import annotations
@@ -38,13 +36,11 @@ def simulate(todo: list[Sample], held: list[Sample], tmp: Path, strategy: str, a
         source = "-" if reader is None else "ddddocr" if isinstance(reader, DdddocrReader) else "trained"
         if reader is not None:
             preds = reader.predict([s.path for s in todo])
-            ranked = sorted(range(len(todo)), key=lambda i: preds[i].confidence)[: a.batch]
-            right = sum(preds[i].text == todo[i].label for i in ranked)
-            corrections += len(ranked) - right
-            picked = set(ranked)
+            picked = set(sorted(range(len(todo)), key=lambda i: preds[i].confidence)[: a.batch])
+            right = sum(preds[i].text == todo[i].label for i in picked)
         else:
             right, picked = None, set(range(min(a.batch, len(todo))))
-            corrections += len(picked)
+        corrections += len(picked) - (right or 0)
         labelled += [todo[i] for i in sorted(picked)]
         todo = [s for i, s in enumerate(todo) if i not in picked]
         t = run(Scenario(f"{strategy}-{r}", labelled, held, [], a.minutes, seed=a.seed, overrides=dict(a.set),
@@ -59,11 +55,6 @@ def simulate(todo: list[Sample], held: list[Sample], tmp: Path, strategy: str, a
         if t.row["accuracy"] >= 0.99:
             break
     return rows
-
-
-def runs_of(rows: list[dict]) -> dict[str, list[dict]]:
-    """Each strategy's rounds."""
-    return {k: [r for r in rows if r["strategy"] == k] for k in dict.fromkeys(r["strategy"] for r in rows)}
 
 
 def table(rows: list[dict]) -> str:
@@ -85,8 +76,8 @@ def main() -> int:
     rest, held = held_out(samples(a.root, a.dataset), a.seed)  # rest in file order: what a person sees in a folder
     with tempfile.TemporaryDirectory() as tmp:
         rows = [r for k in a.strategies.split(",") for r in simulate(rest, held, Path(tmp), k, a)]
-    first = {k: {f"corrections_to_{p}": next((r["corrections"] for r in v if r["accuracy"] >= p / 100), None)
-                 for p in (95, 99)} for k, v in runs_of(rows).items()}
+    first = {k: {f"corrections_to_{p}": next((r["corrections"] for r in rows if r["strategy"] == k and r["accuracy"]
+                                              >= p / 100), None) for p in (95, 99)} for k in a.strategies.split(",")}
     save_runs(a.json, rows, dataset=a.dataset, batch=a.batch, summary=first)
     print(table(rows))
     return 0

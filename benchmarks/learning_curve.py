@@ -7,14 +7,11 @@ of the pool unlabelled (semi-supervised), under the same time budget.
         [--minutes M] [--set FIELD=VALUE ...] [--root ../shared/datasets] [--table JSON]
         [--json benchmarks/results/learning_curve.json] [--plot benchmarks/results/learning_curve.png]
 
-Per dataset a seeded 10% is held out (benchmarks/harness.py: held_out), the same images for every point
-and given to training as --test-data. From the other 90%, N are drawn at random with the seed (harness.drawn:
-the first N of one seeded permutation, so each smaller set is part of every larger one). Each point is
-``captcha-crnn train POOL --max-minutes M`` with ``--pretrained off`` (scratch), ``--pretrained on --reader
-big`` (pretrained) or ``--unlabelled REST`` (student, the pool's other images); M is the dataset's budget
-(3 captcha_v2, 5 henan_digits4, 10 generic_varlen (case-blind) and securimage) or --minutes. Another
-backbone: --starts pretrained --set backbone_weights=FILE. Prints a table, writes JSON (a row per point)
-and draws accuracy against labelled images (log x).
+Per dataset a seeded 10% is held out and given to training as --test-data (the same for every point); of
+the other 90%, N are drawn at random with the seed (benchmarks/harness.py: each smaller set is part of
+every larger one). Each point: ``captcha-crnn train POOL --max-minutes M`` with ``--pretrained off``
+(scratch), ``--pretrained on --reader big`` (pretrained) or ``--unlabelled REST`` (student), M the dataset's
+budget (harness.DATASETS) or --minutes. Prints a table, writes JSON (a row per point), plots (log x).
 """
 
 from __future__ import annotations
@@ -88,26 +85,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS)[:3])
-    ap.add_argument("--series", choices=["semi"], help="semi: SEMI_SERIES, the student start (instead of --sizes, "
-                    "--starts, --minutes); --datasets picks some of it and keeps the --json rows of the others")
+    ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), help="default: all but securimage (--series: all)")
+    ap.add_argument("--series", choices=["semi"], help="semi: the student start, 25/100/250 labels at 5 min "
+                    "(captcha_v2, henan_digits4), 100/250 at 10 (generic_varlen, securimage); no --sizes, --starts")
     ap.add_argument("--sizes", nargs="+", default=["50", "100", "250", "500", "1000", "all"])
     ap.add_argument("--starts", nargs="+", choices=list(STARTS), default=["scratch", "pretrained"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minutes", type=float, default=None, help="one budget for every point (default: the dataset's)")
     ap.add_argument("--plot", default="benchmarks/results/learning_curve.png")
     a = parse(ap, "benchmarks/results/learning_curve.json", table)
-    plan = SEMI_SERIES if a.series else [(n, a.sizes, a.minutes or DATASETS[n].minutes) for n in a.datasets]
-    rows: list[dict[str, Any]] = []
-    if a.series:
-        a.starts = ["student"]
-        if "--datasets" in sys.argv:
-            plan = [p for p in plan if p[0] in a.datasets]
-            rows = [r for r in saved_runs(a.json) if r["dataset"] in {n for n, _, _ in SEMI_SERIES} - set(a.datasets)]
-    info: dict[str, dict[str, Any]] = {}
-    rows = measure(points(plan, a, info), a, rows, extra=lambda t, sc: info[sc.name])
-    if a.series:  # kept rows and new ones in the series' order
-        rows.sort(key=lambda r: [n for n, _, _ in SEMI_SERIES].index(r["dataset"]))
+    a.starts = ["student"] if a.series else a.starts
+    plan = [p for p in SEMI_SERIES if p[0] in (a.datasets or DATASETS)] if a.series else [
+        (n, a.sizes, a.minutes or DATASETS[n].minutes) for n in a.datasets or list(DATASETS)[:3]]
+    info: dict[str, dict[str, Any]] = {}  # rows of sets no longer here go
+    rows = measure(points(plan, a, info), a, [r for r in saved_runs(a.json) if r["dataset"] in DATASETS],
+                   extra=lambda t, sc: info[sc.name])
+    rows.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), r["labelled"]))
     print(table(rows))
     plot(rows, Path(a.plot))
     return 0

@@ -4,23 +4,22 @@ output's reading speed against the shipped captcha_v2 model, in the same run (be
     python benchmarks/student.py [--scenarios v2_100_unlabelled v2_all secure_200 ...] [--seeds 0 1 2]
         [--set FIELD=VALUE ...] [--root ../shared/datasets] [--json benchmarks/results/student.json] [--table JSON]
 
-Each scenario is `captcha-crnn train` with --max-minutes, once per --seeds value (ONCE: seed 0 only);
-labelled images are drawn at random with the seed (file names sort by label); held-out images are never
-labelled. SCENARIOS: dataset, labelled, whether the rest is --unlabelled, budget (3 to 10 min), held-out set:
-v2_25_unlabelled, v2_100_unlabelled (scored on the rest); v2_all (on the test split `train` makes);
-v2_100; henan_50, generic_250 (case-blind), generic_all (only when named; benchmarks/time_curve.py
-measures it): labelled from the seed-0 90% pool, scored on the 10% (learning_curve.py's held-out set);
-secure_100/200/500/all: securimage, a real site's style, 1000 held out at random with the seed, N of the
-other 5000 labelled. Prints a table, writes JSON; rows of scenarios no longer here go.
+Each scenario (SCENARIOS: dataset, labelled, the rest --unlabelled or not, budget, held-out set) is
+`captcha-crnn train --max-minutes M`, once per seed (ONCE: seed 0 only), its labels drawn at random with
+the seed, scored on images never labelled: v2_25/100_unlabelled on the rest, v2_all on the test split
+`train` makes, v2_100; henan_50, generic_250 and generic_all (only when named) from the seed-0 90% pool,
+scored on its 10%; secure_100/200/500/all: securimage, a real site's style, 1000 held out at random.
+Prints a table and writes JSON; rows of scenarios no longer here go.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import Any
 
-from harness import DATASETS, Scenario, drawn, held_out, markdown, measure, parse, samples, saved_runs, train_test
+from harness import DATASETS, Scenario, drawn, held_out, markdown, measure, parse, samples, saved_runs, whole
 
 # held-out set: "rest" (the images not drawn), "train" (train's test split), "pool" (held_out, seed 0), "1000" (drawn)
 SCENARIOS: dict[str, tuple[str, int | None, bool, float, str]] = {
@@ -38,10 +37,10 @@ ONCE = ("v2_100", "generic_250", "generic_all")  # run with seed 0 only
 
 def scenario(name: str, root: str, seed: int) -> Scenario:
     dataset, n, rest_unlabelled, minutes, how = SCENARIOS[name]
-    pool, held = samples(root, dataset), []
     if how == "train":
-        held = train_test(pool, seed)
-    elif how == "pool":
+        return replace(whole(root, dataset, seed, minutes), name=name)
+    pool, held = samples(root, dataset), []
+    if how == "pool":
         pool, held = held_out(pool)
     elif how == "1000":
         held, pool = drawn(pool, 1000, seed)

@@ -1,15 +1,13 @@
 """Held-out accuracy against the time budget of the default command, and what the remaining misses are.
 
     python benchmarks/time_curve.py [--dataset generic_varlen] [--minutes 10 30 60] [--seed 0] [--set FIELD=VALUE]
-        [--root ../shared/datasets] [--json benchmarks/results/time_curve.json] [--table JSON]
-        [--gallery docs/errors_generic_varlen.png]
+        [--root ../shared/datasets] [--json benchmarks/results/time_curve.json] [--gallery PNG] [--table JSON]
 
-Each budget is one `captcha-crnn train DATA --max-minutes M` (the default recipe, the dataset's case rule).
-The output reads the test split `train` made (benchmarks/harness.py, with its speed against the shipped
-captcha_v2 model); its misses by kind: lookalike (same length, every differing character a lookalike of
-the truth's in some fonts: LOOKALIKES), length (a character too many or too few), other. "if lookalikes
-counted" is the accuracy when those count as right: how much of what is left is font ambiguity rather
-than the model. The longest budget's misses are drawn (--gallery). Prints a table and writes JSON.
+Each budget is one `captcha-crnn train DATA --max-minutes M`; the output reads the test split `train` made
+(benchmarks/harness.py). Misses by kind: lookalike (same length, every differing character a LOOKALIKES
+pair), length, other; "if lookalikes counted" is the accuracy when lookalikes count as right (what is
+font ambiguity rather than the model). The longest budget's misses are drawn (--gallery). Prints a table
+and writes JSON.
 """
 
 from __future__ import annotations

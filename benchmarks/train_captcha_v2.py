@@ -1,14 +1,12 @@
-"""Train the default model on captcha_v2 for several seeds; time to 95/98/99% test accuracy.
+"""Train the default model on captcha_v2 for several seeds; time to 95/98/99% held-out accuracy.
 
-    python benchmarks/train_captcha_v2.py [--seeds 0 1 2] [--root ../shared/datasets]
-        [--set key=value ...]   # TrainConfig overrides, for comparing settings (max_minutes=3: a budget)
-        [--keep DIR]            # keep the runs (DIR/captcha_v2-0/model.safetensors: the held-out model
-                                # benchmarks/inference.py scores accuracy with)
-        [--json bench_out/train_captcha_v2.json] [--table JSON]
+    python benchmarks/train_captcha_v2.py [--seeds 0 1 2] [--set FIELD=VALUE ...] [--root ../shared/datasets]
+        [--keep DIR] [--json bench_out/train_captcha_v2.json] [--table JSON]
 
-Each run uses the default `captcha-crnn train` settings and the seeded 80/10/10 split of that seed
-(benchmarks/harness.py). After every epoch the current model reads the held-out test split (time spent
-reading is not counted as training time). Prints a table with the median and writes JSON.
+Each seed: the default `captcha-crnn train` on its seeded 80/10/10 split (benchmarks/harness.py); after
+every epoch the model reads the test split (not counted as training time). --keep DIR keeps the runs
+(DIR/captcha_v2-0/model.safetensors: the held-out model benchmarks/inference.py scores accuracy with).
+Prints a table with the median and writes JSON.
 """
 
 from __future__ import annotations
