@@ -157,7 +157,7 @@ AMBIGUOUS = {"ddddocr"}  # also the package's name, a weights source's and the z
 # (file, literal or constant) that is not an architecture, and why
 NOT_ARCHITECTURES = {
     ("training/config.py", "small"): "--reader small: the student, a choice of reader and not a preset",
-    ("training/recipe.py", "small"): "the --reader small value",
+    ("training/run.py", "small"): "the --reader small value",
     ("training/plan.py", "small"): "the --reader small value",
     ("training/start.py", "small"): "the --reader small value",
     ("model/pretrained.py", "pretrained"): "cache_dir's folder name for the converted ddddocr weights",
@@ -305,3 +305,23 @@ def test_help_texts_format_tuned_numbers_from_the_policy() -> None:
                 if re.search(rf"(?<![\w.]){re.escape(form)}(?![\d])", literal):
                     bad.append(f"config.py:{node.lineno}: {form!r} is policy.{name}")
     assert not bad, "tuned numbers written into help texts:\n" + "\n".join(sorted(set(bad)))
+
+
+def test_train_config_holds_only_what_a_user_sets() -> None:
+    """Every TrainConfig field is a `train` option: a flag made from its metadata, or one the command line takes in
+    its own form (named in the field's `cli`). A stage's wiring lives in the plan's Stage, not here."""
+    import argparse
+
+    from captcha_crnn.cli import build_parser
+    from captcha_crnn.training.config import GENERATED
+
+    sub = next(a for a in build_parser(full=True)._actions if isinstance(a, argparse._SubParsersAction))
+    options = {s for a in sub.choices["train"]._actions for s in a.option_strings} | {"DATA"}
+    unset = []
+    for f in fields(TrainConfig):
+        how = f.metadata["cli"]
+        named = re.findall(r"--[a-z-]+|DATA", how)
+        flag = "--" + f.name.replace("_", "-")
+        if (how == GENERATED and flag not in options) or (how != GENERATED and not set(named) & options):
+            unset.append(f"{f.name}: {how}")
+    assert not unset, "TrainConfig fields no user sets:\n" + "\n".join(unset)

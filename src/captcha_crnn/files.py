@@ -9,8 +9,23 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename over `path`."""
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename inside `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Any, durable: bool = False) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename over `path`; `durable`: fsync the folder
+    too, so the rename survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -26,6 +41,8 @@ def atomic_write(path: str | Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        fsync_dir(path.parent)
 
 
 def cache_dir(kind: str) -> Path | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import CaptchaError
-from ..model.modelfile import atomic_write
+from ..files import atomic_write
 from ..progress import log
 from . import distributed
 from .distributed import Dist
@@ -25,26 +24,11 @@ from .distributed import Dist
 CHECKPOINT = "checkpoint.pt"
 
 
-def fsync_dir(folder: str | Path) -> None:
-    """Make a rename inside `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Save a dict of tensors and plain values (loadable with weights_only=True), atomically."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
-    fsync_dir(Path(path).parent)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()), durable=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -124,8 +108,6 @@ def shared_checkpoint(path: Path, d: Dist) -> dict[str, Any]:
     return ckpt
 
 
-
-
 def rank_state(run: Any) -> dict[str, Any]:
     """What differs between ranks: random states, and the weight average's BatchNorm statistics
     (each rank's follow its own shard)."""
@@ -140,7 +122,7 @@ def snapshot(run: Any, ranks: list[dict[str, Any]]) -> dict[str, Any]:
     st = run.st
     return {
         "model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
-        **({"ema": run.ema.state_dict()} if run.ema else {}),
+        **({"ema": run.ema.shadow.state_dict()} if run.ema else {}),
         "generator": run.order_gen.get_state(), "world_size": run.d.world,
         "rng": [r["rng"] for r in ranks], "rank_buffers": [r["buffers"] for r in ranks],
         "epoch": st.epoch, "batch": st.batch, "step": st.step, "elapsed": st.elapsed,
@@ -156,7 +138,7 @@ def restore(run: Any, ckpt: dict[str, Any]) -> None:
     run.model.load_state_dict(ckpt["model"])
     run.opt.load_state_dict(ckpt["optimizer"])
     if run.ema:
-        run.ema.load_state_dict(ckpt.get("ema", ckpt["model"]))
+        run.ema.shadow.load_state_dict(ckpt.get("ema", ckpt["model"]))
     run.order_gen.set_state(ckpt["generator"])
     same_layout = int(ckpt.get("world_size", 1)) == run.d.world
     if "rng" in ckpt and same_layout:

@@ -137,10 +137,9 @@ class TrainConfig:
     semi_rule: str = opt("flex", "which unlabelled readings teach: flex (FlexMatch's per-character-class "
                          f"thresholds up to {policy.THRESHOLD:g}, lower for classes learnt slowly) or fixed (a "
                          f"reading's confidence >= {policy.THRESHOLD:g})", choices=("flex", "fixed"))
-    reader: str = opt("auto", "the model `train` outputs: small (the fast from-scratch student, taught by the "
-                      "pretrained teacher), big (the pretrained model itself), auto: the student when it reads the "
-                      f"held-out labels as well as the teacher (within one image or {policy.OUTPUT_MARGIN:.1%}%)",
-                      choices=("small", "big", "auto"))
+    reader: str = opt("auto", "the model `train` outputs: small (the fast from-scratch student), big (the pretrained "
+                      "teacher), auto: the student when it reads the held-out labels as well as the teacher (within "
+                      f"one image or {policy.OUTPUT_MARGIN:.1%}%)", choices=("small", "big", "auto"))
     val_data: str | None = opt(None, "separate validation folder/CSV (no val split)", parse=str)
     test_data: str | None = opt(None, "separate test folder/CSV (no test split)", parse=str)
     label_regex: str | None = opt(None, "label from the file name", cli="--label-regex")
@@ -174,16 +173,15 @@ class TrainConfig:
     backbone: str = opt("auto", "convolutional part; auto: ddddocr for the pretrained start, else plain; "
                         "ddddocr-bn: its layout with batch norm, for training it from random weights (pretrain)",
                         choices=(*(b for b in BACKBONES if b != READER.backbone), "auto"))
-    pretrained: str = opt("auto", "start from a captcha-pretrained backbone (ddddocr's: pip install "
-                          "\"captcha-crnn[pretrained]\"; see --backbone-weights); auto: when one is at hand, the "
-                          f"architecture is auto and there are {policy.PRETRAINED_MIN_LABELS} labelled images or more",
+    pretrained: str = opt("auto", "start from a captcha-pretrained backbone (ddddocr's: pip install \"captcha-crnn"
+                          "[pretrained]\"; see --backbone-weights); auto: when one is at hand, the architecture is "
+                          f"auto and there are {policy.PRETRAINED_MIN_LABELS} labelled images or more",
                           choices=("on", "off", "auto"))
     pretrained_head: str = opt("auto", "pretrained start: new: a new RNN and head on ddddocr's convolutions; ddddocr: "
-                               "ddddocr's own LSTM and classifier too (its zero-shot reading of the labels' "
-                               "characters), at its native height; auto: ddddocr under "
-                               f"{policy.READER_HEAD_UNDER_LABELS:,} labelled images where it reads at least "
-                               f"{policy.READER_HEAD_MIN_ZERO_SHOT:.0%}% of the held-out labels untrained",
-                               choices=("auto", "new", "ddddocr"))
+                               "its own LSTM and classifier too (its zero-shot reading of the labels' characters), "
+                               f"at its native height; auto: ddddocr under {policy.READER_HEAD_UNDER_LABELS:,} labels "
+                               f"where it reads {policy.READER_HEAD_MIN_ZERO_SHOT:.0%}% of the held-out labels "
+                               "untrained", choices=("auto", "new", "ddddocr"))
     backbone_weights: str = opt("auto", "pretrained start: whose weights: ddddocr (the package's) or a file from "
                                 "`captcha-crnn pretrain`; auto: ddddocr where installed; naming one asks for the "
                                 "pretrained start", parse=str, metavar="SOURCE")

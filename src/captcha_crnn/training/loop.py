@@ -17,15 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.alphabet import Alphabet
 from ..data.augment import policy
-from ..data.dataset import ImageSet, Prefetcher, bucketed_order
+from ..data.dataset import Prefetcher, bucketed_order
 from ..data.images import time_steps
-from ..decode.ctc import greedy_decode_batch
-from ..evaluate import Report, score_both, selective
 from ..model.crnn import CRNN
 from ..model.modelfile import ModelBundle, save_bundle
-from ..model.run import run_batches
 from ..progress import bar_disable, log
 from . import distributed
 from .checkpoint import CHECKPOINT, Clock, RunState, rank_state, save_checkpoint, snapshot
@@ -33,7 +29,7 @@ from .config import TrainConfig
 from .distributed import Dist
 from .policy import DEFAULT_EPOCHS, EARLY_STOP_MIN_VAL, LR_FINAL, LR_START, POOL_EPOCH
 from .semi import Semi, epoch_note, ramp
-from .sets import Data, ctc_targets, ink_tensor
+from .sets import Data, ctc_targets, evaluate_set, ink_tensor
 
 EpochHook = Callable[[dict[str, Any], ModelBundle], None]
 View = tuple[torch.Tensor, np.ndarray]  # ink (B, C, H, W) and widths (B,)
@@ -92,64 +88,6 @@ class EMA:
             else:
                 s.copy_(m)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.shadow.load_state_dict(state)
-
-
-@torch.inference_mode()
-def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
-             batch_size: int = 64) -> tuple[list[float], list[str], list[float]]:
-    """Per image: CTC loss per character (nan where the label cannot be scored), the greedy reading
-    and its confidence.
-
-    Batched by width: one forward, one greedy decode and one CTC loss call per batch.
-    """
-    model.eval()
-    losses, preds, confs = [float("nan")] * len(ds), [""] * len(ds), [0.0] * len(ds)
-
-    def load(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        return ds.ink(idx)  # (B, C, H, W) float ink, (B,)
-
-    def run(x: np.ndarray) -> torch.Tensor:
-        return model(torch.from_numpy(x).to(device)).float().cpu()  # (B, T, classes)
-
-    for idx, lp, steps in run_batches(ds.widths().tolist(), batch_size, load, run):
-        lens = torch.from_numpy(steps)  # (B,) valid frames
-        for i, d in zip(idx, greedy_decode_batch(lp.numpy(), steps.tolist())):
-            preds[i], confs[i] = alphabet.decode(d.indices), d.confidence
-        ok = [k for k, i in enumerate(idx) if ds.labels[i] and not alphabet.unknown(ds.labels[i])]
-        if ok:
-            targets, target_lens = ctc_targets([ds.labels[idx[k]] for k in ok], alphabet)
-            nll = F.ctc_loss(lp[ok].transpose(0, 1), targets, lens[ok], target_lens, blank=0,
-                             reduction="none", zero_infinity=True)  # (B',) summed over each label
-            for k, v in zip(ok, (nll / target_lens).tolist()):
-                losses[idx[k]] = v
-    return losses, preds, confs
-
-
-def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
-                 d: Dist | None = None) -> tuple[float, Report, list[str], list[float]]:
-    """(mean CTC loss, report, predictions, their confidences) of the model on a loaded set.
-
-    In a distributed run each rank reads every world-th image and all ranks get the same figures.
-    """
-    d = d or Dist()
-    idx = list(range(d.rank, len(ds), d.world))
-    losses, preds, confs = read_set(model, ds.subset(idx) if d.enabled else ds, alphabet, device)
-    if d.enabled:
-        parts = distributed.all_gather((idx, losses, preds, confs), d)
-        losses, preds, confs = [float("nan")] * len(ds), [""] * len(ds), [0.0] * len(ds)
-        for part in parts:
-            for i, loss, pred, conf in zip(*part):
-                losses[i], preds[i], confs[i] = loss, pred, conf
-    scored = [v for v in losses if not np.isnan(v)]
-    rep = score_both(ds.labels, preds, alphabet.chars)
-    rep.selective = selective(ds.labels, preds, confs)
-    return float(np.mean(scored)) if scored else float("nan"), rep, preds, confs
-
 
 class Run:
     """One training run's moving parts; `loop()` trains until a stop condition and returns why it stopped.
@@ -193,13 +131,11 @@ class Run:
         self.seconds = seconds
         self.set_budget(setup_s)
         self.stops_early = stops_early
-        self.precision = cfg.precision  # settled by the plan
         self.st = RunState()
         self.skipped = 0  # steps skipped for a non-finite loss or gradient
-        self.info = {"training": {"data": cfg.data, "split": data.how, "seed": cfg.seed,
+        self.info = {"training": {"data": cfg.data, "split": data.how, "seed": cfg.seed, "processes": d.world,
                                   "train_images": len(data.train), "val_images": len(data.val),
-                                  "precision": self.precision,
-                                  "processes": d.world, "config": cfg.to_dict()}}
+                                  "precision": cfg.precision, "config": cfg.to_dict()}}
 
     def set_budget(self, setup_s: float) -> None:
         """The stage's training seconds: its seconds less the `setup_s` its setup took."""
@@ -339,7 +275,7 @@ class Run:
         self.freeze_backbone(frozen)
         for g in self.opt.param_groups:
             g["lr"] = 0.0 if frozen and g.get("backbone") else lr * g.get("lr_scale", 1.0)
-        bf16 = self.precision == "bf16"  # autocast: bf16 matrix products, fp32 weights and loss
+        bf16 = self.cfg.precision == "bf16"  # the plan's; autocast: bf16 matrix products, fp32 weights and loss
         buffers = [b.clone() for b in self.model.buffers()]  # BatchNorm statistics, put back if this step is skipped
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             logp = self.net(x)  # (B, T, classes)

@@ -192,10 +192,8 @@ class Plan:
         if asked.max_minutes != d["asked"]["max_minutes"]:
             stages = seconds(stages, asked.max_minutes)  # the shares as planned, of the budget asked now
         began = replace(TrainConfig.from_dict(d["asked"]), **may)
-        found = Probe(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["probe"].items()}) \
-            if d.get("probe") else None
         return cls(began, tuple(d["split"]), d["split_how"], d["unlabelled"], stages, tuple(d["notes"]), d["output"],
-                   tuple(d.get("rules", ())), found)
+                   tuple(d.get("rules", ())))  # the probe's readings are read again where a stage needs them
 
     def describe(self) -> str:
         """The plan as one block of lines, printed before training."""
@@ -223,7 +221,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("parts", "pool", "probe")}
         d["stages"] = [{**asdict(s), "settings": s.settings.to_dict()} for s in self.stages]
-        d["probe"] = self.probe.to_dict() if self.probe else None
+        d["probe"] = {"accuracy": self.probe.accuracy, "images": len(self.probe.paths)} if self.probe else None
         return d
 
     def write(self) -> None:

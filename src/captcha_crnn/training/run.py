@@ -30,11 +30,11 @@ from . import distributed
 from .checkpoint import CHECKPOINT, remove_stale_temporaries, restore, shared_checkpoint
 from .config import TrainConfig
 from .distributed import Dist
-from .loop import EpochHook, Run, evaluate_set
+from .loop import EpochHook, Run
 from .plan import Plan, Stage, pick_device
 from .policy import LAST_STAGE_FLOOR, OUTPUT_MARGIN
 from .semi import build_semi
-from .sets import load_set, prepare_data
+from .sets import evaluate_set, load_set, prepare_data
 from .start import build_model, model_config
 
 STAGES = "stages.json"
@@ -66,14 +66,9 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
     """
     t0 = time.perf_counter()
     plan = Plan.resolve(data, cfg or TrainConfig())
-    if len(plan.stages) == 1:
-        return train_one(plan, on_epoch, t0)
-    return Recipe(plan, on_epoch, t0).run()
-
-
-def train_one(plan: Plan, on_epoch: EpochHook | None, t0: float) -> TrainResult:
-    """Train the one stage of a one-model plan, data-parallel when launched by torchrun."""
-    stage = plan.stages[0]
+    if len(plan.stages) > 1:
+        return Recipe(plan, on_epoch, t0).run()
+    stage = plan.stages[0]  # one model, data-parallel when launched by torchrun
     d, device = distributed.setup(pick_device(stage.settings.device))
     try:
         if d.main:

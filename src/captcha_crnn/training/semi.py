@@ -33,7 +33,7 @@ from ..decode.ctc import greedy_decode_batch
 from ..errors import CaptchaError
 from ..progress import log
 from .policy import RAMP, THRESHOLD, UNLABELLED_WEIGHT
-from .sets import ctc_targets, ink_tensor
+from .sets import ctc_targets, ink_tensor, min_frames
 
 OWN = "own EMA"  # the name of the run's own reader in logs and history
 
@@ -117,7 +117,7 @@ def fits(texts: Sequence[str], steps: Sequence[int], lengths: tuple[int, int]) -
     """Which readings could be targets: of a length the labels have, and with the CTC steps their image gives
     (one per character and a blank between repeats)."""
     lo, hi = lengths
-    return [lo <= len(t) <= hi and len(t) + sum(a == b for a, b in zip(t, t[1:])) <= n for t, n in zip(texts, steps)]
+    return [lo <= len(t) <= hi and min_frames(t) <= n for t, n in zip(texts, steps)]
 
 
 def ramp(progress: float) -> float:
@@ -295,20 +295,18 @@ def first_readings(cfg: Any, reader: str | None, probe: Any, data: Any, pool: li
         return None
     fold = (lambda t: t.lower()) if cfg.case == "insensitive" else (lambda t: t)
     val, val_labels = list(data.val.paths), list(data.val.labels)
-    if reader == "ddddocr":
+    if reader == "ddddocr":  # its readings of the held-out images are the plan's probe's, where it has them
         from ..infer.ddddocr_reader import DdddocrReader
 
-        r = read_with(DdddocrReader(data.alphabet.chars, threads=cfg.threads), reader, pool, [], [], fold)
-        key = [str(Path(p).resolve()) for p in val]
         probed = {str(Path(p).resolve()): tc for p, tc in zip(probe.paths, zip(probe.texts, probe.confs))} \
             if probe else {}
-        if all(k in probed for k in key):  # the plan's probe read these; else (a resumed plan without it) read them
-            r.val_texts, r.val_confs = [probed[k][0] for k in key], [probed[k][1] for k in key]
-        else:
-            again = read_with(DdddocrReader(data.alphabet.chars, threads=cfg.threads), reader, [], val, val_labels,
-                              fold)
-            r.val_texts, r.val_confs = again.val_texts, again.val_confs
-        r.val_accuracy = sum(t == y for t, y in zip(r.val_texts, val_labels)) / max(1, len(val_labels))
+        known = [probed.get(str(Path(p).resolve())) for p in val]
+        again = None in known
+        r = read_with(DdddocrReader(data.alphabet.chars, threads=cfg.threads), reader, pool, val if again else [],
+                      val_labels, fold)
+        if not again:
+            r.val_texts, r.val_confs = [k[0] for k in known], [k[1] for k in known]  # type: ignore[index]
+            r.val_accuracy = sum(t == y for t, y in zip(r.val_texts, val_labels)) / max(1, len(val_labels))
         return r
     from ..infer.recognizer import Recognizer
 

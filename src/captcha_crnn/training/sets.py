@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..data.alphabet import Alphabet
@@ -19,46 +20,36 @@ from ..data.images import Preprocess, crop_to_ink, image_size, open_image, time_
 from ..data.label_store import LABELS, STATE, LabelStore
 from ..data.labels import LabelRule, Sample, list_images, read_samples
 from ..data.split import split_items
+from ..decode.ctc import greedy_decode_batch
 from ..errors import CaptchaError
+from ..evaluate import Report, score_both, selective
 from ..files import atomic_write
 from ..model.archs import BIG, SCRATCH
+from ..model.crnn import CRNN
+from ..model.run import run_batches
 from ..progress import log
-from . import distributed
+from . import distributed, policy
 from .config import TrainConfig
 from .distributed import Dist
-from .policy import (
-    AUGMENT_BIG,
-    AUGMENT_SMALL,
-    BIG_DATA,
-    CHAR_PIXELS,
-    COLOUR_PIXELS,
-    CROP_BELOW,
-    FEW_LABELS,
-    FEW_VAL_SHARE,
-    HEIGHTS,
-    SMALL_DATA,
-    TEST_SHARE,
-    VAL_SHARE,
-)
 
 
 def choose_height(cfg: TrainConfig, sizes: set[tuple[int, int]], max_len: int) -> int:
-    """cfg.height, or for "auto" the smallest of HEIGHTS at which the median image gives every
-    character of the longest label CHAR_PIXELS of width (a taller input resizes less, so small
+    """cfg.height, or for "auto" the smallest of policy.HEIGHTS at which the median image gives every
+    character of the longest label policy.CHAR_PIXELS of width (a taller input resizes less, so small
     characters keep their strokes), never above the images' own height; 32 for cropped images
     (the crop already cuts them to the text's height) or when no size is known."""
     if cfg.height != "auto":
         return int(cfg.height)
     if cfg.crop is True or not sizes:
-        return HEIGHTS[0]
+        return policy.HEIGHTS[0]
     ws, hs = zip(*sizes)
     w, h = float(np.median(ws)), float(np.median(hs))
-    for height in HEIGHTS:
-        if height > max(h, HEIGHTS[0]):
+    for height in policy.HEIGHTS:
+        if height > max(h, policy.HEIGHTS[0]):
             break
-        if w * height / h >= CHAR_PIXELS * max_len:
+        if w * height / h >= policy.CHAR_PIXELS * max_len:
             return height
-    return max([HEIGHTS[0]] + [x for x in HEIGHTS if x <= h])
+    return max([policy.HEIGHTS[0]] + [x for x in policy.HEIGHTS if x <= h])
 
 
 def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
@@ -127,11 +118,11 @@ def usable(ds: ImageSet, alphabet: Alphabet, name: str) -> ImageSet:
 
 def split_fractions(cfg: TrainConfig, n_labelled: int) -> tuple[float, float]:
     """(val, test) fractions of the seeded split: the flags where given (none where --val-data or
-    --test-data gives the set), else 0.1 and 0.1, or under FEW_LABELS labelled images 0.2 and 0: every
+    --test-data gives the set), else 0.1 and 0.1, or under policy.FEW_LABELS labelled images 0.2 and 0: every
     label trains or calibrates, and the validation set stays big enough to choose a threshold on."""
-    few = n_labelled < FEW_LABELS
-    val = 0.0 if cfg.val_data else cfg.val if cfg.val is not None else FEW_VAL_SHARE if few else VAL_SHARE
-    test = 0.0 if cfg.test_data else cfg.test if cfg.test is not None else 0.0 if few else TEST_SHARE
+    few = n_labelled < policy.FEW_LABELS
+    val = 0.0 if cfg.val_data else cfg.val if cfg.val is not None else policy.FEW_VAL_SHARE if few else policy.VAL_SHARE
+    test = 0.0 if cfg.test_data else cfg.test if cfg.test is not None else 0.0 if few else policy.TEST_SHARE
     return val, test
 
 
@@ -214,6 +205,59 @@ def held_out_samples(meta: dict[str, Any], data: str | None = None) -> list[Samp
         return []
     _, val, test, _ = load_data(TrainConfig.from_dict({**tr["config"], "data": str(src)}))
     return test or val
+
+
+# Reading a loaded set during training: CTC loss per image, greedy readings, the report -----------------------
+@torch.inference_mode()
+def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
+             batch_size: int = 64) -> tuple[list[float], list[str], list[float]]:
+    """Per image: CTC loss per character (nan where the label cannot be scored), the greedy reading
+    and its confidence.
+
+    Batched by width: one forward, one greedy decode and one CTC loss call per batch.
+    """
+    model.eval()
+    losses, preds, confs = [float("nan")] * len(ds), [""] * len(ds), [0.0] * len(ds)
+
+    def load(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return ds.ink(idx)  # (B, C, H, W) float ink, (B,)
+
+    def run(x: np.ndarray) -> torch.Tensor:
+        return model(torch.from_numpy(x).to(device)).float().cpu()  # (B, T, classes)
+
+    for idx, lp, steps in run_batches(ds.widths().tolist(), batch_size, load, run):
+        lens = torch.from_numpy(steps)  # (B,) valid frames
+        for i, d in zip(idx, greedy_decode_batch(lp.numpy(), steps.tolist())):
+            preds[i], confs[i] = alphabet.decode(d.indices), d.confidence
+        ok = [k for k, i in enumerate(idx) if ds.labels[i] and not alphabet.unknown(ds.labels[i])]
+        if ok:
+            targets, target_lens = ctc_targets([ds.labels[idx[k]] for k in ok], alphabet)
+            nll = F.ctc_loss(lp[ok].transpose(0, 1), targets, lens[ok], target_lens, blank=0,
+                             reduction="none", zero_infinity=True)  # (B',) summed over each label
+            for k, v in zip(ok, (nll / target_lens).tolist()):
+                losses[idx[k]] = v
+    return losses, preds, confs
+
+
+def evaluate_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
+                 d: Dist | None = None) -> tuple[float, Report, list[str], list[float]]:
+    """(mean CTC loss, report, predictions, their confidences) of the model on a loaded set.
+
+    In a distributed run each rank reads every world-th image and all ranks get the same figures.
+    """
+    d = d or Dist()
+    idx = list(range(d.rank, len(ds), d.world))
+    losses, preds, confs = read_set(model, ds.subset(idx) if d.enabled else ds, alphabet, device)
+    if d.enabled:
+        parts = distributed.all_gather((idx, losses, preds, confs), d)
+        losses, preds, confs = [float("nan")] * len(ds), [""] * len(ds), [0.0] * len(ds)
+        for part in parts:
+            for i, loss, pred, conf in zip(*part):
+                losses[i], preds[i], confs[i] = loss, pred, conf
+    scored = [v for v in losses if not np.isnan(v)]
+    rep = score_both(ds.labels, preds, alphabet.chars)
+    rep.selective = selective(ds.labels, preds, confs)
+    return float(np.mean(scored)) if scored else float("nan"), rep, preds, confs
 
 
 # The unlabelled pool ----------------------------------------------------------------------------------
@@ -301,21 +345,21 @@ def choose(cfg: TrainConfig, samples: list[Sample]) -> tuple[dict[str, Any], lis
     images = sample_images(samples) if "auto" in (cfg.channels, cfg.crop, cfg.grey) else []  # opened once for all
     share = colour_share(images) if "auto" in (cfg.channels, cfg.grey) else 0.0
     if cfg.channels == "auto":
-        changes["channels"] = 3 if share > COLOUR_PIXELS else 1
+        changes["channels"] = 3 if share > policy.COLOUR_PIXELS else 1
         notes.append(f"{'colour' if changes['channels'] == 3 else 'grey'} ({share:.1%} coloured pixels)")
     if cfg.grey == "auto":  # the contrast grey costs reading time; it pays where colour carries the text
-        changes["grey"] = "contrast" if share > COLOUR_PIXELS else "luma"
+        changes["grey"] = "contrast" if share > policy.COLOUR_PIXELS else "luma"
         if changes.get("channels", cfg.channels) in (1, "1"):
             notes.append(f"grey as {'contrast to the background' if changes['grey'] == 'contrast' else 'luma'}")
     if cfg.crop == "auto":
         share, n_sizes = text_share(images)  # one image size: a fixed layout, kept as it is
-        changes["crop"] = share < CROP_BELOW and n_sizes > 1
+        changes["crop"] = share < policy.CROP_BELOW and n_sizes > 1
         notes.append(f"{'crop to the text' if changes['crop'] else 'no crop'} (text box {share:.0%} of the image, "
                      f"{n_sizes} image size{'s' if n_sizes > 1 else ''})")
     if cfg.preset == "auto":
-        changes["preset"] = BIG.name if len(samples) >= BIG_DATA else SCRATCH.name
+        changes["preset"] = BIG.name if len(samples) >= policy.BIG_DATA else SCRATCH.name
         notes.append(f"model {changes['preset']} ({len(samples)} training images)")
     if cfg.augment == "auto":
-        changes["augment"] = AUGMENT_SMALL if len(samples) < SMALL_DATA else AUGMENT_BIG
+        changes["augment"] = policy.AUGMENT_SMALL if len(samples) < policy.SMALL_DATA else policy.AUGMENT_BIG
         notes.append(f"augmentation {changes['augment']}")
     return changes, notes

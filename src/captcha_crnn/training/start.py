@@ -64,24 +64,19 @@ class Probe:
     texts: tuple[str, ...]
     confs: tuple[float, ...]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "paths": list(self.paths), "texts": list(self.texts),
-                "confs": list(self.confs)}
-
 
 def probe(held: Sequence[Sample], charset: str, case: str, threads: int | None) -> Probe:
     """Read `held` with ddddocr's own model limited to `charset`, untrained; labels compared case-blind where
     `case` is insensitive."""
     from ..evaluate import fold
     from ..infer.ddddocr_reader import DdddocrReader
+    from .semi import read_with
 
     blind = case == "insensitive"
     paths = [s.path for s in held]
-    preds = DdddocrReader(charset, threads=threads).predict(paths, errors="return") if paths else []
-    texts = [fold(p.text, blind) if not isinstance(p, CaptchaError) else "" for p in preds]
-    confs = [float(p.confidence) if not isinstance(p, CaptchaError) else 0.0 for p in preds]
-    right = sum(t == fold(s.label, blind) for t, s in zip(texts, held))
-    return Probe(right / max(1, len(held)), tuple(paths), tuple(texts), tuple(confs))
+    r = read_with(DdddocrReader(charset, threads=threads), "ddddocr", [], paths, [fold(s.label, blind) for s in held],
+                  lambda t: fold(t, blind))
+    return Probe(r.val_accuracy, tuple(paths), tuple(r.val_texts), tuple(r.val_confs))
 
 
 def resolve_start(cfg: TrainConfig, n_labelled: int | None = None,
@@ -218,7 +213,7 @@ def build_model(cfg: TrainConfig, mcfg: CRNNConfig, alphabet: Alphabet, warm: st
     model = CRNN(mcfg)
     if resume:
         return model, "from the checkpoint"
-    if cfg.pretrained == "on" and init_model(cfg) is None:
+    if cfg.pretrained == "on":
         note = "pretrained " + load_pretrained(model, cfg.backbone_weights)
         head = load_reader_head(model, alphabet) if cfg.pretrained_head == "ddddocr" else "new RNN and head"
         return model, f"{note}; {head}"
