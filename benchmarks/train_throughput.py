@@ -32,10 +32,10 @@ import torch
 
 from captcha_crnn.data.dataset import bucketed_order
 from captcha_crnn.training import TrainConfig, train
-from captcha_crnn.training.build import build_model
-from captcha_crnn.training.data import prepare_data
 from captcha_crnn.training.loop import Run
 from captcha_crnn.training.plan import Plan
+from captcha_crnn.training.sets import prepare_data
+from captcha_crnn.training.start import build_model, model_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import DATASETS, common_args, save_runs, saved_runs  # noqa: E402
@@ -67,9 +67,12 @@ def prepared(dataset: str, variant: str, root: Path, cache: Path) -> Run:
     flags = {k: v for k, v in VARIANTS[variant].items() if k not in ("reader", *SPEED_ONLY)}
     cfg = TrainConfig(data=str(root / DATASETS[dataset].path), out=tempfile.mkdtemp(), seed=0, progress=False,
                       case=DATASETS[dataset].case, cache_dir=str(cache), **flags).validate()
-    cfg = Plan.resolve(cfg.data, cfg, single=True).stages[0].settings
-    data = prepare_data(cfg, None)
-    model, _ = build_model(cfg, data, warm=True)
+    plan = Plan.resolve(cfg.data, cfg)
+    plan.write()  # the split files a recipe's stages read
+    stage = next(s for s in plan.stages if s.settings.pretrained == cfg.pretrained)
+    cfg = stage.settings
+    data = prepare_data(cfg, stage, None)
+    model, _ = build_model(cfg, model_config(cfg, data.pre, data.alphabet), data.alphabet, stage.warm_start, False)
     run = Run(cfg, data, model, "cpu", Path(cfg.out))
     if VARIANTS[variant].get("compile"):
         # speed only, the warm-up round pays for compiling; dynamic=True fails in inductor on this model
@@ -87,11 +90,11 @@ def step_seconds(run: Run, idx: list[int], frozen: bool, steps: int) -> float:
     run.model.train()
     run.freeze_backbone(run.frozen())
     torch.set_num_threads(run.cfg.threads or os.cpu_count() or 1)
-    _, x, widths, view = run.fetch(idx)
+    _, x, widths, _ = run.fetch((idx, None))
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        run.train_step(idx, x, widths, run.cfg.lr, view)
+        run.train_step(idx, x, widths, run.cfg.lr)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
