@@ -78,8 +78,7 @@ class Scenario:
 
 
 def whole(root: str | Path, dataset: str, seed: int, minutes: float | None) -> Scenario:
-    """A dataset as it is, all labelled (`train` splits it), scored on the test split `train` makes with the seed
-    (10% of 300 labels or more)."""
+    """A dataset as it is, all labelled, scored on the test split `train` makes with the seed (10%, from 300)."""
     every, ds = samples(root, dataset), DATASETS[dataset]
     return Scenario(dataset, every, split_items(every, seed, 0.1, 0.1)[2], [], minutes, ds.case, seed,
                     data=str(Path(root) / ds.path))
@@ -102,8 +101,7 @@ def read(model: str | Path | Recognizer, held: list[Sample], case: str) -> tuple
 
 
 def speeds(model: str | Path, held: list[Sample], repeats: int = 3) -> dict[str, Any]:
-    """Images/s from bytes to text (the median of `repeats` passes after a warm-up) of the model and of the
-    shipped captcha_v2 model, on the same held-out bytes."""
+    """Images/s from bytes to text (median of `repeats` passes) of the model and the shipped captcha_v2 model."""
     images, rates = [Path(s.path).read_bytes() for s in held[:SPEED_IMAGES]], {}
     for name in (model, "captcha_v2"):
         rec, passes = Recognizer.load(name), []
@@ -231,9 +229,8 @@ def markdown(head: list[str], rows: Iterable[list[Any]]) -> str:
 def measure(scenarios: Iterable[Scenario], a: argparse.Namespace, rows: list[dict[str, Any]] | None = None,
             extra: Callable[[Trained, Scenario], dict[str, Any]] | None = None, keep: str | None = None,
             hook: Callable[[Scenario], Callable] | None = None) -> list[dict[str, Any]]:
-    """Run each scenario with --set's overrides (in `keep`, else a temporary folder), add extra(trained,
-    scenario) to its row and after each write --json: `rows` (default: the file's) less those of the same KEY,
-    then the new."""
+    """Run each scenario with --set's overrides (in `keep`, else a temporary folder), add extra(trained, scenario)
+    to its row; after each write --json: `rows` (default: the file's) less those of the same KEY, then the new."""
     rows = saved_runs(a.json) if rows is None else rows
     with tempfile.TemporaryDirectory() as tmp:
         for sc in scenarios:

@@ -30,6 +30,7 @@ is scored on the same images and on the whole set.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -153,8 +154,6 @@ def worker(spec: dict) -> dict:
 
 def model_provenance(path: Path) -> dict:
     """What shapes a model file's figures: its sha256, input height and channels, backbone."""
-    import hashlib
-
     from captcha_crnn.model.format import parse_metadata, read_metadata
 
     spec = parse_metadata(read_metadata(path), str(path))
@@ -163,9 +162,9 @@ def model_provenance(path: Path) -> dict:
 
 
 def machine() -> dict:
-    """harness.machine() (the CPU, the commit) with the cores usable and the reading libraries' versions
-    (imported here, in the driver: the workers that time ONNX Runtime never import torch)."""
-    from harness import machine as base_machine  # benchmarks/ is on the path: this script's folder
+    """harness.machine() with the cores usable and the reading libraries' versions (imported here, in the driver:
+    the workers that time ONNX Runtime never import torch; benchmarks/ is on the path, as this script's folder)."""
+    from harness import machine as base_machine
 
     info = {**base_machine(),
             "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
@@ -215,7 +214,7 @@ def main() -> int:
         print(json.dumps(worker(json.loads(Path(a.worker).read_text()))))
         return 0
 
-    from captcha_crnn.errors import CaptchaError
+    from captcha_crnn import CaptchaError
     from captcha_crnn.infer.export import export_onnx
     from captcha_crnn.model.zoo import resolve_model
 
@@ -277,9 +276,9 @@ def main() -> int:
               "repeats": a.repeats, "latency_n": a.latency_n, "machine": machine(), "load_average_before": load_before,
               "load_average_after": os.getloadavg()}
     print(table({**report, "rows": results}))
-    from harness import save_runs  # on the path since machine()
+    from harness import provenance, save_runs
 
-    save_runs(a.json, results, **report)
+    save_runs(a.json, [{**r, **provenance()} for r in results], **report)
     print(f"wrote {a.json}", file=sys.stderr)
     return 0
 

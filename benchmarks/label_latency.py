@@ -71,9 +71,9 @@ def main() -> int:
             state = httpx.get(base + "/api/train", timeout=30).json()["state"]
         finally:
             stop()
-    from harness import markdown, save_runs  # only now: the page's answers were timed without its imports
+    from harness import markdown, provenance, save_runs  # only now: the answers were timed without their imports
 
-    rows = [{"while": "idle", **stats(idle)}, {"while": "training", **stats(busy)}]
+    rows = [{"while": "idle", **stats(idle), **provenance()}, {"while": "training", **stats(busy), **provenance()}]
     print(markdown(["while", "answers", "p50 ms", "p99 ms", "max ms"], ([r["while"], r["n"], r["p50"], r["p99"],
                                                                         r["max"]] for r in rows)))
     save_runs(a.json, rows, training_state_after=state)

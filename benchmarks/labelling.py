@@ -50,8 +50,7 @@ def simulate(todo: list[Sample], held: list[Sample], tmp: Path, strategy: str, a
             reader = reader if better_reader(reader, new, t.result.model_path) else new
         rows.append({**t.row, "strategy": strategy, "round": r, "corrections": corrections, "prefill_from": source,
                      "prefill_right": right and right / a.batch})
-        print(f"{strategy} round {r}: {len(labelled)} labelled, {corrections} corrections, held-out "
-              f"{t.row['accuracy']:.2%}", file=sys.stderr, flush=True)
+        print(f"{strategy} {r}: {len(labelled)} labels, {corrections} fixes, {t.row['accuracy']:.2%}", file=sys.stderr)
         if t.row["accuracy"] >= 0.99:
             break
     return rows

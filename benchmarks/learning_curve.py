@@ -2,16 +2,15 @@
 labelled images, from scratch, from the pretrained ddddocr backbone, and the default recipe with the rest
 of the pool unlabelled (semi-supervised), under the same time budget.
 
-    python benchmarks/learning_curve.py [--datasets captcha_v2 henan_digits4 generic_varlen securimage]
-        [--sizes 50 100 250 500 1000 all] [--starts scratch pretrained student] [--seed 0] [--series semi]
-        [--minutes M] [--set FIELD=VALUE ...] [--root ../shared/datasets] [--table JSON]
-        [--json benchmarks/results/learning_curve.json] [--plot benchmarks/results/learning_curve.png]
+    python benchmarks/learning_curve.py [--datasets captcha_v2 ...] [--sizes 50 100 250 500 1000 all]
+        [--starts scratch pretrained student] [--seed 0] [--series semi] [--minutes M] [--set FIELD=VALUE ...]
+        [--root ../shared/datasets] [--json benchmarks/results/learning_curve.json] [--plot PNG] [--table JSON]
 
-Per dataset a seeded 10% is held out and given to training as --test-data (the same for every point); of
-the other 90%, N are drawn at random with the seed (benchmarks/harness.py: each smaller set is part of
-every larger one). Each point: ``captcha-crnn train POOL --max-minutes M`` with ``--pretrained off``
-(scratch), ``--pretrained on --reader big`` (pretrained) or ``--unlabelled REST`` (student), M the dataset's
-budget (harness.DATASETS) or --minutes. Prints a table, writes JSON (a row per point), plots (log x).
+Per dataset a seeded 10% is held out and given to training as --test-data; of the other 90%, N are drawn
+at random with the seed (benchmarks/harness.py: each smaller set is part of every larger one). A point:
+``captcha-crnn train POOL --max-minutes M`` with ``--pretrained off`` (scratch), ``--pretrained on --reader
+big`` (pretrained) or ``--unlabelled REST`` (student), M the dataset's budget (harness.DATASETS) or
+--minutes. Prints a table, writes JSON (a row per point), plots accuracy against labels (log x).
 """
 
 from __future__ import annotations

@@ -264,10 +264,10 @@ def main() -> None:
                   f"second-half slope {slope} MB/min)", flush=True)
     finally:
         stop_server(proc)
-    from harness import save_runs  # only now: it imports torch, which the client did without while it measured
+    from harness import provenance, save_runs  # only now: they import torch, which the client measured without
 
-    save_runs(a.out, levels, model=a.model, server_args=a.server_arg, images=len(images), duration_s=a.duration,
-              soak=soak)
+    save_runs(a.out, [{**r, **provenance()} for r in levels], model=a.model, server_args=a.server_arg,
+              images=len(images), duration_s=a.duration, soak=soak)
     print(f"wrote {a.out}")
 
 

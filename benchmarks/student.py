@@ -4,12 +4,12 @@ output's reading speed against the shipped captcha_v2 model, in the same run (be
     python benchmarks/student.py [--scenarios v2_100_unlabelled v2_all secure_200 ...] [--seeds 0 1 2]
         [--set FIELD=VALUE ...] [--root ../shared/datasets] [--json benchmarks/results/student.json] [--table JSON]
 
-Each scenario (SCENARIOS: dataset, labelled, the rest --unlabelled or not, budget, held-out set) is
-`captcha-crnn train --max-minutes M`, once per seed (ONCE: seed 0 only), its labels drawn at random with
-the seed, scored on images never labelled: v2_25/100_unlabelled on the rest, v2_all on the test split
-`train` makes, v2_100; henan_50, generic_250 and generic_all (only when named) from the seed-0 90% pool,
-scored on its 10%; secure_100/200/500/all: securimage, a real site's style, 1000 held out at random.
-Prints a table and writes JSON; rows of scenarios no longer here go.
+Each of SCENARIOS (dataset, labels drawn at random with the seed, the rest --unlabelled or not, budget,
+held-out set never labelled) is `captcha-crnn train --max-minutes M`, once per seed (ONCE: seed 0): v2_*
+on captcha_v2 (v2_all scored on the test split `train` makes, the others on the images not drawn);
+henan_50, generic_250, generic_all (only when named) from the seed-0 90% pool, scored on its 10%;
+secure_100/200/500/all: securimage, a real site's style, 1000 held out at random. Rows of scenarios no
+longer here go from the JSON.
 """
 
 from __future__ import annotations

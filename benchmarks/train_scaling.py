@@ -154,18 +154,17 @@ def main() -> None:
         runs.append({"processes": p, **m, **summarize(out, log)})
         runs[-1]["loader_alone_images_per_s"] = round(loader_speed(log, a.batch_size), 0)
         print(f"{p} process(es): {runs[-1]['images_per_s']} images/s", file=sys.stderr)
-    from harness import save_runs
+    from harness import markdown, provenance, save_runs
 
     images = sum(1 for _ in Path(data).glob("*.png")) if Path(data).is_dir() else None
-    save_runs(a.json, runs, data=str(data), images=images, minutes=a.minutes, train_flags=extra)
+    save_runs(a.json, [{**r, **provenance()} for r in runs], data=str(data), images=images, minutes=a.minutes,
+              train_flags=extra)
     print(f"\n{data}: {images} images, {a.minutes} min budget per run, {os.cpu_count()} CPUs")
-    print("| processes | images/s | loader busy | loader wait | loader alone (img/s) | steps | decode (s) | wall (s) "
-          "| peak RSS (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in runs:
-        print(f"| {r['processes']} | {r['images_per_s']:.1f} | {r['loader_busy_share']:.1%} | "
-              f"{r['loader_wait_share']:.1%} | {r['loader_alone_images_per_s']:.0f} | {r['steps']} | "
-              f"{r['decode_s']:.0f} | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |")
+    print(markdown(["processes", "images/s", "loader busy", "loader wait", "loader alone (img/s)", "steps",
+                    "decode (s)", "wall (s)", "peak RSS (MiB)"], ([
+        r["processes"], f"{r['images_per_s']:.1f}", f"{r['loader_busy_share']:.1%}", f"{r['loader_wait_share']:.1%}",
+        f"{r['loader_alone_images_per_s']:.0f}", r["steps"], f"{r['decode_s']:.0f}", f"{r['wall_s']:.0f}",
+        f"{r['peak_rss_mb']:.0f}"] for r in runs)))
     print(f"wrote {a.json}")
 
 
