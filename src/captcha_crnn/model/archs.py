@@ -49,7 +49,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("plain", "plain", "PlainBackbone"),
     Arch("resnet", "resnet", "ResNetBackbone"),
     # the convolutions of ddddocr's captcha model: its weights from the package, centred grey input as it was
-    # trained on (benchmarks/ddddocr_norm.py: zero-shot, centred input read 98.0/97.5/8.5% of captcha_v2/
+    # trained on (docs/experiments.md, input normalisation: zero-shot, centred input read 98.0/97.5/8.5% of captcha_v2/
     # henan_digits4/generic_varlen against 97.5/97.5/6.5% for grey / 255), and ddddocr's own models read at
     # 64 rows (infer/ddddocr_reader.py)
     Arch("ddddocr", "ddddocr", "DdddocrBackbone", hidden=192, proj=False, height=64, channels=1,
