@@ -4,7 +4,7 @@ to plan.json and the model's metadata, the user's TrainConfig is never changed, 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -134,3 +134,17 @@ def test_the_stage_seconds_add_up_to_the_budget_and_time_is_handed_on() -> None:
     # the last stage's floor: a first stage that overran by far leaves it LAST_STAGE_FLOOR of the budget
     assert _recipe(10, 590).budget(600, last=True) == pytest.approx(policy.LAST_STAGE_FLOOR * 600)
     assert _recipe(0, 5).budget(0, last=True) is None  # no budget: no seconds
+
+
+def test_charset_declares_characters_no_label_has(tmp_path: Path) -> None:
+    """--charset: the style's whole alphabet, so the model can read a character its few labels lack; the label page
+    passes its own characters to "Train now"."""
+    from captcha_crnn.service.labelling import train_options
+
+    make_clean_set(tmp_path / "d", 40, lengths=(3, 3))
+    cfg = TrainConfig(out=str(tmp_path / "o"), label_sep="-", pretrained="off", charset="0123456789xy")
+    (stage,) = Plan.resolve(str(tmp_path / "d"), cfg).stages
+    assert stage.alphabet == "0123456789xy"
+    folded = replace(cfg, charset="XY", case="insensitive")
+    assert Plan.resolve(str(tmp_path / "d"), folded).stages[0].alphabet.endswith("xy")
+    assert train_options("abc") == ("--max-minutes", "3", "--charset", "abc") and "--charset" not in train_options(None)

@@ -140,11 +140,16 @@ MIN_TRAIN_LABELS = 10  # labels needed before "Train now" (training keeps 10% fo
 PROTECTED = ("/api/", "/metrics")  # the page itself carries no data
 
 
+def train_options(charset: str | None) -> tuple[str, ...]:
+    """The options of "Train now": a short budget, and the page's own characters as the style's alphabet."""
+    return ("--max-minutes", "3", *(("--charset", charset) if charset else ()))
+
+
 def create_label_app(session: Session, api_key: str | None = None,
-                     train_args: tuple[str, ...] = ("--max-minutes", "3")) -> FastAPI:
+                     train_args: tuple[str, ...] | None = None) -> FastAPI:
     """The labelling page and its API over one Session, on the service's app factory (factory.py);
-    "Train now" runs `captcha-crnn train` with `train_args` on the labels so far."""
-    trainer = BackgroundTrainer(session.store.folder, session.use_model, train_args)
+    "Train now" runs `captcha-crnn train` with `train_args` (default: train_options) on the labels so far."""
+    trainer = BackgroundTrainer(session.store.folder, session.use_model, train_args or train_options(None))
     return build_app([label_router(session, trainer)], title="captcha-crnn label", api_key=api_key,
                      protected=PROTECTED, max_body=MAX_BODY)
 
@@ -257,4 +262,4 @@ def serve_labels(folder: str, model: str | None = None, host: str = "127.0.0.1",
     url = f"http://{host}:{port}/" + (f"#key={api_key}" if api_key else "")
     print(f"captcha-crnn: labelling {folder} ({session.progress()['labelled']} of {len(store.names)} labelled) "
           f"on {url}", file=sys.stderr)
-    run_app(create_label_app(session, api_key), host, port, log_level="warning")
+    run_app(create_label_app(session, api_key, train_options(charset)), host, port, log_level="warning")

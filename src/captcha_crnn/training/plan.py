@@ -24,6 +24,7 @@ from ..data.alphabet import Alphabet
 from ..data.images import Preprocess
 from ..data.labels import Sample, write_csv
 from ..errors import CaptchaError
+from ..evaluate import fold
 from ..files import atomic_write
 from ..model.archs import PRETRAINED, SCRATCH
 from ..progress import log
@@ -144,7 +145,8 @@ class Plan:
             return cls.load(stored, asked)
         tr, va, te, how = load_data(asked)
         n = len(tr) + len(va) + (0 if asked.test_data else len(te))  # the labels given to learn from, not --test-data
-        alphabet = Alphabet.from_labels(s.label for s in tr)
+        declared = fold(asked.charset or "", asked.case == "insensitive")  # --charset: characters no label may hold
+        alphabet = Alphabet.from_labels([s.label for s in tr] + [declared])
         pool = all_unlabelled(asked, tr + va + te)
         probed: list[Probe] = []
 
