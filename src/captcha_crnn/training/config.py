@@ -144,9 +144,8 @@ class TrainConfig:
     test_data: str | None = opt(None, "separate test folder/CSV (no test split)", parse=str)
     label_regex: str | None = opt(None, "label from the file name", cli="--label-regex")
     label_sep: str | None = opt(None, "label up to a separator", cli="--label-sep")
-    charset: str | None = opt(None, "every character the style may hold, beside the labels' own: the model can then "
-                              "read a character no label has (a few hundred labels often miss a rare one)",
-                              parse=str, metavar="CHARS")
+    charset: str | None = opt(None, "every character the style may hold, beside the labels' own, so the model can "
+                              "read a character no label has", parse=str, metavar="CHARS")
     case: str = opt("sensitive", "insensitive: fold labels to lower case and compare case-blind",
                     choices=("sensitive", "insensitive"))
     # preprocessing ("auto" = from the data)

@@ -145,11 +145,10 @@ class Plan:
             return cls.load(stored, asked)
         tr, va, te, how = load_data(asked)
         n = len(tr) + len(va) + (0 if asked.test_data else len(te))  # the labels given to learn from, not --test-data
-        declared = fold(asked.charset or "", asked.case == "insensitive")  # --charset: characters no label may hold
-        alphabet = Alphabet.from_labels([s.label for s in tr] + [declared])
+        labels = [s.label for s in tr] + [fold(asked.charset or "", asked.case == "insensitive")]  # and --charset
+        alphabet = Alphabet.from_labels(labels)
         pool = all_unlabelled(asked, tr + va + te)
         probed: list[Probe] = []
-
         def zero_shot() -> Probe:  # run once, on the held-out labels (else the first training ones)
             if not probed:
                 probed.append(probe(va or tr[:50], alphabet.chars, asked.case, asked.threads))
