@@ -83,8 +83,8 @@ BACKBONES = tuple(name for name, a in ARCHS.items() if a.builder)  # --backbone,
 PRESETS = {name: a.sizes() for name, a in ARCHS.items() if not a.builder}  # --preset: name -> sizes
 
 DEFAULT = ARCHS["plain"]  # a model file's architecture where it says nothing (format.CRNNConfig)
-SCRATCH = ARCHS["small"]  # from scratch: --backbone and --preset auto (under autoconfig.BIG_DATA images)
-BIG = ARCHS["base"]  # --preset auto from autoconfig.BIG_DATA images
+SCRATCH = ARCHS["small"]  # from scratch: --backbone and --preset auto (under policy.BIG_DATA images)
+BIG = ARCHS["base"]  # --preset auto from policy.BIG_DATA images
 PRETRAINED = ARCHS["pretrained"]  # the pretrained start (training/start.py)
 READER = ARCHS["ddddocr-reader"]  # the pretrained start with ddddocr's own RNN and classifier too
 DDDDOCR_LAYOUT = ("ddddocr", "ddddocr-seq")  # backbones that read ddddocr's backbone weights

@@ -22,7 +22,7 @@ READER_HEAD_MIN_ZERO_SHOT = 0.1  # ... and where ddddocr reads this share of the
 # reads none (the unseen style: it drops the lens-squeezed outer characters) its head taught the teacher no more
 # than a new one (hard_200: teacher 15% of validation against 25%; output 11.4% against 13.2%); generic_varlen 28%
 
-# The data (training/autoconfig.py, training/data.py)
+# The data (training/sets.py)
 COLOUR_PIXELS = 0.02  # share of strongly coloured pixels above which colour is kept (captcha_v2: 0%, generic: 30%)
 BIG_DATA = 50_000  # images from which the larger model pays for itself (benchmarks/datasets.py)
 SMALL_DATA = 5_000  # images below which augmentation runs at full strength (learning_curve.py)

@@ -55,7 +55,7 @@ def choose_height(cfg: TrainConfig, sizes: set[tuple[int, int]], max_len: int) -
 def choose_preprocess(cfg: TrainConfig, samples: list[Sample]) -> Preprocess:
     """Input height (choose_height); fixed width when every sampled image has one size (and no
     cropping), else aspect-preserving with padding."""
-    crop = cfg.crop is True  # resolved by autoconfig; "auto" left unresolved means no crop
+    crop = cfg.crop is True  # settled by choose(); "auto" left unresolved means no crop
     sizes = set()
     if cfg.height == "auto" or cfg.width in ("auto", None):  # only the auto choices look at the images
         for s in samples[:: max(1, len(samples) // 200)]:
