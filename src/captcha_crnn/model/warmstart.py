@@ -14,6 +14,7 @@ from ..data.alphabet import Alphabet
 from ..errors import CaptchaError
 from .crnn import CRNN
 
+ARCH_KEYS = ("backbone", "widths", "depth", "rnn", "hidden", "rnn_layers")  # what must match to copy weights
 PROJECTION = "proj.0.weight"  # (hidden, C' * H/16): the one weight whose shape follows the input height
 
 
@@ -41,6 +42,11 @@ def _stretch_rows(w: torch.Tensor, rows: int, channels: int) -> torch.Tensor:
     return w.reshape(hidden, channels * rows)
 
 
+def architecture_differs(a: dict, b: dict) -> list[str]:
+    """The ARCH_KEYS in which two model configs (to_dict()) differ: weights copy only where there are none."""
+    return [k for k in ARCH_KEYS if a[k] != b[k]]
+
+
 def warm_start(model: CRNN, alphabet: Alphabet, source: str) -> str:
     """Copy matching weights from the model `source` (path or shipped name) into `model`.
 
@@ -50,9 +56,7 @@ def warm_start(model: CRNN, alphabet: Alphabet, source: str) -> str:
     from .zoo import resolve_model
 
     src = load_bundle(resolve_model(source))
-    keys = ("backbone", "widths", "depth", "rnn", "hidden", "rnn_layers")
-    a, b = src.model.cfg.to_dict(), model.cfg.to_dict()
-    diff = [k for k in keys if a[k] != b[k]]
+    diff = architecture_differs(src.model.cfg.to_dict(), model.cfg.to_dict())
     if diff:
         raise CaptchaError(f"{source}: architecture differs ({', '.join(diff)}), cannot start from it")
     sd, own = src.model.state_dict(), model.state_dict()

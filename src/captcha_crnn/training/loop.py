@@ -37,9 +37,9 @@ Batch = tuple[list[int], torch.Tensor, np.ndarray, "tuple[list[int], View] | Non
 BUDGET_EPOCHS = 100_000  # with one, and no --epochs: the budget decides
 
 
-def max_epochs(cfg: TrainConfig) -> int:
-    """--epochs, else DEFAULT_EPOCHS, or as many as the time budget allows."""
-    return cfg.epochs or (BUDGET_EPOCHS if cfg.max_minutes else DEFAULT_EPOCHS)
+def max_epochs(cfg: TrainConfig, seconds: float | None) -> int:
+    """--epochs, else DEFAULT_EPOCHS, or as many as the stage's seconds allow."""
+    return cfg.epochs or (BUDGET_EPOCHS if seconds else DEFAULT_EPOCHS)
 
 
 def lr_at(progress: float, peak: float, warmup: float) -> float:
@@ -124,7 +124,7 @@ class Run:
         self.steps_per_epoch = -(-shard_len // self.batch_size)
         per_rank = -(-len(data.train) // d.world)
         self.label_steps = -(-per_rank // self.batch_size)  # the steps of one pass over the labelled images
-        self.epochs = max_epochs(cfg)
+        self.epochs = max_epochs(cfg, seconds)
         self.total_steps = self.epochs * self.steps_per_epoch
         # the budget covers the stage's setup (decoding, first readings) too; early stopping ends a stage with a
         # budget only where it hands the time on to a later stage, or reads every held-out image right

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..data.dataset import ImageSet, bucketed_order
 from ..data.images import time_steps
 from ..decode.ctc import greedy_decode_batch
 from ..errors import CaptchaError
+from ..evaluate import fold as fold_case
 from ..progress import log
 from .policy import RAMP, THRESHOLD, UNLABELLED_WEIGHT
 from .sets import ctc_targets, ink_tensor, min_frames
@@ -108,9 +110,13 @@ def read_with(reader: Any, source: str, pool: Sequence[str], val: Sequence[str],
         return texts, confs, chars
 
     vt, vc, _ = read(val)
-    acc = sum(t == y for t, y in zip(vt, val_labels)) / max(1, len(val_labels))
     texts, confs, chars = read(pool) if pool else ([], [], [])
-    return Readings(source, texts, confs, vt, vc, acc, chars)
+    return Readings(source, texts, confs, vt, vc, share_right(vt, val_labels), chars)
+
+
+def share_right(texts: Sequence[str], labels: Sequence[str]) -> float:
+    """The share of `labels` that `texts` read right."""
+    return sum(t == y for t, y in zip(texts, labels)) / max(1, len(labels))
 
 
 def fits(texts: Sequence[str], steps: Sequence[int], lengths: tuple[int, int]) -> list[bool]:
@@ -293,7 +299,7 @@ def first_readings(cfg: Any, reader: str | None, probe: Any, data: Any, pool: li
     alphabet (its readings of the held-out images from the plan's probe), or a model file's; None for none."""
     if reader is None:
         return None
-    fold = (lambda t: t.lower()) if cfg.case == "insensitive" else (lambda t: t)
+    fold = partial(fold_case, case_insensitive=cfg.case == "insensitive")
     val, val_labels = list(data.val.paths), list(data.val.labels)
     if reader == "ddddocr":  # its readings of the held-out images are the plan's probe's, where it has them
         from ..infer.ddddocr_reader import DdddocrReader
@@ -306,7 +312,7 @@ def first_readings(cfg: Any, reader: str | None, probe: Any, data: Any, pool: li
                       val_labels, fold)
         if not again:
             r.val_texts, r.val_confs = [k[0] for k in known], [k[1] for k in known]  # type: ignore[index]
-            r.val_accuracy = sum(t == y for t, y in zip(r.val_texts, val_labels)) / max(1, len(val_labels))
+            r.val_accuracy = share_right(r.val_texts, val_labels)
         return r
     from ..infer.recognizer import Recognizer
 

@@ -211,11 +211,8 @@ def held_out_samples(meta: dict[str, Any], data: str | None = None) -> list[Samp
 @torch.inference_mode()
 def read_set(model: CRNN, ds: ImageSet, alphabet: Alphabet, device: str,
              batch_size: int = 64) -> tuple[list[float], list[str], list[float]]:
-    """Per image: CTC loss per character (nan where the label cannot be scored), the greedy reading
-    and its confidence.
-
-    Batched by width: one forward, one greedy decode and one CTC loss call per batch.
-    """
+    """Per image: CTC loss per character (nan where the label cannot be scored), the greedy reading and its
+    confidence; batched by width: one forward, one greedy decode and one CTC loss call per batch."""
     model.eval()
     losses, preds, confs = [float("nan")] * len(ds), [""] * len(ds), [0.0] * len(ds)
 

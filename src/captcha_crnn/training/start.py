@@ -170,9 +170,6 @@ def _backbone_height(source: str, n_labelled: int | None) -> int:
     return pretrained_weights.native_height(source)
 
 
-WARM_KEYS = ("backbone", "widths", "depth", "rnn", "hidden", "rnn_layers")  # what must match to copy weights
-
-
 def model_config(cfg: TrainConfig, pre: Preprocess, alphabet: Alphabet) -> CRNNConfig:
     """The network a stage trains: its preset's sizes for its input and alphabet."""
     return preset(cfg.preset, num_classes=alphabet.num_classes, in_channels=pre.channels, height=pre.height,
@@ -183,20 +180,20 @@ def warm_source(cfg: TrainConfig, mcfg: CRNNConfig) -> tuple[str | None, str]:
     """The model a stage's weights are copied from, and why: --init's, the shipped synthetic one for a from-scratch
     stage of its architecture (--init auto), or None (a pretrained backbone's stage, --init none, or no fit)."""
     from ..model.format import parse_metadata, read_metadata
+    from ..model.warmstart import architecture_differs
     from ..model.zoo import zoo_path
 
     if init_model(cfg) is not None:
         return cfg.init, "named by --init"
     if cfg.pretrained == "on":
         return None, f"the {cfg.backbone_weights} backbone, {cfg.pretrained_head} head"
-    if cfg.init in ("none", "", None):
+    if cfg.init != "auto":  # "none" (or empty): init_model names no model
         return None, "random weights (--init none)"
     shipped = SCRATCH.weights
     path = zoo_path(shipped) if shipped else None
     if path is None:
         return None, f"random weights: no shipped {shipped} model"
-    arch = parse_metadata(read_metadata(path), str(path)).arch.to_dict()
-    diff = [k for k in WARM_KEYS if arch[k] != mcfg.to_dict()[k]]
+    diff = architecture_differs(parse_metadata(read_metadata(path), str(path)).arch.to_dict(), mcfg.to_dict())
     if diff:
         return None, f"random weights: the shipped {shipped} model's architecture differs ({', '.join(diff)})"
     return shipped, "the shipped model of this architecture"
