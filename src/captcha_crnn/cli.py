@@ -261,6 +261,12 @@ def _add_label(sub: Any) -> None:
                     help="require X-API-Key: KEY on /api/* and /metrics (or set CAPTCHA_CRNN_API_KEY); the page URL "
                          "carries it")
     lb.add_argument("--charset", default=None, metavar="CHARS", help="only these characters in labels")
+    lb.add_argument("--publish", default=None, metavar="FILE",
+                    help="\"Train now\" copies its new model over FILE (atomically): point it at the file `serve` "
+                         "reads, and the service swaps the new model in without a restart")
+    lb.add_argument("--with-labels", default=None, metavar="PATH",
+                    help="\"Train now\" also trains on these labelled images (folder or CSV: the model's earlier "
+                         "labels); DIR's unanswered images are unlabelled ones")
     lb.set_defaults(func=cmd_label)
 
 
@@ -286,6 +292,17 @@ def _add_serve(sub: Any) -> None:
     v.add_argument("--timeout", type=float, default=10.0, metavar="S", help="request timeout in seconds (504)")
     v.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     v.add_argument("--access-log", action="store_true", help="log every request (slower)")
+    v.add_argument("--keep-unsure", default=None, metavar="DIR",
+                   help="save every image read under --below to DIR (content-hashed names, its reading in "
+                        "DIR/kept.csv) for `captcha-crnn label DIR`; this stores images that clients send")
+    v.add_argument("--below", type=float, default=None, metavar="C",
+                   help="the confidence under which a reading is unsure (default: each model's own threshold "
+                        "for 99%% precision on its held-out labels, as `info` and `eval` give it)")
+    v.add_argument("--keep-max", default="10000", metavar="N|SIZE",
+                   help="cap of --keep-unsure's DIR: images (5000) or bytes (200MB); never exceeded (default 10000)")
+    v.add_argument("--watch", type=float, default=2.0, metavar="S",
+                   help="check the model files every S seconds and swap a changed one in without a restart "
+                        "(0: never; POST /v1/models/NAME/reload does it on request)")
     v.set_defaults(func=cmd_serve)
 
 

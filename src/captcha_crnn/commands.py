@@ -126,6 +126,10 @@ def cmd_info(a: argparse.Namespace) -> int:
             from .evaluate import format_selective
 
             print(f"  {split} {format_selective(m['selective'])}")
+    from .evaluate import model_threshold
+
+    threshold, source = model_threshold(b.info)
+    print(f"unsure under confidence {threshold:.4g} ({source}; `serve --keep-unsure` keeps those under it)")
     return 0
 
 
@@ -176,15 +180,23 @@ def cmd_download(a: argparse.Namespace) -> int:
 def cmd_label(a: argparse.Namespace) -> int:
     from .service.labelling import serve_labels
 
-    serve_labels(a.dir, a.model, a.host, a.port, a.api_key, a.charset)
+    serve_labels(a.dir, a.model, a.host, a.port, a.api_key, a.charset, a.publish, a.with_labels)
     return 0
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from .service import ServiceConfig, serve
+    from .service.keep import parse_cap
 
+    try:
+        images, size = parse_cap(a.keep_max)
+    except ValueError as e:
+        raise CaptchaError(str(e)) from None
+    if a.below is not None and not 0 <= a.below <= 1:
+        raise CaptchaError(f"--below {a.below}: a confidence between 0 and 1")
     cfg = ServiceConfig(max_body_bytes=a.max_body, max_pixels=a.max_pixels, max_batch=a.max_batch,
-                        max_wait_ms=a.max_wait_ms, timeout_s=a.timeout)
+                        max_wait_ms=a.max_wait_ms, timeout_s=a.timeout, watch_s=a.watch, keep_unsure=a.keep_unsure,
+                        keep_below=a.below, keep_max_images=images, keep_max_bytes=size)
     serve(a.models, a.host, a.port, a.workers, a.api_key, cfg, threads=a.threads, engine=a.engine,
           log_level=a.log_level, access_log=a.access_log)
     return 0

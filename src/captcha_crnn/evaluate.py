@@ -52,6 +52,7 @@ class Report:
     selective: list[dict[str, float]] | None = None  # accuracy and coverage at confidence thresholds
     sure_misses: list[dict[str, Any]] | None = None  # misreadings at confidence >= SURE (eval), surest first
     outside_alphabet: int = 0  # images whose labels hold characters the model cannot read (counted as misread)
+    sure_threshold: float | None = None  # the least confidence whose accepted readings are PRECISION right
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -110,6 +111,39 @@ def selective(truths: Sequence[str], preds: Sequence[str], confidences: Sequence
     return out
 
 
+PRECISION = 0.99  # the share of accepted readings that must be right: `serve --keep-unsure`'s default threshold
+UNKNOWN_THRESHOLD = 0.9  # a model that stores no selective figures (its readings are then unsure below this)
+
+
+def sure_threshold(truths: Sequence[str], preds: Sequence[str], confidences: Sequence[float],
+                   precision: float = PRECISION, case_insensitive: bool = False) -> float:
+    """The least confidence at which the readings accepted (confidence >= it) are `precision` right: the
+    readings under it are the unsure ones. 1.0 when no cut reaches `precision`."""
+    right = [fold(t, case_insensitive) == fold(p, case_insensitive) for t, p in zip(truths, preds)]
+    best, n_right = 1.0, 0
+    for k, (c, r) in enumerate(sorted(zip(confidences, right), key=lambda cr: -cr[0]), start=1):
+        n_right += r
+        if n_right >= precision * k:
+            best = float(c)
+    return best
+
+
+def model_threshold(info: dict[str, Any], precision: float = PRECISION) -> tuple[float, str]:
+    """(threshold, where it comes from) of a model file's metadata: the stored `sure_threshold` of its held-out
+    labels, else the least threshold of its stored selective table that reaches `precision`."""
+    metrics = info.get("metrics") or {}
+    for split in ("val", "test"):
+        sure = (metrics.get(split) or {}).get("sure")
+        if sure:
+            return float(sure["threshold"]), f"{precision:.0%} precision on its {sure['n']} {split} images"
+    for split in ("test", "val"):
+        rows = (metrics.get(split) or {}).get("selective") or []
+        ok = [r["threshold"] for r in rows if r["accuracy"] >= precision and r["accepted"]]
+        if ok:
+            return float(min(ok)), f"{precision:.0%} precision on its {split} images (selective table)"
+    return UNKNOWN_THRESHOLD, "the model stores no held-out figures"
+
+
 def format_selective(rows: Sequence[dict[str, float]]) -> str:
     """One line: accuracy / coverage at each threshold."""
     return "selective accuracy (min confidence: accuracy of accepted, coverage): " + ", ".join(
@@ -158,6 +192,9 @@ def format_report(r: Report, split: str = "") -> str:
                      f"char accuracy {ci['char_accuracy']:.2%}  CER {ci['cer']:.4f}")
     if r.selective:
         lines.append(format_selective(r.selective))
+    if r.sure_threshold is not None:
+        lines.append(f"unsure under confidence {r.sure_threshold:.4g} (the readings at or above it are "
+                     f"{PRECISION:.0%} right; `serve --keep-unsure` keeps those under it)")
     if r.confusions:
         lines.append("most confused (truth->read): " + ", ".join(f"{t}->{p} x{c}" for t, p, c in r.confusions))
     lines += format_sure_misses(r.sure_misses or [])
@@ -201,6 +238,7 @@ def evaluate_model(
     confidences = [p.confidence for p in read]
     rep.selective = selective(ds.labels, preds, confidences, case_insensitive)
     rep.sure_misses = sure_misses(ds.paths, ds.labels, preds, confidences, case_insensitive)
+    rep.sure_threshold = sure_threshold(ds.labels, preds, confidences, case_insensitive=case_insensitive)
     rep.outside_alphabet = sum(not all(known(c) for c in label) for label in ds.labels)
     return rep, ds, preds
 

@@ -45,6 +45,12 @@ def atomic_write(path: str | Path, write: Any, durable: bool = False) -> None:
         fsync_dir(path.parent)
 
 
+def copy_file(src: str | Path, dst: str | Path) -> None:
+    """Copy a file atomically: a killed run never leaves half a model under the output's name, and a server
+    watching `dst` never reads half of one."""
+    atomic_write(dst, lambda f: f.write(Path(src).read_bytes()))
+
+
 def cache_dir(kind: str) -> Path | None:
     """$CAPTCHA_CRNN_CACHE when set (every kind in that one folder; "" turns caching off), else
     $XDG_CACHE_HOME/captcha-crnn/KIND (~/.cache when XDG_CACHE_HOME is unset)."""

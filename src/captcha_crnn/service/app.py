@@ -6,8 +6,9 @@
 - ``POST /v1/read``: the image as the raw body, as multipart files (one or many) or as JSON
   base64 (``{"image": B64}`` / ``{"images": [B64, ...]}``); options ``model``, ``beam``,
   ``length``, ``charset`` in the query, the JSON object or multipart fields.
-- ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus), ``GET /openapi.json``,
-  ``GET /`` (the web page).
+- ``GET /v1/models`` (each model's file hash, load time, unsure threshold and share of unsure readings over
+  the last minutes), ``POST /v1/models/{name}/reload`` (reload.py), ``GET /healthz``, ``GET /metrics``
+  (Prometheus), ``GET /openapi.json``, ``GET /`` (the web page).
 
 The routes are routers on the service's one app factory (factory.py: middleware, errors, metrics).
 
@@ -23,19 +24,20 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import Response
 
-from .batcher import Batcher, ServiceError
+from ..evaluate import model_threshold
+from .batcher import Batcher, ServiceError, Unsure
 from .config import ENV_CONFIG, MAX_BEAM, MAX_CHARSET, MAX_LENGTH, ServiceConfig, api_key_setting
 from .factory import build_app
 from .metrics import Metrics
 from .middleware import PROTECTED, ServiceMiddleware
 from .models import ModelEntry
+from .reload import Reloader, ReloadError, served, warm
 from .requests import OPTION_KEYS, _as_int, _as_str, _fail, _parse_json, _parse_multipart, _read_body
 from .schemas import READ_BODY, Health, ModelsResponse, ReadResponse, _errors
 
@@ -49,21 +51,12 @@ def _json(obj: Any, status: int = 200) -> Response:
                     media_type="application/json")
 
 
-def _warmup(entry: ModelEntry) -> None:
-    import numpy as np
-
-    pre = entry.recognizer.preprocess
-    blank = np.full((pre.channels, pre.height, pre.width or pre.height * 4), 255, dtype=np.uint8)
-    entry.recognizer.read_arrays([blank, blank])
-
-
 class _Reader:
     """``POST /v1/read`` for a set of models: parse and check a request, queue its images, gather the results."""
 
     def __init__(self, cfg: ServiceConfig, entries: list[ModelEntry], batchers: dict[str, Batcher],
                  arriving: list[int]):
         self.cfg = cfg
-        self.by_name = {e.name: e for e in entries}
         self.default = entries[0].name
         self.batchers = batchers
         self.arriving = arriving  # /v1/read requests being parsed: a batch waits for them (up to max_wait)
@@ -144,18 +137,18 @@ class _Reader:
         """Read and check the request, queue its images: (model name, jobs, file names, single image)."""
         images, names, single, opts = await self._images(request)
         name = _as_str(opts.get("model", model), "model", 100) or self.default
-        entry = self.by_name.get(name)
-        if entry is None:
-            raise _fail(404, f"no model named {name!r}; models: {', '.join(self.by_name)}")
+        batcher = self.batchers.get(name)
+        if batcher is None:
+            raise _fail(404, f"no model named {name!r}; models: {', '.join(self.batchers)}")
         beam_ = _as_int(opts.get("beam", beam), "beam", 1, MAX_BEAM) or 1
         length_ = _as_int(opts.get("length", length), "length", 1, MAX_LENGTH)
         charset_ = _as_str(opts.get("charset", charset), "charset", MAX_CHARSET)
         if charset_ is not None:
-            unknown = entry.recognizer.alphabet.unknown(charset_)
+            unknown = batcher.recognizer.alphabet.unknown(charset_)
             if unknown:
                 raise _fail(422, f"charset has characters model {name!r} does not know: {''.join(sorted(unknown))!r}")
         try:
-            jobs = self.batchers[name].submit(images, (beam_, length_, charset_), self.cfg.timeout_s)
+            jobs = batcher.submit(images, (beam_, length_, charset_), self.cfg.timeout_s)
         except ServiceError as e:
             raise _fail(e.status, e.detail) from None
         return name, jobs, names, single
@@ -183,19 +176,33 @@ def _read_router(reader: _Reader) -> APIRouter:
     return router
 
 
-def _info_router(entries: list[ModelEntry]) -> APIRouter:
-    """GET /v1/models, /healthz and the web page at /."""
-    default = entries[0].name
-    models_body = json.dumps({"default": default,
-                              "models": [{**e.describe(), "default": e.name == default} for e in entries]}).encode()
-    health_body = json.dumps({"status": "ok", "models": list({e.name: e for e in entries})}).encode()
+def _info_router(entries: dict[str, ModelEntry], reloader: Reloader, metrics: Metrics) -> APIRouter:
+    """GET /v1/models, POST /v1/models/{name}/reload, /healthz and the web page at /."""
+    default = next(iter(entries))
+    health_body = json.dumps({"status": "ok", "models": list(entries)}).encode()
     page = resources.files(__package__).joinpath("page.html").read_bytes()
     router = APIRouter()
+
+    def describe(e: ModelEntry) -> dict[str, Any]:
+        return {**e.describe(), "default": e.name == default, "recent": metrics.recent(e.name).summary()}
 
     @router.get("/v1/models", summary="The models this server holds", response_model=None,
              responses={200: {"model": ModelsResponse}, **_errors(401)})
     async def list_models() -> Response:
-        return Response(models_body, media_type="application/json")
+        return _json({"default": default, "models": [describe(e) for e in entries.values()]})
+
+    @router.post("/v1/models/{name}/reload", summary="Load a model's file again and swap it in", response_model=None,
+                 responses={**_errors(401, 404, 422)})
+    async def reload(name: str) -> Response:
+        if name not in entries:
+            raise _fail(404, f"no model named {name!r}; models: {', '.join(entries)}")
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            entry = await run_in_threadpool(reloader.reload, name)
+        except ReloadError as e:
+            raise _fail(422, f"not reloaded, the old model keeps serving: {e}") from None
+        return _json(describe(entry))
 
     @router.get("/healthz", summary="Liveness", response_model=None, responses={200: {"model": Health}})
     async def healthz() -> Response:
@@ -212,45 +219,67 @@ def _info_router(entries: list[ModelEntry]) -> APIRouter:
 
 
 def _batchers(
-    entries: list[ModelEntry], cfg: ServiceConfig, metrics: Metrics, arriving: list[int]
+    entries: list[ModelEntry], cfg: ServiceConfig, metrics: Metrics, arriving: list[int], unsure: Unsure | None
 ) -> dict[str, Batcher]:
     """One batcher per model (warmed up first when the config says so), its limits no looser than the config."""
     batchers: dict[str, Batcher] = {}
     for e in entries:
         if cfg.warmup:
-            _warmup(e)
-        pre = replace(e.recognizer.preprocess, max_pixels=min(cfg.max_pixels, e.recognizer.preprocess.max_pixels),
-                      max_bytes=min(cfg.max_body_bytes, e.recognizer.preprocess.max_bytes))
-        batchers[e.name] = Batcher(e.name, e.recognizer, pre, metrics, cfg.max_batch, cfg.max_wait_ms / 1000.0,
-                                   cfg.max_queue, arriving=lambda: arriving[0])
+            warm(e)
+        s = served(e, cfg)
+        batchers[e.name] = Batcher(e.name, s.recognizer, s.preprocess, metrics, cfg.max_batch,
+                                   cfg.max_wait_ms / 1000.0, cfg.max_queue, arriving=lambda: arriving[0],
+                                   threshold=s.threshold, unsure=unsure)
     return batchers
 
 
-def create_app(models: Sequence[ModelEntry] | dict[str, Any], config: ServiceConfig | None = None) -> FastAPI:
-    """The FastAPI app serving these models (the first is the default); see the module doc."""
+def _keeper(cfg: ServiceConfig, metrics: Metrics) -> Unsure | None:
+    """--keep-unsure's hook: each unsure image to the folder's writer thread (keep.py); None when off."""
+    if not cfg.keep_unsure:
+        return None
+    from .keep import Keeper
+
+    keeper = Keeper(cfg.keep_unsure, cfg.keep_max_images, cfg.keep_max_bytes,
+                    lambda outcome: metrics.kept.labels(outcome).inc())
+    return keeper.offer
+
+
+def create_app(models: Sequence[ModelEntry] | dict[str, Any], config: ServiceConfig | None = None,
+               load_kwargs: dict[str, Any] | None = None) -> FastAPI:
+    """The FastAPI app serving these models (the first is the default); see the module doc. `load_kwargs`:
+    Recognizer.load's options for a reload."""
     cfg = config or ServiceConfig()
-    entries = [ModelEntry(k, v) for k, v in models.items()] if isinstance(models, dict) else list(models)
+    entries = ([ModelEntry(k, v, threshold=model_threshold(getattr(v, "info", {}))[0]) for k, v in models.items()]
+               if isinstance(models, dict) else list(models))
     if not entries:
         raise ValueError("create_app needs at least one model")
     metrics = Metrics()
     arriving = [0]  # /v1/read requests being parsed: a batch waits for them (up to max_wait), not for nobody
-    batchers = _batchers(entries, cfg, metrics, arriving)
+    unsure = _keeper(cfg, metrics)
+    batchers = _batchers(entries, cfg, metrics, arriving, unsure)
+    by_name = {e.name: e for e in entries}
+    reloader = Reloader(by_name, batchers, cfg, metrics, load_kwargs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         for b in batchers.values():
             b.start()
+        reloader.start()
         yield
+        reloader.stop()
         for b in batchers.values():
             b.stop()
 
-    app = build_app([_read_router(_Reader(cfg, entries, batchers, arriving)), _info_router(entries)],
+    app = build_app([_read_router(_Reader(cfg, entries, batchers, arriving)),
+                     _info_router(by_name, reloader, metrics)],
                     title="captcha-crnn", api_key=cfg.api_key, protected=PROTECTED, max_body=cfg.max_body_bytes,
                     metrics=metrics, lifespan=lifespan,
                     description="Read text captchas with CRNN models. Send an image to POST /v1/read.")
     app.state.config = cfg
     app.state.batchers = batchers
-    app.state.models = {e.name: e for e in entries}
+    app.state.models = by_name  # the entries in service now (a reload replaces one)
+    app.state.reloader = reloader
+    app.state.keep = getattr(unsure, "__self__", None)  # the Keeper, where --keep-unsure is on
     return app
 
 
@@ -264,6 +293,7 @@ def app_from_env() -> FastAPI:
     set_threads(threads)
     cfg = ServiceConfig(**conf["config"])
     cfg.api_key = api_key_setting()
-    app = create_app(load_models(conf["models"], **load_kwargs(conf.get("engine", "auto"), threads)), cfg)
+    kw = load_kwargs(conf.get("engine", "auto"), threads)
+    app = create_app(load_models(conf["models"], cfg.keep_below, **kw), cfg, kw)
     freeze_heap()
     return app

@@ -11,6 +11,11 @@ handler (on the event loop) puts its images on the queue and awaits one asyncio 
    request is not held back. It runs the model once per distinct set of decoding options and
    hands the results back to the event loop with one ``call_soon_threadsafe`` per batch.
 
+Each job is read by the model that decoded it (``Served``): ``swap`` puts a new model in for the
+jobs decoded after it, while those already decoded finish on the old one, so a reload fails no
+request. Each reading's confidence goes to the metrics and, under the model's threshold, to the
+``unsure`` hook (``serve --keep-unsure``: keep.py) with the image's bytes.
+
 Neither decoding nor inference ever runs on the event loop. The queues are thread-safe
 ``queue.SimpleQueue``s rather than ``asyncio.Queue``s: the consumers are threads, and the batcher
 then serves any event loop (uvicorn's, or a test client's).
@@ -41,6 +46,19 @@ log = logging.getLogger("captcha_crnn.service")
 Options = tuple[int, "int | None", "str | None"]  # beam, length, charset
 
 
+@dataclass(frozen=True, eq=False)
+class Served:
+    """The model a batcher reads with now: its reader, its input (limited by the server's), and the confidence
+    under which a reading counts as unsure."""
+
+    recognizer: Any
+    preprocess: Preprocess
+    threshold: float = 0.0
+
+
+Unsure = Callable[[str, bytes, str, float], None]  # (model name, image bytes, reading, confidence)
+
+
 class ServiceError(Exception):
     """An error with the HTTP status it becomes."""
 
@@ -69,6 +87,7 @@ class Job:
     array: np.ndarray | None = None
     error: BaseException | None = None
     result: Any = field(default=None)
+    served: Served | None = None  # the model that decoded it, and reads it
 
 
 def probe(data: bytes, max_pixels: int) -> None:
@@ -121,10 +140,12 @@ class Batcher:
         max_wait: float = 0.002,
         max_queue: int = 2048,
         arriving: Callable[[], int] | None = None,
+        threshold: float = 0.0,
+        unsure: Unsure | None = None,
     ):
         self.name = name
-        self.recognizer = recognizer
-        self.preprocess = preprocess
+        self.current = Served(recognizer, preprocess, threshold)
+        self.unsure = unsure  # called with each reading under the threshold (keeps the image bytes until read)
         self.metrics = metrics
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait))
@@ -143,6 +164,21 @@ class Batcher:
             self._m_ok = metrics.images.labels(name, "ok")
             self._m_bad = metrics.images.labels(name, "error")
             self._m_depth = metrics.queue_depth.labels(name)
+            self._m_conf = metrics.confidence.labels(name)
+            self._m_unsure = metrics.unsure.labels(name)
+        self.recent = metrics.recent(name) if metrics is not None else None
+
+    @property
+    def recognizer(self) -> Any:
+        return self.current.recognizer
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.current.preprocess
+
+    def swap(self, served: Served) -> None:
+        """Read the jobs decoded from now on with `served`; those decoded before finish on the model they had."""
+        self.current = served
 
     # -- event loop side ---------------------------------------------------------------------
 
@@ -198,11 +234,13 @@ class Batcher:
                 return
             try:
                 if not job.cancelled and job.deadline > time.perf_counter():  # else: already answered 504
+                    job.served = self.current
                     try:
-                        job.array = decode(job.data, self.preprocess)
+                        job.array = decode(job.data, job.served.preprocess)
                     except ServiceError as e:
                         job.error = e
-                    job.data = b""
+                    if self.unsure is None or job.error is not None:
+                        job.data = b""
                     if job.error is not None:
                         if self.metrics is not None:
                             self._m_depth.dec()
@@ -263,13 +301,13 @@ class Batcher:
 
     def _process(self, batch: list[Job]) -> None:
         t0 = time.perf_counter()
-        groups: dict[Options, list[Job]] = {}
+        groups: dict[tuple[Served, Options], list[Job]] = {}
         for j in batch:
-            groups.setdefault(j.options, []).append(j)
-        for (beam, length, charset), jobs in groups.items():
+            groups.setdefault((j.served or self.current, j.options), []).append(j)
+        for (served, (beam, length, charset)), jobs in groups.items():
             try:
-                preds = self.recognizer.read_arrays([j.array for j in jobs], beam=beam, length=length,
-                                                    charset=charset, batch_size=self.max_batch)
+                preds = served.recognizer.read_arrays([j.array for j in jobs], beam=beam, length=length,
+                                                      charset=charset, batch_size=self.max_batch)
             except CaptchaError as e:
                 for j in jobs:
                     j.error = ServiceError(422, str(e))
@@ -281,13 +319,30 @@ class Batcher:
                 continue
             for j, p in zip(jobs, preds):
                 j.result = p
+            self._confidences(served.threshold, jobs)
         for j in batch:
-            j.array = None
+            j.array, j.data = None, b""
         if self.metrics is not None:
             self._m_batch.observe(len(batch))
             self._m_seconds.observe(time.perf_counter() - t0)
             for j in batch:
                 self._m_wait.observe(t0 - j.enqueued)
+
+    def _confidences(self, threshold: float, jobs: list[Job]) -> None:
+        """Each reading's confidence to the metrics; those under `threshold` to the unsure hook."""
+        unsure = 0
+        for j in jobs:
+            c = float(j.result.confidence)
+            if c < threshold:
+                unsure += 1
+                if self.unsure is not None and j.data:
+                    self.unsure(self.name, j.data, j.result.text, c)
+            if self.metrics is not None:
+                self._m_conf.observe(c)
+        if self.metrics is not None:
+            if unsure:
+                self._m_unsure.inc(unsure)
+            self.recent.add(len(jobs), unsure)
 
     def _deliver(self, batch: list[Job]) -> None:
         done = time.perf_counter()

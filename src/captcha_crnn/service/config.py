@@ -32,6 +32,11 @@ class ServiceConfig:
     max_queue: int = 4096  # images waiting per model -> 503
     timeout_s: float = 10.0  # per request -> 504
     warmup: bool = True  # one dummy read per model at start
+    watch_s: float = 2.0  # how often the model files are checked for a change to reload (0: never)
+    keep_unsure: str | None = None  # folder for the images read under the threshold (off: None)
+    keep_below: float | None = None  # that threshold (None: each model's own 99%-precision confidence)
+    keep_max_images: int | None = 10_000  # the folder's cap in images ...
+    keep_max_bytes: int | None = None  # ... and in bytes (None: none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -145,11 +145,13 @@ def train_options(charset: str | None) -> tuple[str, ...]:
     return ("--max-minutes", "3", *(("--charset", charset) if charset else ()))
 
 
-def create_label_app(session: Session, api_key: str | None = None,
-                     train_args: tuple[str, ...] | None = None) -> FastAPI:
+def create_label_app(session: Session, api_key: str | None = None, train_args: tuple[str, ...] | None = None,
+                     publish: str | Path | None = None, with_labels: str | Path | None = None) -> FastAPI:
     """The labelling page and its API over one Session, on the service's app factory (factory.py);
-    "Train now" runs `captcha-crnn train` with `train_args` (default: train_options) on the labels so far."""
-    trainer = BackgroundTrainer(session.store.folder, session.use_model, train_args or train_options(None))
+    "Train now" runs `captcha-crnn train` with `train_args` (default: train_options) on the labels so far (and
+    `with_labels`), and copies the model over `publish` where given (service/trainer.py)."""
+    trainer = BackgroundTrainer(session.store.folder, session.use_model, train_args or train_options(None),
+                                publish, with_labels)
     return build_app([label_router(session, trainer)], title="captcha-crnn label", api_key=api_key,
                      protected=PROTECTED, max_body=MAX_BODY)
 
@@ -217,13 +219,18 @@ def _add_answer_routes(router: APIRouter, session: Session, trainer: BackgroundT
         return session.answer(data["name"], str(data.get("action", "label")), label)
 
 
-def load_reader(model: str | None, charset: str | None) -> tuple[Reader | None, str | None]:
-    """(what pre-fills the page, its name): a trained model; ddddocr's own model zero-shot, restricted
-    to `charset` (the default where the pretrained extra is installed); or nothing ("none")."""
+def load_reader(model: str | None, charset: str | None, folder: str | Path | None = None
+                ) -> tuple[Reader | None, str | None]:
+    """(what pre-fills the page, its name): a trained model; the service's own readings where `folder` holds
+    images kept by `serve --keep-unsure` (kept.csv); ddddocr's own model zero-shot, restricted to `charset` (the
+    default where the pretrained extra is installed); or nothing ("none")."""
     import sys
 
     from ..infer import ddddocr_reader
+    from .keep import KEPT_CSV, KeptReader
 
+    if model is None and folder is not None and (Path(folder) / KEPT_CSV).is_file():
+        return KeptReader(folder), f"the service's readings ({Path(folder) / KEPT_CSV})"  # type: ignore[return-value]
     if model is None:
         if not ddddocr_reader.available():
             return None, None
@@ -248,12 +255,18 @@ def load_reader(model: str | None, charset: str | None) -> tuple[Reader | None, 
 
 
 def serve_labels(folder: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8001,
-                 api_key: str | None = None, charset: str | None = None) -> None:
-    """Run the labelling page for `folder` until stopped, pre-filled by `model` (load_reader)."""
+                 api_key: str | None = None, charset: str | None = None, publish: str | None = None,
+                 with_labels: str | None = None) -> None:
+    """Run the labelling page for `folder` until stopped, pre-filled by `model` (load_reader); "Train now" adds
+    `with_labels`' images to the folder's labels and copies its model over `publish` (a served model's file)."""
     import sys
 
     store = LabelStore(folder, charset)  # a bad folder or labels.csv fails here, before binding the port
-    recognizer, name = load_reader(model, charset)
+    if with_labels:
+        from ..data.labels import read_samples
+
+        read_samples(with_labels)  # a bad path fails here too
+    recognizer, name = load_reader(model, charset, folder)
     if recognizer is not None:
         print(f"captcha-crnn: reading {len(store.names)} images with {name} to order them ...", file=sys.stderr)
     session = Session(store, recognizer, progress=True)
@@ -262,4 +275,7 @@ def serve_labels(folder: str, model: str | None = None, host: str = "127.0.0.1",
     url = f"http://{host}:{port}/" + (f"#key={api_key}" if api_key else "")
     print(f"captcha-crnn: labelling {folder} ({session.progress()['labelled']} of {len(store.names)} labelled) "
           f"on {url}", file=sys.stderr)
-    run_app(create_label_app(session, api_key, train_options(charset)), host, port, log_level="warning")
+    if publish:
+        print(f"captcha-crnn: \"Train now\" copies its model over {publish}", file=sys.stderr)
+    run_app(create_label_app(session, api_key, train_options(charset), publish, with_labels), host, port,
+            log_level="warning")

@@ -8,6 +8,9 @@ Each app gets its own registry (so tests and several apps in one process do not 
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections import deque
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +26,34 @@ disable_created_metrics()  # no *_created series: less noise for scrapers
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONFIDENCE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
+WINDOW_S, SLOT_S = 300, 10  # the page's drift figure: readings of the last 5 minutes, in 10-second slots
+
+
+class Recent:
+    """Readings and unsure readings of one model over the last WINDOW_S seconds (the page's drift figure)."""
+
+    def __init__(self) -> None:
+        self.slots: deque[list[int]] = deque()  # [slot start, readings, unsure], oldest first
+        self.lock = threading.Lock()
+
+    def add(self, readings: int, unsure: int) -> None:
+        slot = int(time.time() // SLOT_S) * SLOT_S
+        with self.lock:
+            if not self.slots or self.slots[-1][0] != slot:
+                self.slots.append([slot, 0, 0])
+            self.slots[-1][1] += readings
+            self.slots[-1][2] += unsure
+            while self.slots and self.slots[0][0] <= slot - WINDOW_S:
+                self.slots.popleft()
+
+    def summary(self) -> dict[str, float | int]:
+        """{"minutes", "readings", "unsure", "unsure_share"} of the window (this process's readings)."""
+        since = time.time() - WINDOW_S
+        with self.lock:
+            kept = [s for s in self.slots if s[0] > since - SLOT_S]
+        n, u = sum(s[1] for s in kept), sum(s[2] for s in kept)
+        return {"minutes": WINDOW_S / 60, "readings": n, "unsure": u, "unsure_share": u / n if n else 0.0}
 
 
 class Metrics:
@@ -52,9 +83,22 @@ class Metrics:
                                        "model")
         self.images = Counter("captcha_crnn_images", "Images read, by model and outcome",
                               ["model", "outcome"], registry=r)
+        self.confidence = histogram("captcha_crnn_read_confidence", "Confidence of each reading (a style change "
+                                    "moves it down)", "model", CONFIDENCE_BUCKETS)
+        self.unsure = Counter("captcha_crnn_unsure_readings", "Readings under the model's unsure threshold",
+                              ["model"], registry=r)
+        self.kept = Counter("captcha_crnn_kept_images", "Unsure images offered to --keep-unsure, by outcome",
+                            ["outcome"], registry=r)
+        self.reloads = Counter("captcha_crnn_model_reloads", "Model reloads by model and outcome",
+                               ["model", "outcome"], registry=r)
+        self._recent: dict[str, Recent] = {}
         self.queue_depth = Gauge("captcha_crnn_queue_depth", "Images waiting for a batch", ["model"],
                                  registry=r, multiprocess_mode="livesum")
         self._http: dict[tuple[str, str, int], tuple] = {}
+
+    def recent(self, model: str) -> Recent:
+        """The drift window of `model` (one per name, kept across reloads)."""
+        return self._recent.setdefault(model, Recent())
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,11 @@ class ModelEntry:
     name: str
     recognizer: Any  # a Recognizer (anything with read_arrays, alphabet, preprocess, info)
     source: str = ""
+    file: Path | None = None  # the model file it was loaded from (watched for changes), None: built in Python
+    sha256: str = ""
+    loaded_at: float = field(default_factory=time.time)
+    threshold: float = 0.0  # readings under it are unsure (metrics, --keep-unsure)
+    threshold_source: str = ""
 
     def describe(self) -> dict[str, Any]:
         """The public description served by ``GET /v1/models``."""
@@ -26,7 +33,33 @@ class ModelEntry:
             "alphabet": self.recognizer.alphabet.chars,
             "input": {"height": pre.height, "width": pre.width, "channels": pre.channels},
             "source": self.source,
+            "sha256": self.sha256,
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+            "unsure_below": round(self.threshold, 6),
         }
+
+    @classmethod
+    def load(cls, name: str, spec: str, below: float | None = None, **load_kwargs: Any) -> ModelEntry:
+        """Load `spec` (path, run folder or shipped name) as `name`, with its file's hash and unsure threshold
+        (`below`, else the model's own: evaluate.model_threshold)."""
+        from ..evaluate import model_threshold
+        from ..infer import Recognizer
+        from ..model.zoo import resolve_model
+
+        file = resolve_model(spec)
+        digest = file_hash(file)
+        rec = Recognizer.load(file, **load_kwargs)
+        threshold, why = (below, "--below") if below is not None else model_threshold(rec.info)
+        return cls(name, rec, str(spec), file, digest, time.time(), threshold, why)
+
+
+def file_hash(path: Path) -> str:
+    """The SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def model_name(spec: str) -> str:
@@ -63,14 +96,12 @@ def default_specs() -> list[str]:
     return names
 
 
-def load_models(specs: Sequence[str], **load_kwargs: Any) -> list[ModelEntry]:
+def load_models(specs: Sequence[str], below: float | None = None, **load_kwargs: Any) -> list[ModelEntry]:
     """Load each spec (path, run folder, shipped name, or ``NAME=any of those``); no specs: the zoo.
 
     The first model is the default for requests that name none (with no specs: ``captcha_v2``
     when shipped, else the first shipped model).
     """
-    from ..infer import Recognizer
-
     given = list(specs)
     specs = given or default_specs()
     if not given and "captcha_v2" in specs:
@@ -85,6 +116,5 @@ def load_models(specs: Sequence[str], **load_kwargs: Any) -> list[ModelEntry]:
         if name in seen:
             raise CaptchaError(f"two models named {name!r} ({seen[name]} and {spec}); name them with NAME=PATH")
         seen[name] = spec
-        rec = Recognizer.load(path, **load_kwargs)
-        entries.append(ModelEntry(name, rec, str(path)))
+        entries.append(ModelEntry.load(name, path, below, **load_kwargs))
     return entries

@@ -41,12 +41,23 @@ class InputSize(BaseModel):
     channels: int
 
 
+class Recent(BaseModel):
+    minutes: float
+    readings: int
+    unsure: int
+    unsure_share: float
+
+
 class ModelInfo(BaseModel):
     name: str
     alphabet: str
     input: InputSize
     source: str
+    sha256: str = Field(description="SHA-256 of the model file in service")
+    loaded_at: str = Field(description="when it was loaded (UTC)")
+    unsure_below: float = Field(description="readings under this confidence count as unsure")
     default: bool
+    recent: Recent = Field(description="readings and unsure readings of the last minutes (the drift signal)")
 
 
 class ModelsResponse(BaseModel):

@@ -35,15 +35,23 @@ def serve(models: Sequence[str], host: str = "127.0.0.1", port: int = 8000, work
     workers = max(1, int(workers))
     threads = threads or default_threads(workers)
     set_threads(threads)
-    entries = load_models(models, **load_kwargs(engine, threads))  # fail here, clearly, before binding the port
+    kw = load_kwargs(engine, threads)
+    entries = load_models(models, cfg.keep_below, **kw)  # fail here, clearly, before binding the port
     names = ", ".join(e.name for e in entries)
     auth = " (API key required)" if cfg.api_key else ""
     print(f"captcha-crnn: serving {names} on http://{host}:{port}/ (POST /v1/read){auth}", file=sys.stderr)
+    if cfg.keep_unsure:
+        below = ", ".join(f"{e.name} under {e.threshold:.4g} ({e.threshold_source})" for e in entries)
+        print(f"captcha-crnn: keeping unsure images in {cfg.keep_unsure} ({below}): they are images clients sent",
+              file=sys.stderr)
+        if workers > 1:  # each worker keeps its share of the cap, so together they never pass it
+            cfg = replace(cfg, keep_max_images=cfg.keep_max_images and cfg.keep_max_images // workers,
+                          keep_max_bytes=cfg.keep_max_bytes and cfg.keep_max_bytes // workers)
     common = dict(host=host, port=port, log_level=log_level, access_log=access_log, **uvicorn_kwargs)
     if workers == 1:
         from .app import create_app
 
-        app = create_app(entries, cfg)
+        app = create_app(entries, cfg, kw)
         freeze_heap()
         run_app(app, **common)
         return

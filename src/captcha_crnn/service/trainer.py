@@ -1,6 +1,8 @@
 """Training in the background for the labelling page: `captcha-crnn train DIR/labels.csv` in its own
 process (so the page's process stays responsive), its progress read from its log, and the new
-model handed back when it is done."""
+model handed back when it is done. With earlier labels (`label --with-labels`) it trains on both, the
+folder's unanswered images staying unlabelled ones; with `label --publish FILE` the new model is copied
+over FILE, where `serve` picks it up without a restart."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import copy_file
 from ..model.format import one_line
 
 
@@ -20,8 +23,11 @@ class BackgroundTrainer:
     """One training process at a time; `status()` says where it stands."""
 
     def __init__(self, folder: Path, on_done: Callable[[Path], str | None],
-                 args: Sequence[str] = ("--max-minutes", "3")):
+                 args: Sequence[str] = ("--max-minutes", "3"), publish: str | Path | None = None,
+                 with_labels: str | Path | None = None):
         self.folder, self.on_done, self.args = folder, on_done, list(args)
+        self.publish = Path(publish) if publish else None
+        self.with_labels = with_labels
         self.runs = folder / ".label-runs"
         self._lock = threading.Lock()
         self._state: dict[str, Any] = {"state": "idle"}
@@ -37,12 +43,24 @@ class BackgroundTrainer:
             if self._state["state"] == "running":
                 return dict(self._state)
             out = self.runs / time.strftime("%Y%m%d-%H%M%S")
-            cmd = [sys.executable, "-m", "captcha_crnn", "train", str(self.folder / "labels.csv"), "--out", str(out),
+            cmd = [sys.executable, "-m", "captcha_crnn", "train", *self.inputs(out), "--out", str(out),
                    "--quiet", "--json", *self.args]
             self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             self._state = {"state": "running", "line": "starting", "out": str(out), "started": time.time()}
         threading.Thread(target=self._watch, args=(self._proc,), daemon=True).start()
         return self.status()
+
+    def inputs(self, out: Path) -> list[str]:
+        """What to train on: the folder's labels.csv, or with earlier labels one CSV of both (absolute paths) and
+        the folder's other images as unlabelled ones."""
+        labels = self.folder / "labels.csv"
+        if not self.with_labels:
+            return [str(labels)]
+        from ..data.labels import Sample, read_samples, write_csv
+
+        both = [Sample(str(Path(s.path).resolve()), s.label) for s in read_samples(labels) + read_samples(
+            self.with_labels)]
+        return [str(write_csv(both, out / "labels.csv")), "--unlabelled", str(self.folder)]
 
     def _watch(self, proc: subprocess.Popen) -> None:
         assert proc.stderr is not None and proc.stdout is not None
@@ -62,6 +80,9 @@ class BackgroundTrainer:
             self._state["line"] = "reading the folder with the new model"
         try:
             note = self.on_done(Path(summary["model"]))  # the pre-fill switches before the page hears "done"
+            if self.publish is not None:
+                copy_file(summary["model"], self.publish)  # atomically: a server watching it never reads half
+                note = f"{note}; copied over {self.publish}" if note else f"copied over {self.publish}"
         except Exception as e:  # noqa: BLE001 - the page must hear why, not wait on "running" for ever
             with self._lock:
                 self._state.update(state="failed", exit_status=code, line=f"{summary['model']}: {one_line(e)}")

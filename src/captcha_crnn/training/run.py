@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from ..errors import CaptchaError
-from ..evaluate import Report
-from ..files import atomic_write
+from ..evaluate import PRECISION, Report, sure_threshold
+from ..files import atomic_write, copy_file
 from ..model.modelfile import ModelBundle, load_bundle, save_bundle
 from ..progress import log
 from . import distributed
@@ -77,11 +77,6 @@ def train(data: str, cfg: TrainConfig | None = None, on_epoch: EpochHook | None 
         return run_stage(plan, stage, stage.seconds, stage.settings.resume, on_epoch, d, device, t0)
     finally:
         distributed.shutdown(d)
-
-
-def copy_file(src: str | Path, dst: Path) -> None:
-    """Copy a file atomically: a killed run never leaves half a model under the output's name."""
-    atomic_write(dst, lambda f: f.write(Path(src).read_bytes()))
 
 
 class Recipe:
@@ -231,7 +226,9 @@ def finish(out: Path, cfg: TrainConfig, data: Any, history: list[dict[str, Any]]
             _, test_rep, _, _ = evaluate_set(b.model, test_set, data.alphabet, device)
             log("test: " + f"n={test_rep.n}  sequence accuracy {test_rep.sequence_accuracy:.2%}  "
                 f"CER {test_rep.cer:.4f}")
-    metrics = {"val": best}
+    _, _, preds, confs = evaluate_set(b.model, data.val, data.alphabet, device)  # the unsure threshold
+    metrics = {"val": {**best, "sure": {"threshold": sure_threshold(data.val.labels, preds, confs, PRECISION),
+                                        "precision": PRECISION, "n": len(data.val)}}}
     if test_rep:
         metrics["test"] = {k: v for k, v in test_rep.to_dict().items() if k != "confusions"}
     b.info = {**info, "metrics": metrics, "history_epochs": len(history)}
