@@ -11,12 +11,19 @@ warm-up that is not counted). `--soak S` then runs 32 clients for S seconds whil
 server's resident memory (RSS) every second, and reports its growth. Mean batch sizes come from
 the server's /metrics. Writes JSON (default bench_out/serve_load.json; benchmarks/harness.py's layout, a row
 per level).
+
+`--loop` checks the service loop instead, at 32 clients, each phase on a fresh server, in one run: steady
+(the baseline), a model swap under load (the served file replaced mid-run: failed requests, p99 of the 10 s around
+it against the rest), `--keep-unsure` with 10% of readings unsure against the same run without it, and a flood of
+10,000 unsure images into a capped folder. Every request carries distinct bytes (a PNG text chunk), so the kept
+folder sees new images. `--pythonpath DIR` serves another checkout's code (a before/after in one session).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import re
@@ -26,8 +33,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 from train_scaling import tree_rss
@@ -59,6 +70,13 @@ def load_images(data: Path, n: int = 64) -> list[bytes]:
     return out
 
 
+def variant(png: bytes, k: int) -> bytes:
+    """The same PNG with a text chunk holding k after its header: other bytes, the same pixels."""
+    data = b"n\0" + str(k).encode()
+    chunk = len(data).to_bytes(4, "big") + b"tEXt" + data + zlib.crc32(b"tEXt" + data).to_bytes(4, "big")
+    return png[:33] + chunk + png[33:]
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of the server and its children (uvicorn workers), in MiB."""
     return tree_rss(pid) / 2**20
@@ -73,7 +91,7 @@ def batch_stats(base: str, headers: dict[str, str]) -> tuple[float, float]:
 
 
 async def run_level(url: str, images: list[bytes], clients: int, duration: float, warmup: float,
-                    headers: dict[str, str], on_tick=None, client_lib: str = "auto") -> dict:
+                    headers: dict[str, str], on_tick=None, client_lib: str = "auto", trace: list | None = None) -> dict:
     """`clients` back-to-back clients for warmup + duration seconds; figures over `duration`.
 
     Uses aiohttp when installed (its client costs far less CPU per request than httpx's, which
@@ -128,6 +146,8 @@ async def run_level(url: str, images: list[bytes], clients: int, duration: float
             ok, kind = await post(images[i % len(images)])
             i += clients
             t1 = time.perf_counter()
+            if trace is not None:
+                trace.append((t0 - t_start, t1 - t0, ok))
             if t0 >= t_measure and t1 <= t_end:
                 if ok:
                     lat.append(t1 - t0)
@@ -163,9 +183,10 @@ async def run_level(url: str, images: list[bytes], clients: int, duration: float
             "errors": errors, "error_kinds": error_kinds, "client": client_lib}
 
 
-def start_server(model: str, port: int, extra: list[str], log_path: Path, api_key: str | None) -> subprocess.Popen:
+def start_server(model: str, port: int, extra: list[str], log_path: Path, api_key: str | None,
+                 pythonpath: str | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "captcha_crnn", "serve", model, "--port", str(port), "--log-level", "warning", *extra]
-    env = dict(os.environ)
+    env = dict(os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {}))
     if api_key:
         env["CAPTCHA_CRNN_API_KEY"] = api_key
     log = open(log_path, "w")  # noqa: SIM115 - closed with the process
@@ -196,6 +217,70 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
+@contextlib.contextmanager
+def server(model: str, extra: list[str], api_key: str, pythonpath: str | None = None) -> Iterator[tuple[str, Any]]:
+    """A `captcha-crnn serve` subprocess on a free port, ready: (base URL, process); stopped on exit."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = Path(tempfile.mkstemp(prefix="serve_load_", suffix=".log")[1])
+    proc = start_server(model, port, extra, log_path, api_key, pythonpath)
+    try:
+        wait_ready(base, proc, log_path)
+        yield base, proc
+    finally:
+        stop_server(proc)
+
+
+def loop_checks(a: argparse.Namespace, images: list[bytes], api_key: str) -> list[dict]:
+    """The service loop at 32 clients (module doc): steady, keep-unsure at 10% unsure, swap, flood."""
+    from captcha_crnn.model.modelfile import load_bundle, save_bundle
+    from captcha_crnn.model.zoo import resolve_model
+
+    headers = {"authorization": f"Bearer {api_key}"}
+    bodies = [variant(images[i % len(images)], i) for i in range(10_000)]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model, other = Path(tmp) / "model.safetensors", Path(tmp) / "other.safetensors"
+        b = load_bundle(resolve_model(a.model))
+        save_bundle(b, model)
+        b.info = {**b.info, "note": "the same weights, another file"}
+        save_bundle(b, other)
+
+        def phase(name: str, extra: list[str], seconds: float, swap_at: float | None = None) -> dict:
+            with server(str(model), extra, api_key, a.pythonpath) as (base, _):
+                trace: list = []
+                timer = threading.Timer(swap_at, lambda: os.replace(other, model)) if swap_at else None
+                if timer:
+                    timer.start()
+                r = asyncio.run(run_level(f"{base}/v1/read", bodies, 32, seconds, a.warmup, headers, trace=trace))
+                models = httpx.get(f"{base}/v1/models", headers=headers).json()["models"][0]
+            r.update(phase=name, sha256=models["sha256"][:12], recent=models["recent"])
+            if swap_at:
+                near = sorted(lat for t, lat, _ in trace if abs(t - swap_at) <= 5)
+                rest = sorted(lat for t, lat, _ in trace if t >= a.warmup and abs(t - swap_at) > 5)
+                p99 = [round(x[int(0.99 * len(x))] * 1e3, 2) for x in (near, rest)]
+                r.update(failed=sum(not ok for *_, ok in trace), swap_p99_ms=p99[0], rest_p99_ms=p99[1],
+                         p99_ratio=round(p99[0] / p99[1], 2))
+            print(f"{name}: {r['requests_per_s']} req/s, p99 {r['p99_ms']} ms, {r['errors']} errors", flush=True)
+            rows.append(r)
+            return r
+
+        with server(str(model), [], api_key, a.pythonpath) as (base, _):  # the confidences: 10% under `below`
+            confs = sorted(httpx.post(f"{base}/v1/read", content=im, headers={"content-type": "image/png", **headers}
+                                      ).json()["confidence"] for im in images)
+        below = (confs[len(confs) // 10] + confs[len(confs) // 10 - 1]) / 2
+        steady = phase("steady", [], a.duration)
+        kept = phase("keep_unsure", ["--keep-unsure", f"{tmp}/kept", "--below", f"{below:.6f}"], a.duration)
+        kept.update(below=below, unsure_share=kept["recent"]["unsure_share"],
+                    throughput_ratio=round(kept["requests_per_s"] / steady["requests_per_s"], 3))
+        phase("swap", [], 2 * a.duration, swap_at=a.warmup + a.duration)
+        flood = phase("flood", ["--keep-unsure", f"{tmp}/flood", "--below", "1", "--keep-max", "1000"],
+                      len(bodies) / steady["requests_per_s"])
+        files = [p for p in Path(f"{tmp}/flood").iterdir() if p.suffix == ".png"]
+        flood.update(kept_images=len(files), cap_images=1000)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="captcha_v2", help="model file, run folder or shipped name (default captcha_v2)")
@@ -207,20 +292,23 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench_out" / "serve_load.json")
     ap.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                     help="extra `captcha-crnn serve` argument, e.g. --server-arg=--workers=2 (repeatable)")
+    ap.add_argument("--loop", action="store_true", help="the service loop's checks instead of the levels")
+    ap.add_argument("--pythonpath", default=None, metavar="DIR", help="serve the code in DIR (another checkout's src)")
     a = ap.parse_args()
 
     images = load_images(a.data)
     gc.collect()
     gc.freeze()  # the client's own full collections would otherwise add pauses to the latencies it measures
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     api_key = "bench-key"
     headers = {"authorization": f"Bearer {api_key}"}
-    log_path = Path(tempfile.mkstemp(prefix="serve_load_", suffix=".log")[1])
+    if a.loop:
+        from harness import provenance, save_runs
+
+        rows = loop_checks(a, images, api_key)
+        save_runs(a.out, [{**r, **provenance()} for r in rows], model=a.model, pythonpath=a.pythonpath)
+        return print(f"wrote {a.out}")
     t0 = time.time()
-    proc = start_server(a.model, port, a.server_arg, log_path, api_key)
-    try:
-        wait_ready(base, proc, log_path)
+    with server(a.model, a.server_arg, api_key, a.pythonpath) as (base, proc):
         print(f"server pid {proc.pid} ready in {time.time() - t0:.1f} s; model {a.model}; "
               f"{len(images)} images of {statistics.fmean(len(b) for b in images) / 1024:.1f} KB; "
               f"{os.cpu_count()} cores", flush=True)
@@ -262,8 +350,6 @@ def main() -> None:
                   f"p99 {r['p99_ms']} ms, {r['errors']} errors; RSS {soak['rss_start_mb']} -> {soak['rss_end_mb']} MB "
                   f"(max {soak['rss_max_mb']}, growth {soak['rss_growth_mb']} MB, "
                   f"second-half slope {slope} MB/min)", flush=True)
-    finally:
-        stop_server(proc)
     from harness import provenance, save_runs  # only now: they import torch, which the client measured without
 
     save_runs(a.out, [{**r, **provenance()} for r in levels], model=a.model, server_args=a.server_arg,
