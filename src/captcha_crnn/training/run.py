@@ -197,6 +197,8 @@ def run_stage(plan: Plan, stage: Stage, seconds: float | None, resume: bool, on_
     run = Run(cfg, data, model.to(device), device, out, seconds, on_epoch, d, semi, stage.stops_early,
               setup_s=time.perf_counter() - t0)
     run.info["training"]["plan"] = plan.to_dict()
+    if semi and semi.readings is not None and not ckpt:
+        semi.first_lead(evaluate_set(run.kept(), data.val, data.alphabet, device, d)[1].sequence_accuracy)
     if ckpt:
         restore(run, ckpt)
         if semi:

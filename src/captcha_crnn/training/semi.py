@@ -137,7 +137,9 @@ class Semi:
     def __init__(self, pool: ImageSet, alphabet: Alphabet, lengths: tuple[int, int],
                  readings: Readings | None = None, rule: str = "flex"):
         self.pool, self.alphabet, self.lengths, self.readings = pool, alphabet, lengths, readings
-        self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule == "flex" else None
+        self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule in ("flex", "agree") \
+            else None
+        self.agree = rule == "agree" and readings is not None  # the EMA's readings teach where the first reader's agree
         self.steps = time_steps(pool.widths()).tolist()
         self.own_leads = readings is None
         self.drawn = self.used = 0  # this epoch's unlabelled images drawn and used as targets
@@ -189,6 +191,8 @@ class Semi:
             passes = [self.flex.clear(c, cc) for c, cc in chars]
         else:
             passes = [c >= THRESHOLD for c in confs]
+        if self.agree and self.own_leads:
+            passes = [p and t == self.readings.texts[i] for p, t, i in zip(passes, texts, idx)]  # type: ignore[union-attr]
         keep = [p and f and not self.alphabet.unknown(t)
                 for p, f, t in zip(passes, fits(texts, steps, self.lengths), texts)]
         pos = [k for k, ok in enumerate(keep) if ok]
@@ -214,6 +218,14 @@ class Semi:
         nll = F.ctc_loss(logp.float().transpose(0, 1), targets, in_lens, target_lens, blank=0,
                          reduction="none", zero_infinity=True)  # (B',)
         return (nll / target_lens.to(nll.device)).sum() / len(idx)
+
+    def first_lead(self, own_accuracy: float) -> None:
+        """Before the first step: the fixed readings teach only where they read more held-out labels right than
+        the model's own start does (a teacher that reads none of them teaches nothing)."""
+        if self.readings is not None and own_accuracy >= self.readings.val_accuracy:
+            self.own_leads = True
+            log(f"unlabelled: the {OWN} reads {own_accuracy:.1%} of the held-out labels from the start, "
+                f"{self.readings.source} {self.readings.val_accuracy:.1%}: it reads the pool from the start")
 
     def takes_over(self, own_accuracy: float) -> bool:
         """Whether the run's own EMA, reading `own_accuracy` of the held-out labels, now leads the fixed readings."""
@@ -254,6 +266,8 @@ class Semi:
                       for t, c in zip(texts, confs)]
         else:
             passes = [c >= THRESHOLD for c in confs]
+        if self.agree and self.own_leads:
+            passes = [p and t == r for p, t, r in zip(passes, texts, self.readings.val_texts)]  # type: ignore[union-attr]
         clear = [p and f for p, f in zip(passes, fits(texts, val_steps, self.lengths))]
         right = [ok and t == y for ok, t, y in zip(clear, texts, val_labels)]
         n_clear = sum(clear)
