@@ -60,6 +60,21 @@ def test_pretrained_start_reads_fewer_rows_the_more_labels() -> None:
     assert "height" not in resolve_start(TrainConfig(height="32"), n_labelled=100)[0]  # --height wins
 
 
+@needs_ddddocr
+def test_a_style_ddddocr_cannot_read_gets_the_small_model_alone_with_unlabelled_images() -> None:
+    from captcha_crnn.training.policy import UNKNOWN_STYLE_ZERO_SHOT
+    from captcha_crnn.training.start import Probe
+
+    def start(read: float, unlabelled: bool = True, **kw) -> tuple[dict, list[str]]:
+        return resolve_start(TrainConfig(**kw), 200, lambda: Probe(read, (), (), ()), unlabelled)
+
+    changes, notes = start(UNKNOWN_STYLE_ZERO_SHOT / 2)
+    assert changes["pretrained"] == "off" and "the small model alone" in notes[0] and "5%" in notes[0]
+    assert start(UNKNOWN_STYLE_ZERO_SHOT)[0]["pretrained"] == "on"  # a style it reads: the teacher keeps its time
+    assert start(0.0, unlabelled=False)[0]["pretrained"] == "on"  # labels alone: the recipe of both
+    assert start(0.0, pretrained="on")[0]["pretrained"] == "on"  # asked for
+
+
 def test_unlabelled_images_leave_out_the_labelled_ones(tmp_path: Path) -> None:
     make_clean_set(tmp_path / "d", 6)
     labelled = read_samples(str(tmp_path / "d"), LabelRule(sep="-"))[:2]

@@ -154,7 +154,7 @@ class Plan:
                 probed.append(probe(va or tr[:50], alphabet.chars, asked.case, asked.threads))
             return probed[0]
 
-        changes, notes = resolve_start(asked, n, zero_shot)
+        changes, notes = resolve_start(asked, n, zero_shot, bool(pool))
         device = pick_device(asked.device)
         precision, precision_why = pick_precision(asked.precision, device)
         notes.append(f"precision: {precision} ({precision_why})")

@@ -17,6 +17,7 @@ from ..model import pretrained as pretrained_weights
 from ..model.archs import DDDDOCR, DDDDOCR_LAYOUT, PRETRAINED, READER, SCRATCH, input_norm, preset_of
 from ..model.crnn import CRNN, preset
 from ..model.format import CRNNConfig
+from . import policy
 from .config import TrainConfig
 from .policy import PRETRAINED_MIN_LABELS, READER_HEAD_MIN_ZERO_SHOT, READER_HEAD_UNDER_LABELS, TUNED_HEIGHT_FROM_LABELS
 
@@ -79,14 +80,15 @@ def probe(held: Sequence[Sample], charset: str, case: str, threads: int | None) 
     return Probe(r.val_accuracy, tuple(paths), tuple(r.val_texts), tuple(r.val_confs))
 
 
-def resolve_start(cfg: TrainConfig, n_labelled: int | None = None,
-                  zero_shot: Callable[[], Probe] | None = None) -> tuple[dict[str, Any], list[str]]:
+def resolve_start(cfg: TrainConfig, n_labelled: int | None = None, zero_shot: Callable[[], Probe] | None = None,
+                  unlabelled: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Settle --pretrained and --backbone (and, for --init, the architecture): the ddddocr backbone with its
     weights where asked for, or (auto) where installed, the architecture is left to auto (a --preset or a
     plain/resnet backbone names a from-scratch model) and the user gave at least PRETRAINED_MIN_LABELS
     labelled images; else the from-scratch default. Also the input the pretrained backbone expects, and
     whether it keeps ddddocr's RNN and classifier (`zero_shot`: the plan's probe, which it must read enough of for
-    that; None: not asked)."""
+    that; None: not asked). With `unlabelled` images, a style the probe reads under policy.UNKNOWN_STYLE_ZERO_SHOT of
+    gets the small model alone."""
     init = init_model(cfg)
     if init is not None:
         return _from_init(cfg, init)
@@ -114,6 +116,12 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None,
             raise CaptchaError(hint + ("" if cfg.pretrained == "on" or weights else
                                        " (or --pretrained off for random weights)"))
         return {"pretrained": "off", "backbone": SCRATCH.backbone}, [f"from scratch: {hint}"]
+    read = zero_shot().accuracy if unlabelled and zero_shot and cfg.pretrained == "auto" and not named else 1.0
+    if read < policy.UNKNOWN_STYLE_ZERO_SHOT:
+        return {"pretrained": "off", "backbone": SCRATCH.backbone}, [
+            f"the small model alone: untrained, ddddocr reads {read:.0%} of the held-out labels (under "
+            f"{policy.UNKNOWN_STYLE_ZERO_SHOT:.0%}), a style the pretrained start does not know, which the small model "
+            "learns faster from its own readings (training/policy.py)"]
     head, keep = _head(cfg, source, n_labelled, zero_shot)
     reader = _reader_start(cfg, source) if keep else {}  # its contradictions first
     if source != PRETRAINED.weights:
