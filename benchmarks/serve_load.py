@@ -256,8 +256,9 @@ def loop_checks(a: argparse.Namespace, images: list[bytes], api_key: str) -> lis
                 models = httpx.get(f"{base}/v1/models", headers=headers).json()["models"][0]
             r.update(phase=name, sha256=models["sha256"][:12], recent=models["recent"])
             if swap_at:
-                near = sorted(lat for t, lat, _ in trace if abs(t - swap_at) <= 5)
-                rest = sorted(lat for t, lat, _ in trace if t >= a.warmup and abs(t - swap_at) > 5)
+                half = min(5.0, a.duration / 2)  # the 10 s around the swap
+                near = sorted(lat for t, lat, _ in trace if abs(t - swap_at) <= half)
+                rest = sorted(lat for t, lat, _ in trace if t >= a.warmup and abs(t - swap_at) > half)
                 p99 = [round(x[int(0.99 * len(x))] * 1e3, 2) for x in (near, rest)]
                 r.update(failed=sum(not ok for *_, ok in trace), swap_p99_ms=p99[0], rest_p99_ms=p99[1],
                          p99_ratio=round(p99[0] / p99[1], 2))
@@ -273,7 +274,7 @@ def loop_checks(a: argparse.Namespace, images: list[bytes], api_key: str) -> lis
         kept = phase("keep_unsure", ["--keep-unsure", f"{tmp}/kept", "--below", f"{below:.6f}"], a.duration)
         kept.update(below=below, unsure_share=kept["recent"]["unsure_share"],
                     throughput_ratio=round(kept["requests_per_s"] / steady["requests_per_s"], 3))
-        phase("swap", [], 2 * a.duration, swap_at=a.warmup + a.duration)
+        phase("swap", [], 3 * a.duration, swap_at=a.warmup + 1.5 * a.duration)
         flood = phase("flood", ["--keep-unsure", f"{tmp}/flood", "--below", "1", "--keep-max", "1000"],
                       len(bodies) / steady["requests_per_s"])
         files = [p for p in Path(f"{tmp}/flood").iterdir() if p.suffix == ".png"]

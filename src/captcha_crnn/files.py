@@ -23,9 +23,10 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Any, durable: bool = False) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename over `path`; `durable`: fsync the folder
-    too, so the rename survives a power cut."""
+def atomic_write(path: str | Path, write: Any, durable: bool = False, sync: bool = True) -> None:
+    """Write via a temporary file in the same folder, fsync (unless not `sync`: a reader still never sees half a
+    file, but a power cut may lose it), then rename over `path`; `durable`: fsync the folder too, so the rename
+    survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -33,7 +34,8 @@ def atomic_write(path: str | Path, write: Any, durable: bool = False) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions

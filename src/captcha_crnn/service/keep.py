@@ -26,7 +26,8 @@ from ..files import atomic_write
 log = logging.getLogger("captcha_crnn.service")
 
 KEPT_CSV = "kept.csv"  # filename,reading,confidence,model: the service's reading of each kept image
-FORMATS = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
+MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"GIF8", ".gif"), (b"BM", ".bmp"), (b"II*\0", ".tif"),
+         (b"MM\0*", ".tif"))  # file signatures (WebP: RIFF....WEBP, below)
 QUEUE = 1024  # images waiting for the writer; past it an unsure image is dropped (counted), not waited for
 
 
@@ -102,7 +103,8 @@ class Keeper:
         if suffix is None:
             return "failed"
         name = digest + suffix
-        atomic_write(self.folder / name, lambda f: f.write(data))
+        atomic_write(self.folder / name, lambda f: f.write(data), sync=False)  # no fsync per image: kept for
+        # labelling, not a record; a reader still never sees half a file
         self.known.add(digest)
         self.images, self.bytes = self.images + 1, self.bytes + len(data)
         self._append(name, text, confidence, model)
@@ -125,15 +127,11 @@ class Keeper:
 
 
 def image_suffix(data: bytes) -> str | None:
-    """The file suffix of an image's format, from its header (None: not one the library reads)."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            suffix = FORMATS.get(im.format or "")
-    except Exception:  # noqa: BLE001 - any unreadable header is "not an image"
-        return None
-    return suffix if suffix in IMAGE_SUFFIXES else None
+    """The file suffix of an image's format, from its signature (None: not one the library reads). The service
+    has decoded the image already; this only names the file."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return next((suffix for magic, suffix in MAGIC if data.startswith(magic)), None)
 
 
 def kept_readings(folder: str | Path) -> dict[str, tuple[str, float]]:
