@@ -223,33 +223,6 @@ def test_the_pool_state_survives_a_resume() -> None:
     assert b.flex.latest == a.flex.latest and np.array_equal(b.flex.sigma, a.flex.sigma)
 
 
-class GivenReader(torch.nn.Module):
-    """A reader whose log-probabilities are given (B, T, classes), whatever the image."""
-
-    def __init__(self, logp: torch.Tensor):
-        super().__init__()
-        self.logp = torch.nn.Parameter(logp.clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logp[: x.shape[0]].log_softmax(-1)
-
-
-def test_agree_rule_teaches_the_own_readings_the_first_reader_shares() -> None:
-    r = Readings("teacher", ["123", "456"], [0.99, 0.99], ["111", "222"], [0.99, 0.99], 0.5)
-    s = Semi(pool(2), Alphabet("0123456789"), (3, 3), r, rule="agree")
-    s.own_leads = True
-    logp = torch.full((2, 24, 11), -9.0)
-    logp[:, :, 0] = 9.0
-    for k, (a, b, c) in enumerate([(2, 3, 4), (5, 5, 8)]):  # reads "123" (as the teacher) and "447" (not "456")
-        for t, cls in zip((2, 6, 10), (a, b, c)):
-            logp[k, t, 0], logp[k, t, cls] = -9.0, 9.0
-    reader = GivenReader(logp)
-    pos, texts = s.targets(reader, torch.zeros(2, 1, 32, 96), np.array([96] * 2), [0, 1], False)
-    assert (pos, texts) == ([0], ["123"])
-    rec = s.end_epoch(["111", "223"], ["111", "223"], [0.99, 0.99], 0.9, [24, 24])
-    assert rec["unlabelled_val_clear"] == 0.5 and rec["unlabelled_val_right"] == 1.0  # "223" is not the teacher's
-
-
 def test_fixed_readings_that_read_no_better_than_the_start_never_teach() -> None:
     r = Readings("teacher", ["123"], [0.99], ["111"], [0.99], 0.0)  # a teacher that reads no held-out label
     s = Semi(pool(1), Alphabet("0123456789"), (3, 3), r)

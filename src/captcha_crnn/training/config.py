@@ -135,10 +135,8 @@ class TrainConfig:
                                       "teaching a strongly augmented copy of it (training/semi.py)",
                                       cli="--unlabelled PATH")
     semi_rule: str = opt("flex", "which unlabelled readings teach: flex (FlexMatch's per-character-class "
-                         f"thresholds up to {policy.THRESHOLD:g}, lower for classes learnt slowly), fixed (a "
-                         f"reading's confidence >= {policy.THRESHOLD:g}) or agree (flex, and once the model's own EMA "
-                         "reads the pool, only where the first reader read the same)",
-                         choices=("flex", "fixed", "agree"))
+                         f"thresholds up to {policy.THRESHOLD:g}, lower for classes learnt slowly) or fixed (a "
+                         f"reading's confidence >= {policy.THRESHOLD:g})", choices=("flex", "fixed"))
     reader: str = opt("auto", "the model `train` outputs: small (the fast from-scratch student), big (the pretrained "
                       "teacher), auto: the student when it reads the held-out labels as well as the teacher (within "
                       f"one image or {policy.OUTPUT_MARGIN:.1%}%)", choices=("small", "big", "auto"))

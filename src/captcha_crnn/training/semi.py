@@ -137,9 +137,7 @@ class Semi:
     def __init__(self, pool: ImageSet, alphabet: Alphabet, lengths: tuple[int, int],
                  readings: Readings | None = None, rule: str = "flex"):
         self.pool, self.alphabet, self.lengths, self.readings = pool, alphabet, lengths, readings
-        self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule in ("flex", "agree") \
-            else None
-        self.agree = rule == "agree" and readings is not None  # the EMA's readings teach where the first reader's agree
+        self.flex = FlexThresholds(len(pool), len(alphabet) + 1, sum(lengths) / 2) if rule == "flex" else None
         self.steps = time_steps(pool.widths()).tolist()
         self.own_leads = readings is None
         self.drawn = self.used = 0  # this epoch's unlabelled images drawn and used as targets
@@ -191,8 +189,6 @@ class Semi:
             passes = [self.flex.clear(c, cc) for c, cc in chars]
         else:
             passes = [c >= THRESHOLD for c in confs]
-        if self.agree and self.own_leads:
-            passes = [p and t == self.readings.texts[i] for p, t, i in zip(passes, texts, idx)]  # type: ignore[union-attr]
         keep = [p and f and not self.alphabet.unknown(t)
                 for p, f, t in zip(passes, fits(texts, steps, self.lengths), texts)]
         pos = [k for k, ok in enumerate(keep) if ok]
@@ -266,8 +262,6 @@ class Semi:
                       for t, c in zip(texts, confs)]
         else:
             passes = [c >= THRESHOLD for c in confs]
-        if self.agree and self.own_leads:
-            passes = [p and t == r for p, t, r in zip(passes, texts, self.readings.val_texts)]  # type: ignore[union-attr]
         clear = [p and f for p, f in zip(passes, fits(texts, val_steps, self.lengths))]
         right = [ok and t == y for ok, t, y in zip(clear, texts, val_labels)]
         n_clear = sum(clear)
