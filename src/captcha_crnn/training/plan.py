@@ -149,9 +149,9 @@ class Plan:
         alphabet = Alphabet.from_labels(labels)
         pool = all_unlabelled(asked, tr + va + te)
         probed: list[Probe] = []
-        def zero_shot() -> Probe:  # run once, on the held-out labels (else the first training ones)
+        def zero_shot() -> Probe:  # run once, on the held-out labels first, then training ones (all unseen by it)
             if not probed:
-                probed.append(probe(va or tr[:50], alphabet.chars, asked.case, asked.threads))
+                probed.append(probe((va + tr)[:policy.PROBE_IMAGES], alphabet.chars, asked.case, asked.threads))
             return probed[0]
 
         changes, notes = resolve_start(asked, n, zero_shot, bool(pool))
@@ -258,7 +258,7 @@ def first_reader(pool: list[str], zero_shot: Any, notes: list[str]) -> str | Non
     read = zero_shot().accuracy
     enough = read >= policy.ZERO_SHOT_MIN
     notes.append(f"first reader of the pool: {'ddddocr' if enough else 'each model its own EMA'} (ddddocr reads "
-                 f"{read:.1%} of the held-out labels untrained; {policy.ZERO_SHOT_MIN:.0%} needed)")
+                 f"{read:.1%} of the labelled images untrained; {policy.ZERO_SHOT_MIN:.0%} needed)")
     return "ddddocr" if enough else None
 
 

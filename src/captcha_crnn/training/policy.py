@@ -21,6 +21,8 @@ READER_HEAD_UNDER_LABELS = 500  # under this many labels the pretrained start ke
 READER_HEAD_MIN_ZERO_SHOT = 0.1  # ... and where ddddocr reads this share of the held-out labels untrained: where it
 # reads none (the unseen style: it drops the lens-squeezed outer characters) its head taught the teacher no more
 # than a new one (hard_200: teacher 15% of validation against 25%; output 11.4% against 13.2%); generic_varlen 28%
+PROBE_IMAGES = 200  # labelled images ddddocr's zero-shot probe reads (held-out first; untrained, all are unseen):
+# 40 held-out images put a 10% threshold at 4 images (securimage, 200 labels: seed 0 read 5%, seed 1 10%)
 UNKNOWN_STYLE_ZERO_SHOT = 0.1  # with unlabelled images, a style ddddocr reads under this share of untrained gets the
 # small model alone, its own EMA reading the pool, for the whole budget: the pretrained teacher learns such a style
 # slower than the small model (securimage, 200 labels + 4,800 unlabelled, 10 min, fp32: 87.4% of 1,000 held out

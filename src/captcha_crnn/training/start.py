@@ -119,7 +119,7 @@ def resolve_start(cfg: TrainConfig, n_labelled: int | None = None, zero_shot: Ca
     read = zero_shot().accuracy if unlabelled and zero_shot and cfg.pretrained == "auto" and not named else 1.0
     if read < policy.UNKNOWN_STYLE_ZERO_SHOT:
         return {"pretrained": "off", "backbone": SCRATCH.backbone}, [
-            f"the small model alone: untrained, ddddocr reads {read:.0%} of the held-out labels (under "
+            f"the small model alone: untrained, ddddocr reads {read:.0%} of the labelled images (under "
             f"{policy.UNKNOWN_STYLE_ZERO_SHOT:.0%}), a style the pretrained start does not know, which the small model "
             "learns faster from its own readings (training/policy.py)"]
     head, keep = _head(cfg, source, n_labelled, zero_shot)
@@ -154,9 +154,9 @@ def _head(cfg: TrainConfig, source: str, n_labelled: int | None,
         return f"too ({counted})", True
     read = zero_shot().accuracy
     if read < READER_HEAD_MIN_ZERO_SHOT:
-        return (f"not kept: untrained it reads {read:.0%} of the held-out labels, under "
+        return (f"not kept: untrained it reads {read:.0%} of the labelled images, under "
                 f"{READER_HEAD_MIN_ZERO_SHOT:.0%}"), False
-    return f"too ({counted}; untrained it reads {read:.0%} of the held-out labels)", True
+    return f"too ({counted}; untrained it reads {read:.0%} of the labelled images)", True
 
 
 def _reader_start(cfg: TrainConfig, source: str) -> dict[str, Any]:
