@@ -52,7 +52,8 @@ def scenario(name: str, root: str, seed: int) -> Scenario:
 def table(rows: list[dict[str, Any]]) -> str:
     return markdown(["scenario", "labelled", "unlabelled", "budget", "held-out accuracy", "output", "its teacher",
                      "unlabelled used (last epoch)", "images/s (output / shipped captcha_v2)"], (
-        [f"{r['scenario']} (seed {r['seed']}, {r.get('precision') or 'precision unrecorded'})", r["labelled"], r["unlabelled"], f"{r['budget_minutes']:g} min",
+        [f"{r['scenario']} (seed {r['seed']}, {r.get('precision') or 'precision unrecorded'})", r["labelled"],
+         r["unlabelled"], f"{r['budget_minutes']:g} min",
          f"{r['accuracy']:.2%} (n={r['held_out']}" + (f", {r['outside_alphabet']} outside the alphabet)"
                                                       if r.get("outside_alphabet") else ")"), r["reader"],
          f"{r['teacher_accuracy']:.2%}" if "teacher_accuracy" in r else "-",
