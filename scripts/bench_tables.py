@@ -154,16 +154,6 @@ def student(d: dict) -> str:
     return bench("student").table(median_per(rows_of(d), "scenario", "accuracy"))
 
 
-SECURE = ("secure_100", "secure_200", "secure_500", "secure_all")
-
-
-def securimage(d: dict) -> str:
-    """A real style nobody tuned for (securimage), from 100, 200, 500 and all 5000 labels: student.py's rows."""
-    rows = [r for r in median_per(rows_of(d), "scenario", "accuracy") if r["scenario"] in SECURE]
-    return bench("student").table(sorted(rows, key=lambda r: SECURE.index(r["scenario"]))) if rows else (
-        f"Not measured yet: `python benchmarks/student.py --scenarios {' '.join(SECURE)}`.")
-
-
 def curve(d: dict) -> str:
     """Labelled images across, datasets down; each cell every start's accuracy (and images/s)."""
     rows, names = rows_of(d), starts(rows_of(d))
@@ -252,7 +242,6 @@ TOPICS = {
                                 "(`scripts/train_models.py`)"),
     "student": Topic(("student.json",), student),
     "learning_curve_semi": Topic(("learning_curve_semi.json",), curve),
-    "unseen_style": Topic(("student.json",), securimage),
     "inference": Topic(("inference_pretrained.json", "inference_scratch.json"), inference,
                        "`python benchmarks/inference.py --model MODEL --repeats {0[repeats]}` ({links})"),
     "labelling": Topic(("labelling_captcha_v2_ddddocr_prefill.json", "labelling.json",

@@ -128,4 +128,4 @@ def test_auto_keeps_it_only_where_ddddocr_reads_the_held_out_labels(tmp_path: Pa
     changes, notes = resolve_start(TrainConfig(), n_labelled=250, zero_shot=lambda: probe(noise, "0123456789",
                                                                                          "sensitive", None))
     assert changes["pretrained_head"] == "new" and changes["backbone"] == "ddddocr"
-    assert "not kept: untrained it reads 0% of the held-out labels" in notes[0]
+    assert "not kept: untrained it reads 0% of the labelled images" in notes[0]
