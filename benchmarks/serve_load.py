@@ -5,7 +5,7 @@
         [--server-arg=--workers=2 ...]
 
 Starts the server as a subprocess (its own process), then drives it from this process with
-keep-alive httpx async clients: for each level, N clients each send one captcha PNG as the raw
+keep-alive aiohttp clients (the bench extra): for each level, N clients each send one captcha PNG as the raw
 body of POST /v1/read and wait for the answer, back to back, for a fixed time (after a short
 warm-up that is not counted). `--soak S` then runs 32 clients for S seconds while sampling the
 server's resident memory (RSS) every second, and reports its growth. Mean batch sizes come from
@@ -91,46 +91,26 @@ def batch_stats(base: str, headers: dict[str, str]) -> tuple[float, float]:
 
 
 async def run_level(url: str, images: list[bytes], clients: int, duration: float, warmup: float,
-                    headers: dict[str, str], on_tick=None, client_lib: str = "auto", trace: list | None = None) -> dict:
-    """`clients` back-to-back clients for warmup + duration seconds; figures over `duration`.
+                    headers: dict[str, str], on_tick=None, trace: list | None = None) -> dict:
+    """`clients` back-to-back clients for warmup + duration seconds; figures over `duration`. aiohttp (the bench
+    extra): its client costs far less CPU per request than httpx's, which matters when client and server share
+    two cores."""
+    import aiohttp
 
-    Uses aiohttp when installed (its client costs far less CPU per request than httpx's, which
-    matters when client and server share two cores), else httpx; both keep connections alive.
-    """
     lat: list[float] = []
     errors = 0
     error_kinds: dict[str, int] = {}
     h = {"content-type": "image/png", **headers}
-    if client_lib == "auto":
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients, force_close=False),
+                                    timeout=aiohttp.ClientTimeout(total=30))
+
+    async def post(body: bytes) -> tuple[bool, str]:
         try:
-            import aiohttp  # noqa: F401
-
-            client_lib = "aiohttp"
-        except ImportError:
-            client_lib = "httpx"
-    if client_lib == "aiohttp":
-        import aiohttp
-
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients, force_close=False),
-                                        timeout=aiohttp.ClientTimeout(total=30))
-
-        async def post(body: bytes) -> tuple[bool, str]:
-            try:
-                async with session.post(url, data=body, headers=h) as r:
-                    await r.read()
-                    return r.status == 200, str(r.status)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                return False, type(e).__name__
-    else:
-        session = httpx.AsyncClient(limits=httpx.Limits(max_connections=clients, max_keepalive_connections=clients),
-                                    timeout=30.0)
-
-        async def post(body: bytes) -> tuple[bool, str]:
-            try:
-                r = await session.post(url, content=body, headers=h)
-                return r.status_code == 200, str(r.status_code)
-            except httpx.HTTPError as e:
-                return False, type(e).__name__
+            async with session.post(url, data=body, headers=h) as r:
+                await r.read()
+                return r.status == 200, str(r.status)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            return False, type(e).__name__
 
     t_start = time.perf_counter()
     t_measure = t_start + warmup
@@ -166,10 +146,7 @@ async def run_level(url: str, images: list[bytes], clients: int, duration: float
             tasks.append(asyncio.create_task(ticker()))
         await asyncio.gather(*tasks)
     finally:
-        if client_lib == "aiohttp":
-            await session.close()
-        else:
-            await session.aclose()
+        await session.close()
     lat.sort()
     n = len(lat)
 
@@ -180,7 +157,7 @@ async def run_level(url: str, images: list[bytes], clients: int, duration: float
             "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
             "max_ms": round(lat[-1] * 1e3, 2) if n else None,
             "mean_ms": round(statistics.fmean(lat) * 1e3, 2) if n else None,
-            "errors": errors, "error_kinds": error_kinds, "client": client_lib}
+            "errors": errors, "error_kinds": error_kinds, "client": "aiohttp"}
 
 
 def start_server(model: str, port: int, extra: list[str], log_path: Path, api_key: str | None,
