@@ -267,3 +267,40 @@ def test_the_loop_serve_keep_label_train_publish_swap(tmp_path: Path, trained) -
         after = cer(lambda data: c.post("/v1/read", content=data, headers=PNG).json()["text"], tmp_path / "new")
     assert len(statuses) > 20 and set(statuses) == {200}
     assert after < before - 0.1, (before, after)
+
+
+def test_train_now_with_earlier_labels_trains_on_both_and_keeps_the_rest_unlabelled(tmp_path: Path) -> None:
+    from conftest import make_clean_set
+
+    from captcha_crnn.data.labels import read_csv
+    from captcha_crnn.service.trainer import BackgroundTrainer
+
+    kept, earlier = tmp_path / "kept", tmp_path / "earlier"
+    make_clean_set(kept, 4)
+    make_clean_set(earlier, 3, seed=1)
+    names = sorted(p.name for p in kept.iterdir())
+    (kept / "labels.csv").write_text("filename,label\n" + "".join(f"{n},{n.split('-')[0]}\n" for n in names[:2]))
+    earlier_csv = tmp_path / "earlier.csv"
+    earlier_csv.write_text("filename,label\n" + "".join(f"earlier/{p.name},{p.name.split('-')[0]}\n"
+                                                         for p in sorted(earlier.iterdir())))
+    t = BackgroundTrainer(kept, lambda p: None, publish=tmp_path / "served.safetensors", with_labels=earlier_csv)
+    data, flag, pool = t.inputs(tmp_path / "run")
+    both = read_csv(data)
+    assert len(both) == 5 and all(Path(s.path).is_absolute() and Path(s.path).is_file() for s in both)
+    assert (flag, pool) == ("--unlabelled", str(kept))  # the unanswered kept images stay unlabelled ones
+    assert BackgroundTrainer(kept, lambda p: None).inputs(tmp_path / "run2") == [str(kept / "labels.csv")]
+
+
+def test_serve_flags_of_the_loop_fail_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    from captcha_crnn.cli import main
+
+    assert main(["serve", "--keep-unsure", "x", "--keep-max", "lots"]) == 2
+    assert main(["serve", "--keep-unsure", "x", "--below", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--keep-max 'lots'" in err[0] and "--below 1.5" in err[1]
+
+
+def test_the_page_shows_the_drift(trained) -> None:
+    with TestClient(create_app([ModelEntry.load("digits", str(trained.model_path))], ServiceConfig(watch_s=0))) as c:
+        html = c.get("/").text
+    assert 'id="drift"' in html and "unsure_share" in html and "setInterval(refreshDrift" in html
