@@ -226,22 +226,19 @@ def _batchers(
     for e in entries:
         if cfg.warmup:
             warm(e)
-        s = served(e, cfg)
-        batchers[e.name] = Batcher(e.name, s.recognizer, s.preprocess, metrics, cfg.max_batch,
-                                   cfg.max_wait_ms / 1000.0, cfg.max_queue, arriving=lambda: arriving[0],
-                                   threshold=s.threshold, unsure=unsure)
+        batchers[e.name] = Batcher(e.name, served(e, cfg), metrics, cfg.max_batch, cfg.max_wait_ms / 1000.0,
+                                   cfg.max_queue, arriving=lambda: arriving[0], unsure=unsure)
     return batchers
 
 
-def _keeper(cfg: ServiceConfig, metrics: Metrics) -> Unsure | None:
-    """--keep-unsure's hook: each unsure image to the folder's writer thread (keep.py); None when off."""
+def _keeper(cfg: ServiceConfig, metrics: Metrics) -> Any:
+    """--keep-unsure's Keeper (keep.py: the folder's writer thread), None when off."""
     if not cfg.keep_unsure:
         return None
     from .keep import Keeper
 
-    keeper = Keeper(cfg.keep_unsure, cfg.keep_max_images, cfg.keep_max_bytes,
-                    lambda outcome: metrics.kept.labels(outcome).inc())
-    return keeper.offer
+    return Keeper(cfg.keep_unsure, cfg.keep_max_images, cfg.keep_max_bytes,
+                  lambda outcome: metrics.kept.labels(outcome).inc())
 
 
 def create_app(models: Sequence[ModelEntry] | dict[str, Any], config: ServiceConfig | None = None,
@@ -255,8 +252,8 @@ def create_app(models: Sequence[ModelEntry] | dict[str, Any], config: ServiceCon
         raise ValueError("create_app needs at least one model")
     metrics = Metrics()
     arriving = [0]  # /v1/read requests being parsed: a batch waits for them (up to max_wait), not for nobody
-    unsure = _keeper(cfg, metrics)
-    batchers = _batchers(entries, cfg, metrics, arriving, unsure)
+    keeper = _keeper(cfg, metrics)
+    batchers = _batchers(entries, cfg, metrics, arriving, keeper.offer if keeper else None)
     by_name = {e.name: e for e in entries}
     reloader = Reloader(by_name, batchers, cfg, metrics, load_kwargs)
 
@@ -279,7 +276,7 @@ def create_app(models: Sequence[ModelEntry] | dict[str, Any], config: ServiceCon
     app.state.batchers = batchers
     app.state.models = by_name  # the entries in service now (a reload replaces one)
     app.state.reloader = reloader
-    app.state.keep = getattr(unsure, "__self__", None)  # the Keeper, where --keep-unsure is on
+    app.state.keep = keeper  # the Keeper, where --keep-unsure is on
     return app
 
 

@@ -133,18 +133,16 @@ class Batcher:
     def __init__(
         self,
         name: str,
-        recognizer: Any,
-        preprocess: Preprocess,
+        served: Served,
         metrics: Metrics | None = None,
         max_batch: int = 64,
         max_wait: float = 0.002,
         max_queue: int = 2048,
         arriving: Callable[[], int] | None = None,
-        threshold: float = 0.0,
         unsure: Unsure | None = None,
     ):
         self.name = name
-        self.current = Served(recognizer, preprocess, threshold)
+        self.current = served
         self.unsure = unsure  # called with each reading under the threshold (keeps the image bytes until read)
         self.metrics = metrics
         self.max_batch = max(1, int(max_batch))
